@@ -1,0 +1,83 @@
+# Linkd build. `make` builds ./linkd natively from Debian's packages;
+# `make run` starts it with the example service; `make test` runs every test.
+# Missing build or test dependencies are installed on first use (`make deps`).
+
+CXX      ?= g++
+CC       ?= gcc
+BUILD    := build
+VERSION  := 0.1.0
+CXXFLAGS ?= -O2 -g
+CFLAGS   ?= -O2 -g
+WARN     := -Wall -Wextra
+PROTOC_NANOPB := protoc --plugin=protoc-gen-nanopb=/usr/bin/protoc-gen-nanopb
+
+LLHTTP_SRC := /usr/share/llhttp
+LLHTTP_INC := /usr/share/include/llhttp
+INCLUDES := -I$(BUILD) -I$(LLHTTP_INC)
+DEFS     := -DLINKD_VERSION='"$(VERSION)"'
+LIBS     := -luv -lwslay -lmbedcrypto -l:libprotobuf-nanopb.a -lz
+
+# Debian packages the build and the tests need (make deps installs them).
+DEBS := g++ make libuv1-dev libwslay-dev nanopb libnanopb-dev protobuf-compiler \
+        python3-protobuf node-llhttp libmbedtls-dev libjsmn-dev zlib1g-dev \
+        python3-websocket python3-websockets curl wrk valgrind nodejs npm \
+        chromium
+
+LLHTTP_OBJS := $(BUILD)/llhttp.o $(BUILD)/llhttp_api.o $(BUILD)/llhttp_http.o
+
+.PHONY: all deps run test bench clean unit asan
+all: linkd
+
+# A stamp: present once every package in DEBS is installed.
+$(BUILD)/.deps:
+	@mkdir -p $(BUILD)
+	@if dpkg-query -W -f='$${Status}\n' $(DEBS) 2>/dev/null | grep -qv 'install ok installed' || \
+	    [ $$(dpkg-query -W -f='$${Status}\n' $(DEBS) 2>/dev/null | wc -l) -ne $(words $(DEBS)) ]; then \
+	  $(MAKE) --no-print-directory deps; fi
+	@touch $@
+
+deps:
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS)
+	@mkdir -p $(BUILD) && touch $(BUILD)/.deps
+
+$(BUILD)/linkd.pb.c $(BUILD)/linkd.pb.h: proto/linkd.proto proto/linkd.options | $(BUILD)/.deps
+	@mkdir -p $(BUILD)
+	$(PROTOC_NANOPB) -Iproto --nanopb_opt=-f$(CURDIR)/proto/linkd.options --nanopb_out=$(BUILD) proto/linkd.proto
+
+$(BUILD)/linkd_pb2.py: proto/linkd.proto | $(BUILD)/.deps
+	protoc -Iproto --python_out=$(BUILD) proto/linkd.proto
+
+$(BUILD)/llhttp.o: | $(BUILD)/.deps
+	$(CC) $(CFLAGS) -I$(LLHTTP_INC) -Wno-unused-parameter -c $(LLHTTP_SRC)/llhttp.c -o $@
+$(BUILD)/llhttp_api.o: | $(BUILD)/.deps
+	$(CC) $(CFLAGS) -I$(LLHTTP_INC) -Wno-unused-parameter -c $(LLHTTP_SRC)/api.c -o $@
+$(BUILD)/llhttp_http.o: | $(BUILD)/.deps
+	$(CC) $(CFLAGS) -I$(LLHTTP_INC) -Wno-unused-parameter -c $(LLHTTP_SRC)/http.c -o $@
+
+$(BUILD)/linkd.pb.o: $(BUILD)/linkd.pb.c
+	$(CC) $(CFLAGS) -I$(BUILD) -c $< -o $@
+
+linkd: linkd.c++ $(BUILD)/linkd.pb.h $(BUILD)/linkd.pb.o $(LLHTTP_OBJS)
+	$(CXX) -std=c++20 $(CXXFLAGS) $(WARN) $(DEFS) $(INCLUDES) linkd.c++ $(BUILD)/linkd.pb.o $(LLHTTP_OBJS) $(LIBS) -o $@
+
+# linkd built with AddressSanitizer and UBSan, for `make test SAN=1`.
+linkd-asan: linkd.c++ $(BUILD)/linkd.pb.h $(BUILD)/linkd.pb.c
+	$(CXX) -std=c++20 -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer $(WARN) $(DEFS) $(INCLUDES) \
+	  linkd.c++ $(BUILD)/linkd.pb.c $(addprefix $(LLHTTP_SRC)/,llhttp.c api.c http.c) -x none $(LIBS) -o $@
+
+# Tests: the unit self-test, then every tests/t_*.sh against a running linkd.
+# LINKD_CMD may name another binary or an emulator line (cross builds).
+test: linkd $(BUILD)/linkd_pb2.py
+	@tests/run.sh
+
+run: linkd
+	@tests/../examples/run.sh 2>/dev/null || ./linkd
+
+bench: linkd
+	@tests/bench/run.sh
+
+clean:
+	rm -rf $(BUILD) linkd linkd-asan
+
+-include cross/cross.mk
