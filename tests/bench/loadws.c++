@@ -1,0 +1,714 @@
+// loadws: a WebSocket load generator for Linkd's benchmarks (and any server
+// speaking the same JSON envelope). One libuv loop, wslay in client mode.
+//
+//   loadws --url ws://127.0.0.1:PORT/path [options] idle|echo|fanout
+//
+// idle    open N connections (ramping, at most --concurrency handshakes in
+//         flight), report how long it took, hold them (--hold seconds, or
+//         until SIGUSR1/SIGTERM), then exit.
+// echo    M connections; each keeps D messages in flight
+//         {"type":"echo","data":{"n":K,"p":"..."},"id":"K"} and awaits
+//         {"id":"K","data":...}. Reports msgs/s and p50/p99/max latency over
+//         the measured window (after a warm-up).
+// fanout  N connections join one room ({"type":"join","data":{"room":R},
+//         "id":"j"}, awaiting its reply); then, per round, connection 0 sends
+//         {"type":"fanout","data":{"room":R,"seq":S}} and the time from that
+//         send until the last member received {"type":"fanout",...,"seq":S}
+//         is measured. Reports every round and the median.
+//
+// --ready FILE: once every connection is open (or failed), write
+// "connected=X failed=Y" to FILE and wait for SIGUSR1 (or --hold seconds)
+// before going on; lets a script read the server's memory at N idle
+// connections.
+//
+// Results are printed as "key=value" lines prefixed with "RESULT ".
+// The tool never fails on a time; it exits 1 only on bad usage, 3 when
+// nothing could be measured (no connection opened).
+#include <uv.h>
+#include <wslay/wslay.h>
+#include <mbedtls/sha1.h>
+#include <mbedtls/base64.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cinttypes>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <string>
+#include <vector>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24
+#endif
+
+namespace {
+
+// ---- options ---------------------------------------------------------------
+struct Options {
+  std::string host = "127.0.0.1";
+  int port = 3000;
+  std::string path = "/";
+  std::string mode;
+  int n = 10000;            // idle / fanout connections
+  int m = 50;               // echo connections
+  int depth = 8;            // echo pipelining depth per connection
+  double seconds = 10;      // echo measured window
+  double warmup = 1;        // echo warm-up
+  int rounds = 5;           // fanout rounds
+  int size = 64;            // echo / fanout pad bytes
+  int concurrency = 200;    // handshakes in flight
+  int src_ips = 1;          // 127.0.0.1 .. 127.0.0.K as source addresses
+  double hold = -1;         // idle: seconds to hold (-1: until a signal)
+  double timeout = 120;     // overall bound
+  std::string room = "bench";
+  std::string ready_file;
+  bool quiet = false;
+} opt;
+
+uv_loop_t* loop;
+uint64_t now_ns() { return uv_hrtime(); }
+double ms(uint64_t ns) { return ns / 1e6; }
+
+// ---- connections -----------------------------------------------------------
+enum State { CONNECTING, HANDSHAKE, OPEN, CLOSED };
+
+struct Conn {
+  uv_tcp_t tcp;
+  uv_connect_t creq;
+  wslay_event_context_ptr ws = nullptr;
+  State state = CONNECTING;
+  int idx = 0;
+  char accept[32] = {0};    // expected Sec-WebSocket-Accept
+  std::string hs;           // handshake response bytes so far
+  const uint8_t* rptr = nullptr;  // the chunk wslay is reading from
+  size_t rlen = 0;
+  std::string out;          // bytes wslay produced, not yet handed to libuv
+  bool tcp_inited = false;
+  // echo
+  uint64_t next_n = 0;
+  std::deque<std::pair<uint64_t, uint64_t>> inflight;  // (n, send time)
+  // fanout
+  bool joined = false;
+  int seen_round = 0;
+};
+
+std::vector<Conn*> conns;
+int started = 0, pending = 0, opened = 0, failed = 0, closed_after_open = 0;
+uint64_t t_connect_start = 0, t_connect_end = 0;
+std::string first_error;
+
+enum Phase { P_CONNECT, P_READY_WAIT, P_RUN, P_DONE } phase = P_CONNECT;
+
+uv_timer_t ramp_timer, run_timer, deadline_timer;
+uv_signal_t sig_usr1, sig_term, sig_int;
+
+// echo
+bool echo_sending = false, echo_measuring = false;
+uint64_t echo_t0 = 0, echo_t1 = 0, echo_replies = 0, echo_errors = 0, echo_sent = 0;
+std::vector<uint32_t> lat_us;
+std::string pad;
+
+// fanout
+int fan_round = 0, fan_got = 0, fan_joined = 0, fan_members = 0;
+uint64_t fan_t0 = 0;
+std::vector<double> fan_ms;
+std::vector<int> fan_recv;
+
+void start_phase_run();
+void finish();
+void flush(Conn* c);
+
+void note_error(const char* what) {
+  if (first_error.empty()) first_error = what;
+}
+
+// ---- wslay callbacks -------------------------------------------------------
+ssize_t ws_recv(wslay_event_context_ptr ctx, uint8_t* buf, size_t len, int, void* ud) {
+  Conn* c = static_cast<Conn*>(ud);
+  if (c->rlen == 0) {
+    wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+    return -1;
+  }
+  size_t n = std::min(len, c->rlen);
+  memcpy(buf, c->rptr, n);
+  c->rptr += n;
+  c->rlen -= n;
+  return (ssize_t)n;
+}
+
+ssize_t ws_send(wslay_event_context_ptr, const uint8_t* data, size_t len, int, void* ud) {
+  Conn* c = static_cast<Conn*>(ud);
+  c->out.append(reinterpret_cast<const char*>(data), len);
+  return (ssize_t)len;
+}
+
+uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+uint64_t rng() {  // xorshift64*
+  rng_state ^= rng_state >> 12;
+  rng_state ^= rng_state << 25;
+  rng_state ^= rng_state >> 27;
+  return rng_state * 2685821657736338717ull;
+}
+
+int ws_genmask(wslay_event_context_ptr, uint8_t* buf, size_t len, void*) {
+  for (size_t i = 0; i < len; i += 8) {
+    uint64_t r = rng();
+    memcpy(buf + i, &r, std::min<size_t>(8, len - i));
+  }
+  return 0;
+}
+
+void queue_text(Conn* c, const std::string& s) {
+  wslay_event_msg m{WSLAY_TEXT_FRAME, reinterpret_cast<const uint8_t*>(s.data()), s.size()};
+  wslay_event_queue_msg(c->ws, &m);
+}
+
+// Finds "key": in a JSON text and returns a pointer just after the colon.
+const char* find_key(const char* s, size_t n, const char* key) {
+  size_t kl = strlen(key);
+  const char* end = s + n;
+  for (const char* p = s; p + kl <= end; ++p) {
+    p = static_cast<const char*>(memchr(p, key[0], end - p));
+    if (!p || p + kl > end) return nullptr;
+    if (memcmp(p, key, kl) == 0) return p + kl;
+  }
+  return nullptr;
+}
+
+uint64_t parse_uint(const char* p, const char* end) {
+  while (p < end && (*p == ' ' || *p == '"')) ++p;
+  uint64_t v = 0;
+  while (p < end && *p >= '0' && *p <= '9') v = v * 10 + (*p++ - '0');
+  return v;
+}
+
+void echo_send_one(Conn* c) {
+  uint64_t n = ++c->next_n;
+  char head[96];
+  int hl = snprintf(head, sizeof head, "{\"type\":\"echo\",\"data\":{\"n\":%" PRIu64 ",\"p\":\"", n);
+  std::string s;
+  s.reserve(hl + pad.size() + 40);
+  s.append(head, hl);
+  s += pad;
+  char tail[48];
+  int tl = snprintf(tail, sizeof tail, "\"},\"id\":\"%" PRIu64 "\"}", n);
+  s.append(tail, tl);
+  c->inflight.emplace_back(n, now_ns());
+  ++echo_sent;
+  queue_text(c, s);
+}
+
+void fan_done_round();
+
+void ws_on_msg(wslay_event_context_ptr, const wslay_event_on_msg_recv_arg* arg, void* ud) {
+  Conn* c = static_cast<Conn*>(ud);
+  if (arg->opcode != WSLAY_TEXT_FRAME) return;
+  const char* s = reinterpret_cast<const char*>(arg->msg);
+  size_t n = arg->msg_length;
+  const char* end = s + n;
+  if (opt.mode == "echo") {
+    const char* idp = find_key(s, n, "\"id\":");
+    if (!idp) return;
+    uint64_t id = parse_uint(idp, end);
+    uint64_t t = now_ns();
+    bool is_error = find_key(s, n, "\"error\":") != nullptr;
+    // replies come in order on one connection; search in case they do not
+    for (auto it = c->inflight.begin(); it != c->inflight.end(); ++it) {
+      if (it->first == id) {
+        uint64_t sent = it->second;
+        c->inflight.erase(it);
+        if (is_error) {
+          ++echo_errors;
+          if (echo_errors == 1) note_error(std::string(s, std::min<size_t>(n, 200)).c_str());
+        } else if (echo_measuring && sent >= echo_t0) {
+          ++echo_replies;
+          lat_us.push_back((uint32_t)std::min<uint64_t>((t - sent) / 1000, UINT32_MAX));
+        }
+        break;
+      }
+    }
+    if (echo_sending) echo_send_one(c);
+    else if (!echo_sending && phase == P_RUN) {
+      bool all_idle = true;
+      for (Conn* k : conns)
+        if (k->state == OPEN && !k->inflight.empty()) { all_idle = false; break; }
+      if (all_idle) finish();
+    }
+  } else if (opt.mode == "fanout") {
+    const char* tp = find_key(s, n, "\"type\":\"fanout\"");
+    if (tp) {
+      const char* sp = find_key(s, n, "\"seq\":");
+      int seq = sp ? (int)parse_uint(sp, end) : -1;
+      if (seq == fan_round && c->seen_round != seq) {
+        c->seen_round = seq;
+        if (++fan_got == fan_members) fan_done_round();
+      }
+      return;
+    }
+    if (!c->joined && find_key(s, n, "\"id\":\"j\"")) {
+      c->joined = true;
+      if (find_key(s, n, "\"error\":")) {
+        note_error(std::string(s, std::min<size_t>(n, 200)).c_str());
+        c->joined = false;
+      } else {
+        ++fan_joined;
+      }
+      static int answered = 0;
+      if (++answered == opened - closed_after_open) start_phase_run();
+    }
+  }
+}
+
+const wslay_event_callbacks callbacks = {ws_recv, ws_send, ws_genmask, nullptr, nullptr, nullptr, ws_on_msg};
+
+// ---- libuv plumbing --------------------------------------------------------
+struct WriteReq {
+  uv_write_t req;
+  std::string data;
+};
+
+void on_write(uv_write_t* req, int status) {
+  WriteReq* w = reinterpret_cast<WriteReq*>(req);
+  if (status < 0) note_error(uv_strerror(status));
+  delete w;
+}
+
+void raw_write(Conn* c, std::string&& data) {
+  uv_buf_t b = uv_buf_init(data.data(), data.size());
+  // Only try a direct write when nothing is queued, to keep the byte order.
+  if (uv_stream_get_write_queue_size(reinterpret_cast<uv_stream_t*>(&c->tcp)) == 0) {
+    int r = uv_try_write(reinterpret_cast<uv_stream_t*>(&c->tcp), &b, 1);
+    if (r == (int)data.size()) return;
+    if (r > 0) data.erase(0, r);
+    else if (r != UV_EAGAIN) { note_error(uv_strerror(r)); return; }
+  }
+  WriteReq* w = new WriteReq;
+  w->data = std::move(data);
+  uv_buf_t b2 = uv_buf_init(w->data.data(), w->data.size());
+  int r = uv_write(&w->req, reinterpret_cast<uv_stream_t*>(&c->tcp), &b2, 1, on_write);
+  if (r < 0) { note_error(uv_strerror(r)); delete w; }
+}
+
+void flush(Conn* c) {
+  if (c->state != OPEN) return;
+  wslay_event_send(c->ws);
+  if (!c->out.empty()) {
+    std::string d;
+    d.swap(c->out);
+    raw_write(c, std::move(d));
+  }
+}
+
+void ramp();
+
+void conn_fail(Conn* c, const char* why) {
+  bool was_open = c->state == OPEN;
+  if (c->state == CLOSED) return;
+  if (c->state != OPEN) { --pending; ++failed; note_error(why); }
+  else { ++closed_after_open; if (phase != P_DONE) note_error(why); }
+  c->state = CLOSED;
+  if (c->tcp_inited && !uv_is_closing(reinterpret_cast<uv_handle_t*>(&c->tcp)))
+    uv_close(reinterpret_cast<uv_handle_t*>(&c->tcp), nullptr);
+  if (!was_open) ramp();
+  else if (opt.mode == "echo" && phase == P_RUN) {
+    // a lost connection's in-flight messages will not come back
+    c->inflight.clear();
+  }
+}
+
+char readbuf[256 * 1024];
+void on_alloc(uv_handle_t*, size_t, uv_buf_t* b) { *b = uv_buf_init(readbuf, sizeof readbuf); }
+
+void feed_ws(Conn* c, const uint8_t* p, size_t n) {
+  c->rptr = p;
+  c->rlen = n;
+  if (wslay_event_recv(c->ws) != 0) { conn_fail(c, "websocket protocol error"); return; }
+  flush(c);
+  if (!wslay_event_want_read(c->ws) && !wslay_event_want_write(c->ws)) conn_fail(c, "websocket closed by server");
+}
+
+void handshake_done(Conn* c);
+
+void on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* b) {
+  Conn* c = static_cast<Conn*>(s->data);
+  if (nread < 0) {
+    conn_fail(c, nread == UV_EOF ? "connection closed by server" : uv_strerror((int)nread));
+    return;
+  }
+  if (nread == 0) return;
+  const uint8_t* p = reinterpret_cast<const uint8_t*>(b->base);
+  if (c->state == HANDSHAKE) {
+    size_t old = c->hs.size();
+    c->hs.append(b->base, nread);
+    size_t e = c->hs.find("\r\n\r\n");
+    if (e == std::string::npos) {
+      if (c->hs.size() > 16384) conn_fail(c, "handshake response too large");
+      return;
+    }
+    // status line and the accept header
+    if (c->hs.compare(0, 12, "HTTP/1.1 101") != 0) {
+      std::string line = c->hs.substr(0, c->hs.find("\r\n"));
+      conn_fail(c, ("upgrade refused: " + line).c_str());
+      return;
+    }
+    std::string head = c->hs.substr(0, e);
+    for (auto& ch : head) ch = (char)tolower((unsigned char)ch);
+    size_t a = head.find("\r\nsec-websocket-accept:");
+    bool ok = false;
+    if (a != std::string::npos) {
+      size_t v = a + 23;
+      while (v < e && c->hs[v] == ' ') ++v;
+      size_t ve = c->hs.find("\r\n", v);
+      ok = c->hs.compare(v, ve - v, c->accept) == 0;
+    }
+    if (!ok) { conn_fail(c, "bad Sec-WebSocket-Accept"); return; }
+    size_t consumed = e + 4 - old;   // bytes of this chunk that were handshake
+    c->hs.clear();
+    c->hs.shrink_to_fit();
+    handshake_done(c);
+    if (c->state == OPEN && (size_t)nread > consumed) feed_ws(c, p + consumed, nread - consumed);
+    return;
+  }
+  if (c->state == OPEN) feed_ws(c, p, nread);
+}
+
+void make_key(Conn* c, char* key_out /* 25 bytes */) {
+  uint8_t raw[16];
+  for (int i = 0; i < 16; i += 8) { uint64_t r = rng(); memcpy(raw + i, &r, 8); }
+  size_t olen = 0;
+  mbedtls_base64_encode(reinterpret_cast<unsigned char*>(key_out), 25, &olen, raw, 16);
+  key_out[olen] = 0;
+  std::string cat = std::string(key_out) + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+  unsigned char sha[20];
+  mbedtls_sha1_ret(reinterpret_cast<const unsigned char*>(cat.data()), cat.size(), sha);
+  mbedtls_base64_encode(reinterpret_cast<unsigned char*>(c->accept), sizeof c->accept, &olen, sha, 20);
+  c->accept[olen] = 0;
+}
+
+void on_connect(uv_connect_t* req, int status) {
+  Conn* c = static_cast<Conn*>(req->data);
+  if (status < 0) { conn_fail(c, uv_strerror(status)); return; }
+  uv_tcp_nodelay(&c->tcp, 1);
+  c->state = HANDSHAKE;
+  char key[32];
+  make_key(c, key);
+  char req_text[512];
+  int l = snprintf(req_text, sizeof req_text,
+                   "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                   opt.path.c_str(), opt.host.c_str(), opt.port, key);
+  raw_write(c, std::string(req_text, l));
+  uv_read_start(reinterpret_cast<uv_stream_t*>(&c->tcp), on_alloc, on_read);
+}
+
+void start_conn(int idx) {
+  Conn* c = new Conn;
+  c->idx = idx;
+  conns.push_back(c);
+  ++pending;
+  ++started;
+  int r = uv_tcp_init_ex(loop, &c->tcp, AF_INET);
+  if (r < 0) { --pending; ++failed; c->state = CLOSED; note_error(uv_strerror(r)); return; }
+  c->tcp_inited = true;
+  c->tcp.data = c;
+  c->creq.data = c;
+  if (opt.src_ips > 1) {
+    uv_os_fd_t fd;
+    uv_fileno(reinterpret_cast<uv_handle_t*>(&c->tcp), &fd);
+    int one = 1;
+    setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+    sockaddr_in src{};
+    src.sin_family = AF_INET;
+    src.sin_addr.s_addr = htonl(0x7f000001u + (uint32_t)(idx % opt.src_ips));
+    r = uv_tcp_bind(&c->tcp, reinterpret_cast<sockaddr*>(&src), 0);
+    if (r < 0) { conn_fail(c, uv_strerror(r)); return; }
+  }
+  sockaddr_in dst{};
+  uv_ip4_addr(opt.host.c_str(), opt.port, &dst);
+  r = uv_tcp_connect(&c->creq, &c->tcp, reinterpret_cast<sockaddr*>(&dst), on_connect);
+  if (r < 0) conn_fail(c, uv_strerror(r));
+}
+
+int target_conns() { return opt.mode == "echo" ? opt.m : opt.n; }
+
+void all_connected() {
+  t_connect_end = now_ns();
+  uv_timer_stop(&ramp_timer);
+  printf("RESULT connected=%d failed=%d connect_s=%.2f\n", opened, failed,
+         (t_connect_end - t_connect_start) / 1e9);
+  if (failed && !opt.quiet) fprintf(stderr, "loadws: %d connections failed; first error: %s\n", failed, first_error.c_str());
+  fflush(stdout);
+  if (opened == 0) { fprintf(stderr, "loadws: no connection opened\n"); exit(3); }
+  if (!opt.ready_file.empty()) {
+    FILE* f = fopen(opt.ready_file.c_str(), "w");
+    if (f) { fprintf(f, "connected=%d failed=%d\n", opened, failed); fclose(f); }
+    phase = P_READY_WAIT;
+    if (opt.hold >= 0) uv_timer_start(&run_timer, [](uv_timer_t*) { start_phase_run(); }, (uint64_t)(opt.hold * 1000), 0);
+    return;  // SIGUSR1 goes on
+  }
+  if (opt.mode == "idle") {
+    phase = P_READY_WAIT;
+    if (opt.hold >= 0) uv_timer_start(&run_timer, [](uv_timer_t*) { finish(); }, (uint64_t)(opt.hold * 1000), 0);
+    return;
+  }
+  start_phase_run();
+}
+
+void ramp() {
+  if (phase != P_CONNECT) return;
+  int target = target_conns();
+  // a bounded batch per call keeps the loop responsive; the timer continues it
+  int batch = 0;
+  while (started < target && pending < opt.concurrency && batch < 100) { start_conn(started); ++batch; }
+  if (started == target && pending == 0) all_connected();
+}
+
+void handshake_done(Conn* c) {
+  if (wslay_event_context_client_init(&c->ws, &callbacks, c) != 0) { conn_fail(c, "wslay init"); return; }
+  c->state = OPEN;
+  --pending;
+  ++opened;
+  ramp();
+}
+
+// ---- phases ----------------------------------------------------------------
+void echo_stop_sending(uv_timer_t*) {
+  echo_t1 = now_ns();
+  echo_measuring = false;
+  echo_sending = false;
+  // drain: wait up to 3 s for the in-flight replies
+  uv_timer_start(&run_timer, [](uv_timer_t*) { finish(); }, 3000, 0);
+  bool all_idle = true;
+  for (Conn* k : conns)
+    if (k->state == OPEN && !k->inflight.empty()) { all_idle = false; break; }
+  if (all_idle) finish();
+}
+
+void fan_start_round() {
+  ++fan_round;
+  fan_got = 0;
+  fan_members = 0;
+  for (Conn* c : conns)
+    if (c->state == OPEN && c->joined) ++fan_members;
+  Conn* trig = nullptr;
+  for (Conn* c : conns)
+    if (c->state == OPEN) { trig = c; break; }
+  if (!trig || fan_members == 0) { finish(); return; }
+  char msg[256];
+  snprintf(msg, sizeof msg, "{\"type\":\"fanout\",\"data\":{\"room\":\"%s\",\"seq\":%d,\"p\":\"%.*s\"}}",
+           opt.room.c_str(), fan_round, std::min(opt.size, 64), pad.c_str());
+  fan_t0 = now_ns();
+  queue_text(trig, msg);
+  flush(trig);
+  // a round that does not complete in 10 s is reported as it is
+  uv_timer_start(&run_timer, [](uv_timer_t*) { fan_done_round(); }, 10000, 0);
+}
+
+void fan_done_round() {
+  uint64_t t = now_ns();
+  uv_timer_stop(&run_timer);
+  double d = ms(t - fan_t0);
+  fan_ms.push_back(d);
+  fan_recv.push_back(fan_got);
+  if (!opt.quiet) fprintf(stderr, "loadws: fanout round %d: %d/%d members in %.1f ms\n", fan_round, fan_got, fan_members, d);
+  if (fan_round >= opt.rounds) { finish(); return; }
+  // a short pause between rounds lets the previous one settle
+  uv_timer_start(&run_timer, [](uv_timer_t*) { fan_start_round(); }, 300, 0);
+}
+
+void start_phase_run() {
+  if (phase == P_RUN || phase == P_DONE) return;
+  uv_timer_stop(&run_timer);
+  phase = P_RUN;
+  if (opt.mode == "idle") { finish(); return; }
+  if (opt.mode == "echo") {
+    echo_sending = true;
+    for (Conn* c : conns) {
+      if (c->state != OPEN) continue;
+      for (int i = 0; i < opt.depth; ++i) echo_send_one(c);
+      flush(c);
+    }
+    // warm-up, then the measured window
+    uv_timer_start(&run_timer, [](uv_timer_t*) {
+      echo_t0 = now_ns();
+      echo_measuring = true;
+      uv_timer_start(&run_timer, echo_stop_sending, (uint64_t)(opt.seconds * 1000), 0);
+    }, (uint64_t)(opt.warmup * 1000), 0);
+    return;
+  }
+  if (opt.mode == "fanout") {
+    static bool joining_done = false;
+    if (!joining_done && fan_joined == 0) {
+      // first: every connection joins the room; start_phase_run is called
+      // again when the last join reply arrives
+      phase = P_READY_WAIT;
+      joining_done = true;
+      std::string j = "{\"type\":\"join\",\"data\":{\"room\":\"" + opt.room + "\"},\"id\":\"j\"}";
+      uint64_t tj = now_ns();
+      (void)tj;
+      int sentj = 0;
+      for (Conn* c : conns) {
+        if (c->state != OPEN) continue;
+        queue_text(c, j);
+        flush(c);
+        ++sentj;
+      }
+      if (sentj == 0) finish();
+      // bounded: go on with whoever joined after 30 s
+      uv_timer_start(&run_timer, [](uv_timer_t*) { start_phase_run(); }, 30000, 0);
+      return;
+    }
+    printf("RESULT joined=%d\n", fan_joined);
+    fflush(stdout);
+    fan_start_round();
+  }
+}
+
+void finish() {
+  if (phase == P_DONE) return;
+  phase = P_DONE;
+  if (opt.mode == "echo") {
+    double secs = (echo_t1 ? echo_t1 : now_ns()) - echo_t0;
+    secs /= 1e9;
+    std::sort(lat_us.begin(), lat_us.end());
+    auto pct = [&](double q) -> double {
+      if (lat_us.empty()) return 0;
+      size_t i = std::min(lat_us.size() - 1, (size_t)(q * lat_us.size()));
+      return lat_us[i] / 1000.0;
+    };
+    printf("RESULT echo_conns=%d depth=%d seconds=%.2f replies=%" PRIu64 " errors=%" PRIu64 " msgs_per_s=%.0f p50_ms=%.3f p99_ms=%.3f max_ms=%.3f\n",
+           opened - closed_after_open, opt.depth, secs, echo_replies, echo_errors,
+           secs > 0 ? echo_replies / secs : 0.0, pct(0.50), pct(0.99),
+           lat_us.empty() ? 0.0 : lat_us.back() / 1000.0);
+  } else if (opt.mode == "fanout") {
+    std::vector<double> s = fan_ms;
+    std::sort(s.begin(), s.end());
+    std::string all;
+    for (size_t i = 0; i < fan_ms.size(); ++i) {
+      char b[64];
+      snprintf(b, sizeof b, "%s%.1f/%d", i ? "," : "", fan_ms[i], fan_recv[i]);
+      all += b;
+    }
+    printf("RESULT fanout_members=%d rounds=%zu median_ms=%.1f min_ms=%.1f max_ms=%.1f each=%s\n",
+           fan_members, fan_ms.size(), s.empty() ? 0.0 : s[s.size() / 2], s.empty() ? 0.0 : s.front(),
+           s.empty() ? 0.0 : s.back(), all.c_str());
+  }
+  if (closed_after_open) printf("RESULT closed_by_server=%d\n", closed_after_open);
+  if (!first_error.empty()) printf("RESULT first_error=\"%s\"\n", first_error.c_str());
+  fflush(stdout);
+  fflush(stderr);
+  // the kernel closes every socket; no need to walk 10k handles
+  _exit(0);
+}
+
+void usage() {
+  fprintf(stderr,
+          "usage: loadws --url ws://HOST:PORT/PATH [options] idle|echo|fanout\n"
+          "  -n N             connections for idle/fanout (10000)\n"
+          "  -c M             connections for echo (50)\n"
+          "  -d D             echo messages in flight per connection (8)\n"
+          "  -t SEC           echo measured window (10), after --warmup SEC (1)\n"
+          "  -r R             fanout rounds (5)\n"
+          "  --size B         pad bytes in each message (64)\n"
+          "  --room NAME      room for fanout (bench)\n"
+          "  --concurrency K  handshakes in flight while ramping (200)\n"
+          "  --src-ips K      spread connections over 127.0.0.1..127.0.0.K\n"
+          "  --ready FILE     when connected, write FILE and wait for SIGUSR1 (or --hold)\n"
+          "  --hold SEC       idle: hold this long (default: until SIGUSR1/SIGTERM)\n"
+          "  --timeout SEC    overall bound (120)\n"
+          "  -q               fewer messages on stderr\n");
+  exit(1);
+}
+
+bool parse_url(const std::string& u) {
+  if (u.rfind("ws://", 0) != 0) return false;
+  std::string rest = u.substr(5);
+  size_t slash = rest.find('/');
+  std::string hp = rest.substr(0, slash);
+  opt.path = slash == std::string::npos ? "/" : rest.substr(slash);
+  size_t colon = hp.rfind(':');
+  if (colon == std::string::npos) { opt.host = hp; opt.port = 80; }
+  else { opt.host = hp.substr(0, colon); opt.port = atoi(hp.c_str() + colon + 1); }
+  if (opt.host == "localhost") opt.host = "127.0.0.1";
+  return opt.port > 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string url;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&]() -> const char* { if (i + 1 >= argc) usage(); return argv[++i]; };
+    if (a == "--url") url = next();
+    else if (a == "-n") opt.n = atoi(next());
+    else if (a == "-c") opt.m = atoi(next());
+    else if (a == "-d") opt.depth = atoi(next());
+    else if (a == "-t") opt.seconds = atof(next());
+    else if (a == "--warmup") opt.warmup = atof(next());
+    else if (a == "-r") opt.rounds = atoi(next());
+    else if (a == "--size") opt.size = atoi(next());
+    else if (a == "--room") opt.room = next();
+    else if (a == "--concurrency") opt.concurrency = atoi(next());
+    else if (a == "--src-ips") opt.src_ips = atoi(next());
+    else if (a == "--ready") opt.ready_file = next();
+    else if (a == "--hold") opt.hold = atof(next());
+    else if (a == "--timeout") opt.timeout = atof(next());
+    else if (a == "-q") opt.quiet = true;
+    else if (a == "idle" || a == "echo" || a == "fanout") opt.mode = a;
+    else usage();
+  }
+  if (opt.mode.empty() || !parse_url(url) || opt.n < 1 || opt.m < 1 || opt.depth < 1 || opt.concurrency < 1 ||
+      opt.src_ips < 1 || opt.src_ips > 254)
+    usage();
+  pad.assign(opt.size, 'x');
+  rng_state ^= (uint64_t)getpid() << 17 ^ uv_hrtime();
+
+  // as many descriptors as allowed
+  rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+    if ((rlim_t)target_conns() + 32 > rl.rlim_cur)
+      fprintf(stderr, "loadws: warning: ulimit -n %llu is below %d connections\n",
+              (unsigned long long)rl.rlim_cur, target_conns());
+  }
+  signal(SIGPIPE, SIG_IGN);
+
+  loop = uv_default_loop();
+  conns.reserve(target_conns());
+  uv_timer_init(loop, &ramp_timer);
+  uv_timer_init(loop, &run_timer);
+  uv_timer_init(loop, &deadline_timer);
+  uv_signal_init(loop, &sig_usr1);
+  uv_signal_init(loop, &sig_term);
+  uv_signal_init(loop, &sig_int);
+  uv_signal_start(&sig_usr1, [](uv_signal_t*, int) {
+    if (phase == P_READY_WAIT) {
+      if (opt.mode == "idle") finish();
+      else start_phase_run();
+    }
+  }, SIGUSR1);
+  uv_signal_start(&sig_term, [](uv_signal_t*, int) { finish(); }, SIGTERM);
+  uv_signal_start(&sig_int, [](uv_signal_t*, int) { finish(); }, SIGINT);
+  uv_timer_start(&deadline_timer, [](uv_timer_t*) {
+    fprintf(stderr, "loadws: overall timeout reached\n");
+    note_error("overall timeout");
+    if (phase == P_CONNECT) all_connected();
+    finish();
+  }, (uint64_t)(opt.timeout * 1000), 0);
+
+  t_connect_start = now_ns();
+  uv_timer_start(&ramp_timer, [](uv_timer_t*) { ramp(); }, 0, 5);
+  uv_run(loop, UV_RUN_DEFAULT);
+  finish();
+  return 0;
+}
