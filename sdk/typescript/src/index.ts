@@ -1,0 +1,18 @@
+// linkd-sdk: write Linkd services in TypeScript.
+export { createService, Service, HttpReply, reply, consoleLogger, silentLogger, defaultSocketPath } from "./service";
+export type { HttpContext, ActionHandler } from "./service";
+export { WebSocketApi, WsContext, WsGroup, Target } from "./ws";
+export type { SocketInfo, MessageHandler, LifecycleHandler, Middleware, Next } from "./ws";
+export {
+  LinkdError,
+  BadRequestError,
+  UnauthorizedError,
+  ForbiddenError,
+  NotFoundError,
+  ConflictError,
+  ValidationError,
+  TimeoutError,
+  ServiceUnavailableError,
+} from "./errors";
+export type { AuthContext, Logger, ServiceOptions, WebSocketOptions, ActionOptions, HandlerOptions, Schema } from "./types";
+export { FrameReader, encodeFrame, decodeFrame } from "./proto";

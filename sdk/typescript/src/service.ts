@@ -1,0 +1,550 @@
+// The service: one link to linkd's Unix socket (register, reconnect with
+// backoff, commands with op_id), and the HTTP half (actions).
+import { EventEmitter } from "events";
+import * as net from "net";
+import {
+  BadRequestError,
+  ForbiddenError,
+  LinkdError,
+  NotFoundError,
+  ServiceUnavailableError,
+  TimeoutError,
+  UnauthorizedError,
+  errorResponse,
+  toLinkdError,
+} from "./errors";
+import { FrameReader, FrameTooLargeError, decodeFrame, encodeFrame } from "./proto";
+import type { ActionOptions, AuthContext, Logger, ServiceOptions } from "./types";
+import { Link, WebSocketApi, authFromProto, describe } from "./ws";
+
+/** Largest frame accepted from linkd before it has told us its own limit. */
+const DEFAULT_MAX_FRAME = 16 * 1024 * 1024;
+
+export function defaultSocketPath(): string {
+  if (process.env.LINKD_SOCKET) return process.env.LINKD_SOCKET;
+  if (typeof process.getuid === "function" && process.getuid() === 0) return "/run/linkd/linkd.sock";
+  return "./run/linkd.sock";
+}
+
+const LEVELS: Record<string, number> = { debug: 10, info: 20, warn: 30, error: 40, silent: 100 };
+
+/** A logger writing one line per event to stderr; level from $LINKD_SDK_LOG (default info). */
+export function consoleLogger(name: string, level = process.env.LINKD_SDK_LOG || "info"): Logger {
+  const min = LEVELS[level] ?? 20;
+  const out = (lvl: string) => (msg: string, meta?: Record<string, unknown>) => {
+    if ((LEVELS[lvl] ?? 0) < min) return;
+    const extra = meta && Object.keys(meta).length ? " " + JSON.stringify(meta) : "";
+    process.stderr.write(`${new Date().toISOString()} ${lvl} [${name}] ${msg}${extra}\n`);
+  };
+  return { debug: out("debug"), info: out("info"), warn: out("warn"), error: out("error") };
+}
+
+/** A logger that says nothing. */
+export const silentLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };
+
+/** What an HTTP action handler gets. */
+export interface HttpContext {
+  requestId: string;
+  method: string;
+  path: string;
+  /** The route pattern that matched, e.g. "/users/:id". */
+  route: string;
+  params: Record<string, string>;
+  /** Query parameters (the last value wins when a name repeats; see searchParams for all). */
+  query: Record<string, string>;
+  searchParams: URLSearchParams;
+  /** Header names in lower case; repeated headers joined with ", ". */
+  headers: Record<string, string>;
+  /** The body: parsed JSON (application/json), a string (text/*), an object (form), else a Buffer; undefined if empty. */
+  readonly body: any;
+  rawBody: Buffer;
+  user: AuthContext;
+  /** Same as user. */
+  auth: AuthContext;
+  remoteAddress: string;
+  logger: Logger;
+  /** Sets the status of a successful answer (default 200). */
+  setStatus(status: number): void;
+  setHeader(name: string, value: string): void;
+}
+
+export type ActionHandler = (ctx: HttpContext) => unknown | Promise<unknown>;
+
+/** A complete HTTP answer, for bodies that are not JSON (HTML, files...). */
+export class HttpReply {
+  constructor(
+    readonly body: string | Buffer,
+    readonly status = 200,
+    readonly headers: Record<string, string> = {},
+  ) {}
+}
+
+/** Builds an HttpReply: `return reply(html, { contentType: "text/html; charset=utf-8" })`. */
+export function reply(
+  body: string | Buffer,
+  init: { status?: number; contentType?: string; headers?: Record<string, string> } = {},
+): HttpReply {
+  const headers: Record<string, string> = { ...(init.headers ?? {}) };
+  if (init.contentType) headers["content-type"] = init.contentType;
+  else if (!Object.keys(headers).some((k) => k.toLowerCase() === "content-type")) {
+    headers["content-type"] = typeof body === "string" ? "text/plain; charset=utf-8" : "application/octet-stream";
+  }
+  return new HttpReply(body, init.status ?? 200, headers);
+}
+
+interface Action {
+  name: string;
+  method: string;
+  route: string;
+  opts: ActionOptions;
+  handler: ActionHandler;
+}
+
+interface Pending {
+  resolve: (v: any) => void;
+  reject: (e: Error) => void;
+  timer: NodeJS.Timeout;
+}
+
+/**
+ * A Linkd service. Events: "registered" (RegisterResult ok), "disconnected"
+ * (the link went away; it will reconnect), "refused" (reason).
+ */
+export class Service extends EventEmitter implements Link {
+  readonly name: string;
+  readonly logger: Logger;
+  readonly ws: WebSocketApi;
+  readonly socketPath: string;
+
+  private readonly opts: ServiceOptions;
+  private readonly actions = new Map<string, Action>();
+  private sock: net.Socket | null = null;
+  private reader: FrameReader;
+  private registered = false;
+  private running = false;
+  private everRegistered = false;
+  private reconnectTimer: NodeJS.Timeout | null = null;
+  private delay: number;
+  private seq = 0;
+  private readonly pending = new Map<string, Pending>();
+  private startWaiters: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
+  /** linkd's version, from RegisterResult. */
+  linkdVersion = "";
+
+  constructor(opts: ServiceOptions) {
+    super();
+    if (!opts || !opts.name) throw new TypeError("createService: name is required");
+    this.opts = opts;
+    this.name = opts.name;
+    this.socketPath = opts.socketPath || defaultSocketPath();
+    this.logger = opts.logger ?? consoleLogger(opts.name);
+    this.ws = new WebSocketApi(this, !!opts.websocket?.raw);
+    this.reader = new FrameReader(DEFAULT_MAX_FRAME, (body) => this.onFrame(body));
+    this.delay = opts.reconnect?.initialDelayMs ?? 100;
+    // an EventEmitter "error" without listeners would throw: we never emit it
+  }
+
+  /** True while registered with linkd. */
+  get connected(): boolean {
+    return this.registered;
+  }
+
+  // --- HTTP actions ---------------------------------------------------------
+
+  action(name: string, opts: ActionOptions, handler: ActionHandler): this {
+    if (!opts || typeof opts.route !== "string" || !opts.route.startsWith("/")) {
+      throw new TypeError(`action "${name}": route must be a path starting with "/"`);
+    }
+    if (typeof handler !== "function") throw new TypeError(`action "${name}": handler must be a function`);
+    const method = (opts.method ?? "GET").toUpperCase();
+    const key = `${method} ${opts.route}`;
+    if (this.actions.has(key)) throw new Error(`action "${name}": ${key} is already registered`);
+    this.actions.set(key, { name, method, route: opts.route, opts, handler });
+    if (this.registered) this.logger.warn(`action "${name}" added after registration: it takes effect at the next reconnect`);
+    return this;
+  }
+
+  // --- lifecycle ------------------------------------------------------------
+
+  /**
+   * Connects and registers. Resolves at the first successful registration;
+   * keeps retrying (with backoff) while linkd's socket is not there; rejects
+   * if linkd refuses the registration.
+   */
+  start(): Promise<void> {
+    if (this.registered) return Promise.resolve();
+    const p = new Promise<void>((resolve, reject) => this.startWaiters.push({ resolve, reject }));
+    if (!this.running) {
+      this.running = true;
+      this.connect();
+    }
+    return p;
+  }
+
+  /** Closes the link and stops reconnecting. */
+  stop(): Promise<void> {
+    this.running = false;
+    if (this.reconnectTimer) {
+      clearTimeout(this.reconnectTimer);
+      this.reconnectTimer = null;
+    }
+    this.settleStart(new ServiceUnavailableError("service stopped"));
+    const sock = this.sock;
+    if (!sock || sock.destroyed) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      sock.once("close", () => resolve());
+      sock.end();
+      setTimeout(() => sock.destroy(), 1000).unref();
+    });
+  }
+
+  private settleStart(err?: Error): void {
+    const waiters = this.startWaiters;
+    this.startWaiters = [];
+    for (const w of waiters) (err ? w.reject(err) : w.resolve());
+  }
+
+  private connect(): void {
+    this.reconnectTimer = null;
+    if (!this.running) return;
+    const sock = net.createConnection(this.socketPath);
+    this.sock = sock;
+    this.reader.reset();
+    this.reader.maxFrame = DEFAULT_MAX_FRAME;
+    sock.on("connect", () => {
+      this.logger.debug("connected to linkd", { socket: this.socketPath });
+      try {
+        sock.write(encodeFrame({ registerService: this.registration() }));
+      } catch (err) {
+        this.logger.error("could not encode the registration", { error: describe(err) });
+        sock.destroy();
+      }
+    });
+    sock.on("data", (chunk: Buffer) => {
+      try {
+        this.reader.push(chunk);
+      } catch (err) {
+        // the stream cannot be resynchronised: drop the link, reconnect
+        this.logger.warn("bad frame from linkd, dropping the link", { error: (err as Error).message });
+        sock.destroy();
+      }
+    });
+    sock.on("error", (err: NodeJS.ErrnoException) => {
+      if (err.code === "ENOENT" || err.code === "ECONNREFUSED") this.logger.debug("linkd not reachable", { code: err.code });
+      else this.logger.warn("link error", { error: err.message });
+    });
+    sock.on("close", () => this.onClose(sock));
+  }
+
+  private onClose(sock: net.Socket): void {
+    if (this.sock !== sock) return;
+    this.sock = null;
+    const wasRegistered = this.registered;
+    this.registered = false;
+    const lost = new ServiceUnavailableError("link to linkd lost");
+    for (const [id, p] of this.pending) {
+      clearTimeout(p.timer);
+      p.reject(lost);
+      this.pending.delete(id);
+    }
+    if (wasRegistered) {
+      this.logger.warn("link to linkd closed; reconnecting");
+      this.emit("disconnected");
+    }
+    if (!this.running) return;
+    const max = this.opts.reconnect?.maxDelayMs ?? 5000;
+    const wait = Math.round(this.delay * (0.75 + Math.random() * 0.5));
+    this.delay = Math.min(this.delay * 2, max);
+    this.reconnectTimer = setTimeout(() => this.connect(), wait);
+  }
+
+  private registration(): Record<string, unknown> {
+    const ws = this.opts.websocket;
+    return {
+      name: this.opts.name,
+      version: this.opts.version ?? "",
+      namespace: this.opts.namespace ?? "",
+      instanceId: this.opts.instanceId ?? "",
+      routes: [...this.actions.values()].map((a) => ({
+        method: a.method,
+        path: a.route,
+        auth: !!a.opts.auth,
+        roles: a.opts.roles ?? [],
+        corsOrigins: a.opts.cors ?? [],
+      })),
+      websocket:
+        ws && ws.enabled !== false && ws.path
+          ? {
+              enabled: true,
+              path: ws.path,
+              heartbeatIntervalMs: ws.heartbeatIntervalMs ?? 0,
+              maxConnectionsPerUser: ws.maxConnectionsPerUser ?? 0,
+              maxMessageSizeBytes: ws.maxMessageSizeBytes ?? 0,
+              compression: !!ws.compression,
+              authRequired: !!ws.authRequired,
+              raw: !!ws.raw,
+            }
+          : { enabled: false },
+    };
+  }
+
+  // --- frames from linkd -----------------------------------------------------
+
+  private onFrame(body: Buffer): void {
+    let frame;
+    try {
+      frame = decodeFrame(body);
+    } catch (err) {
+      this.logger.warn("undecodable frame from linkd ignored", { bytes: body.length, error: (err as Error).message });
+      return;
+    }
+    try {
+      this.dispatch(frame);
+    } catch (err) {
+      this.logger.error("frame handling failed", { kind: frame.message, error: describe(err) });
+    }
+  }
+
+  private dispatch(f: any): void {
+    switch (f.message) {
+      case "registerResult":
+        return this.onRegisterResult(f.registerResult);
+      case "httpRequest":
+        void this.onHttpRequest(f.httpRequest);
+        return;
+      case "heartbeat":
+        if (!f.heartbeat.reply) this.trySend({ heartbeat: { timestampMs: Date.now(), reply: true } });
+        return;
+      case "commandResult":
+        return this.settle(`op:${f.commandResult.opId}`, f.commandResult.ok, f.commandResult.error, undefined);
+      case "roomsResult": {
+        const r = f.roomsResult;
+        return this.settle(`q:${r.queryId}`, !r.error, r.error, r.rooms ?? []);
+      }
+      case "error":
+        this.logger.warn("linkd refused a frame", { type: f.error.type, message: f.error.message });
+        return;
+      case "wsConnectionEvent":
+        this.ws.handleConnectionEvent(f.wsConnectionEvent).catch((err) => this.logger.error("connection event failed", { error: describe(err) }));
+        return;
+      case "wsInbound":
+        this.ws.handleInbound(f.wsInbound).catch((err) => this.logger.error("inbound message failed", { error: describe(err) }));
+        return;
+      default:
+        this.logger.debug("frame ignored", { kind: f.message ?? "(empty)" });
+    }
+  }
+
+  private onRegisterResult(r: any): void {
+    if (!r.ok) {
+      const reason = r.reason || "registration refused";
+      this.logger.error("linkd refused the registration", { reason });
+      this.emit("refused", reason);
+      if (!this.everRegistered) {
+        // a configuration problem: stop, and let start() fail
+        this.running = false;
+        this.settleStart(new LinkdError(409, "REGISTRATION_REFUSED", reason));
+      }
+      this.sock?.destroy();
+      return;
+    }
+    this.registered = true;
+    this.everRegistered = true;
+    this.delay = this.opts.reconnect?.initialDelayMs ?? 100;
+    this.linkdVersion = r.linkdVersion ?? "";
+    if (r.maxFrameBytes > 0) this.maxSendFrame = r.maxFrameBytes;
+    this.ws.resetSockets();
+    this.logger.info("registered with linkd", { socket: this.socketPath, linkd: this.linkdVersion });
+    this.settleStart();
+    this.emit("registered");
+  }
+
+  /** Largest frame linkd accepts from us (RegisterResult.max_frame_bytes). */
+  private maxSendFrame = 0;
+
+  private settle(key: string, ok: boolean, error: any, value: unknown): void {
+    const p = this.pending.get(key);
+    if (!p) return;
+    this.pending.delete(key);
+    clearTimeout(p.timer);
+    if (ok) p.resolve(value);
+    else p.reject(new LinkdError(error?.code || 400, error?.type || "COMMAND_FAILED", error?.message || "linkd refused the command"));
+  }
+
+  // --- Link (used by service.ws) ---------------------------------------------
+
+  send(frame: Record<string, unknown>): void {
+    if (!this.registered || !this.sock) throw new ServiceUnavailableError();
+    const bytes = encodeFrame(frame);
+    if (this.maxSendFrame > 0 && bytes.length > this.maxSendFrame) {
+      throw new LinkdError(413, "PAYLOAD_TOO_LARGE", `frame of ${bytes.length} bytes exceeds linkd's ${this.maxSendFrame}`);
+    }
+    this.sock.write(bytes);
+  }
+
+  private trySend(frame: Record<string, unknown>): void {
+    try {
+      this.send(frame);
+    } catch (err) {
+      this.logger.debug("frame not sent", { error: (err as Error).message });
+    }
+  }
+
+  private wait<T>(key: string, what: string): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const ms = this.opts.commandTimeoutMs ?? 10000;
+      const timer = setTimeout(() => {
+        this.pending.delete(key);
+        reject(new TimeoutError(`no answer from linkd to ${what} within ${ms} ms`));
+      }, ms);
+      this.pending.set(key, { resolve, reject, timer });
+    });
+  }
+
+  command(kind: string, body: Record<string, unknown>): Promise<void> {
+    const opId = ++this.seq;
+    try {
+      this.send({ [kind]: { ...body, opId } });
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.wait<void>(`op:${opId}`, kind);
+  }
+
+  queryRooms(connectionId: string): Promise<string[]> {
+    const queryId = ++this.seq;
+    try {
+      this.send({ roomsQuery: { queryId, connectionId } });
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.wait<string[]>(`q:${queryId}`, "roomsQuery");
+  }
+
+  // --- HTTP requests -----------------------------------------------------------
+
+  private findAction(method: string, route: string): Action | undefined {
+    return this.actions.get(`${method} ${route}`) ?? this.actions.get(`* ${route}`);
+  }
+
+  private async onHttpRequest(req: any): Promise<void> {
+    const requestId = String(req.requestId ?? "0");
+    let status = 200;
+    const headers: Record<string, string> = {};
+    let body: Buffer;
+    try {
+      const action = this.findAction(String(req.method ?? "").toUpperCase(), req.route ?? "");
+      const ctx = this.httpContext(req, requestId, (s) => (status = s), (n, v) => (headers[n.toLowerCase()] = v));
+      if (!action) throw new NotFoundError(`no action for ${req.method} ${req.route || req.path}`);
+      if ((action.opts.auth || action.opts.roles?.length) && !ctx.user.authenticated) throw new UnauthorizedError();
+      const roles = action.opts.roles;
+      if (roles && roles.length && !roles.some((r) => ctx.user.roles.includes(r))) {
+        throw new ForbiddenError(`one of the roles ${roles.join(", ")} is required`);
+      }
+      const result = await action.handler(ctx);
+      if (result instanceof HttpReply) {
+        status = result.status;
+        for (const [n, v] of Object.entries(result.headers)) headers[n.toLowerCase()] = v;
+        body = Buffer.isBuffer(result.body) ? result.body : Buffer.from(result.body, "utf8");
+      } else {
+        const text = JSON.stringify(result === undefined ? null : result) ?? "null";
+        body = Buffer.from(text, "utf8");
+        if (!headers["content-type"]) headers["content-type"] = "application/json";
+      }
+    } catch (err) {
+      const e = toLinkdError(err);
+      if (e.type === "INTERNAL_ERROR") this.logger.error("action failed", { path: req.path, error: describe(err) });
+      status = e.status;
+      for (const k of Object.keys(headers)) delete headers[k];
+      headers["content-type"] = "application/json";
+      const er = errorResponse(e);
+      const payload: Record<string, unknown> = { type: er.type, message: er.message };
+      if (e.details !== undefined) payload.details = e.details;
+      body = Buffer.from(JSON.stringify({ error: payload }), "utf8");
+    }
+    this.trySend({
+      httpResponse: {
+        requestId,
+        status,
+        headers: Object.entries(headers).map(([name, value]) => ({ name, value })),
+        body,
+      },
+    });
+  }
+
+  private httpContext(
+    req: any,
+    requestId: string,
+    setStatus: (s: number) => void,
+    setHeader: (n: string, v: string) => void,
+  ): HttpContext {
+    const params: Record<string, string> = {};
+    for (const p of req.params ?? []) params[p.name] = p.value;
+    const searchParams = new URLSearchParams(req.query ?? "");
+    const query: Record<string, string> = {};
+    for (const [k, v] of searchParams) query[k] = v;
+    const headers: Record<string, string> = {};
+    for (const h of req.headers ?? []) {
+      const n = String(h.name).toLowerCase();
+      headers[n] = n in headers ? `${headers[n]}, ${h.value}` : h.value;
+    }
+    const rawBody: Buffer = Buffer.isBuffer(req.body) ? req.body : Buffer.from(req.body ?? []);
+    const user = authFromProto(req.user);
+    let parsed: { v: unknown } | null = null;
+    return {
+      requestId,
+      method: req.method ?? "",
+      path: req.path ?? "",
+      route: req.route ?? "",
+      params,
+      query,
+      searchParams,
+      headers,
+      get body() {
+        if (!parsed) parsed = { v: parseBody(rawBody, headers["content-type"] ?? "") };
+        return parsed.v;
+      },
+      rawBody,
+      user,
+      auth: user,
+      remoteAddress: req.remoteAddress ?? "",
+      logger: this.logger,
+      setStatus(s: number) {
+        setStatus(s);
+      },
+      setHeader(n: string, v: string) {
+        setHeader(n, v);
+      },
+    };
+  }
+}
+
+function parseBody(raw: Buffer, contentType: string): unknown {
+  if (raw.length === 0) return undefined;
+  const ct = contentType.toLowerCase();
+  if (ct.includes("json")) {
+    try {
+      return JSON.parse(raw.toString("utf8"));
+    } catch {
+      throw new BadRequestError("request body is not valid JSON");
+    }
+  }
+  if (ct.startsWith("application/x-www-form-urlencoded")) {
+    return Object.fromEntries(new URLSearchParams(raw.toString("utf8")));
+  }
+  if (ct.startsWith("text/")) return raw.toString("utf8");
+  if (!ct) {
+    // no content type: JSON if it parses, else the bytes
+    try {
+      return JSON.parse(raw.toString("utf8"));
+    } catch {
+      return raw;
+    }
+  }
+  return raw;
+}
+
+/** Creates a service; call start() once its actions and handlers are registered. */
+export function createService(opts: ServiceOptions): Service {
+  return new Service(opts);
+}
