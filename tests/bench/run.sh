@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# make bench: Linkd's figures, and the same tests against a peer (a plain
+# Node.js server on the npm `ws` package) in the same run, with ratios.
+#
+#   memory   linkd's VmRSS at 0 and at N idle WebSocket connections -> KiB/connection
+#   echo     C connections x D messages in flight through the bench service -> msgs/s, p50, p99
+#   fan-out  N connections in one room, one message broadcast to it -> time to the last member
+#   HTTP     wrk on GET /health and on GET /bench/hello (forwarded to the bench service)
+#
+# Bounded in time (about 1-2 minutes; every step has its own bound), loopback
+# only, stops everything it started, never fails on a time. Knobs (env):
+#   BENCH_N=10000 BENCH_ECHO_C=50 BENCH_ECHO_D=8 BENCH_ECHO_T=8 BENCH_ROUNDS=5
+#   BENCH_WRK_T=5 BENCH_WRK_C=50 BENCH_SRC_IPS=1 BENCH_PEER=1 BENCH_LINKD=1
+#   LINKD_CMD (another linkd binary or an emulator line)
+set -u
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+HERE=$ROOT/tests/bench
+B=$ROOT/build/bench
+read -r -a LINKD <<< "${LINKD_CMD:-$ROOT/linkd}"
+N=${BENCH_N:-10000}
+ECHO_C=${BENCH_ECHO_C:-50}
+ECHO_D=${BENCH_ECHO_D:-8}
+ECHO_T=${BENCH_ECHO_T:-8}
+ROUNDS=${BENCH_ROUNDS:-5}
+WRK_T=${BENCH_WRK_T:-5}
+WRK_C=${BENCH_WRK_C:-50}
+SRC_IPS=${BENCH_SRC_IPS:-1}
+WSPATH=/ws/bench
+PY=/usr/bin/python3
+
+TMP=$(mktemp -d /tmp/linkd-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  for p in "${PIDS[@]}"; do
+    for _ in $(seq 40); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
+    kill -KILL "$p" 2>/dev/null
+  done
+  wait 2>/dev/null
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM
+say() { echo "bench: $*" >&2; }
+now() { date +%s.%N; }
+T_START=$(now)
+
+# ---------- build the tools
+mkdir -p "$B"
+newer() { [ ! -e "$1" ] || [ -n "$(find "${@:2}" -newer "$1" 2>/dev/null)" ]; }
+if newer "$B/linkd.pb.c" "$ROOT/proto/linkd.proto" "$ROOT/proto/linkd.options"; then
+  protoc --plugin=protoc-gen-nanopb=/usr/bin/protoc-gen-nanopb -I"$ROOT/proto" \
+    --nanopb_opt=-f"$ROOT/proto/linkd.options" --nanopb_out="$B" "$ROOT/proto/linkd.proto" || exit 1
+  gcc -O2 -I"$B" -c "$B/linkd.pb.c" -o "$B/linkd.pb.o" || exit 1
+fi
+if newer "$B/loadws" "$HERE/loadws.c++"; then
+  g++ -O2 -std=c++20 -Wall -Wextra "$HERE/loadws.c++" -o "$B/loadws" -luv -lwslay -lmbedcrypto || exit 1
+fi
+if newer "$B/benchsvc" "$HERE/benchsvc.c++" "$B/linkd.pb.o"; then
+  g++ -O2 -std=c++20 -Wall -Wextra -I"$B" "$HERE/benchsvc.c++" "$B/linkd.pb.o" -l:libprotobuf-nanopb.a \
+    -o "$B/benchsvc" || exit 1
+fi
+PEER=${BENCH_PEER:-1}
+if [ "$PEER" = 1 ] && [ ! -d "$HERE/node_modules/ws" ]; then
+  (cd "$HERE" && timeout 120 npm ci --no-audit --no-fund --silent >/dev/null 2>&1) || {
+    say "npm ci failed: no peer figures"; PEER=0; }
+fi
+command -v wrk >/dev/null || say "wrk not found (apt-get install wrk): no HTTP figures"
+
+ulimit -n "$(ulimit -Hn)" 2>/dev/null
+
+# ---------- helpers
+free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+wait_for() {  # wait_for SECONDS CMD...: polls every 50 ms
+  local end=$(( $(date +%s) + $1 )); shift
+  until "$@" >/dev/null 2>&1; do [ "$(date +%s)" -ge "$end" ] && return 1; sleep 0.05; done
+}
+established() {  # established connections to a local port
+  ss -Htn state established "( sport = :$1 )" 2>/dev/null | wc -l
+}
+fewer_than() { [ "$(established "$1")" -lt "$2" ]; }
+# field KEY FILE: value of KEY=... in loadws's RESULT lines
+field() { grep -h '^RESULT' "$2" 2>/dev/null | tr ' ' '\n' | awk -F= -v k="$1" '$1==k {print $2}' | tail -n 1; }
+declare -A R   # R[target.figure]=value
+
+# run_target NAME PID HTTP_PORT : every test against one server
+run_target() {
+  local t=$1 pid=$2 port=$3 url="ws://127.0.0.1:$3$WSPATH"
+  local out=$TMP/$t
+
+  # let the server settle, then its memory at 0 connections
+  sleep 0.5
+  R[$t.rss0]=$(rss_kib "$pid")
+
+  # N idle connections, then the fan-out on the same connections
+  rm -f "$out.ready"
+  "$B/loadws" --url "$url" -n "$N" -r "$ROUNDS" --src-ips "$SRC_IPS" --ready "$out.ready" --timeout 90 -q \
+    fanout >"$out.fan" 2>"$out.fan.err" &
+  local lw=$!
+  PIDS+=("$lw")
+  if wait_for 60 test -s "$out.ready"; then
+    sleep 1   # let the server finish whatever each connection set off
+    R[$t.rss_n]=$(rss_kib "$pid")
+    R[$t.conn]=$(field connected "$out.fan")
+    kill -USR1 "$lw" 2>/dev/null
+  else
+    say "$t: $N connections did not open within 60 s"
+    kill -TERM "$lw" 2>/dev/null
+  fi
+  wait "$lw" 2>/dev/null
+  R[$t.connect_s]=$(field connect_s "$out.fan")
+  R[$t.fan]=$(field median_ms "$out.fan")
+  R[$t.fan_each]=$(field each "$out.fan")
+  R[$t.fan_members]=$(field fanout_members "$out.fan")
+  grep -q first_error "$out.fan" && say "$t fan-out: $(grep -h first_error "$out.fan")"
+  # wait until the server has seen the connections go
+  wait_for 30 fewer_than "$port" 10
+  R[$t.rss_after_n]=$(rss_kib "$pid")
+
+  # echo
+  "$B/loadws" --url "$url" -c "$ECHO_C" -d "$ECHO_D" -t "$ECHO_T" --timeout 60 -q echo >"$out.echo" 2>"$out.echo.err"
+  R[$t.echo]=$(field msgs_per_s "$out.echo")
+  R[$t.p50]=$(field p50_ms "$out.echo")
+  R[$t.p99]=$(field p99_ms "$out.echo")
+  R[$t.echo_err]=$(field errors "$out.echo")
+  grep -q first_error "$out.echo" && say "$t echo: $(grep -h first_error "$out.echo")"
+  wait_for 10 fewer_than "$port" 5
+
+  # HTTP
+  if command -v wrk >/dev/null; then
+    local p
+    for p in health:/health route:/bench/hello; do
+      timeout $((WRK_T + 20)) wrk -t2 -c"$WRK_C" -d"${WRK_T}s" "http://127.0.0.1:$port${p#*:}" >"$out.wrk.${p%%:*}" 2>&1
+      R[$t.http_${p%%:*}]=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$out.wrk.${p%%:*}")
+      local bad
+      bad=$(awk '/Non-2xx or 3xx responses:/ {print $5}' "$out.wrk.${p%%:*}")
+      [ -n "$bad" ] && { say "$t GET ${p#*:}: $bad non-2xx responses"; R[$t.http_${p%%:*}]="${R[$t.http_${p%%:*}]}(${bad} non-2xx)"; }
+    done
+  fi
+  wait_for 10 fewer_than "$port" 5
+  sleep 0.5
+  R[$t.rss_end]=$(rss_kib "$pid")
+}
+
+# ---------- linkd
+if [ "${BENCH_LINKD:-1}" = 1 ]; then
+  LPORT=$(free_port)
+  LSOCK=$TMP/linkd.sock
+  say "linkd on 127.0.0.1:$LPORT"
+  "${LINKD[@]}" --listen "127.0.0.1:$LPORT" --socket "$LSOCK" \
+    --max-connections $((N + 2000)) --max-memberships $((N * 2 + 1000)) --max-rooms 1000 \
+    --max-connections-per-user 0 --max-connections-per-ip 0 --rate-limit 0 \
+    --log-level warn >"$TMP/linkd.log" 2>&1 &
+  LPID=$!
+  PIDS+=("$LPID")
+  if wait_for 10 curl -sf -m 1 -o /dev/null "http://127.0.0.1:$LPORT/health" && wait_for 5 test -S "$LSOCK"; then
+    "$B/benchsvc" "$LSOCK" "$WSPATH" >"$TMP/svc.out" 2>"$TMP/svc.err" &
+    PIDS+=("$!")
+    if wait_for 10 grep -q registered "$TMP/svc.out"; then
+      # linkd's process may be a wrapper (an emulator): take the real pid's memory
+      run_target linkd "$LPID" "$LPORT"
+    else
+      say "bench service did not register: $(tail -n 3 "$TMP/svc.err" "$TMP/linkd.log" | tr '\n' ' ')"
+    fi
+  else
+    say "linkd did not start: $(tail -n 5 "$TMP/linkd.log" | tr '\n' ' ')"
+  fi
+  kill -0 "$LPID" 2>/dev/null || say "linkd is gone: $(tail -n 5 "$TMP/linkd.log" | tr '\n' ' ')"
+  LINKD_PID_USED=$LPID
+fi
+
+# ---------- peer: Node ws
+if [ "$PEER" = 1 ]; then
+  PPORT=$(free_port)
+  say "peer (node ws) on 127.0.0.1:$PPORT"
+  node "$HERE/peer.js" "$PPORT" "$WSPATH" >"$TMP/peer.out" 2>&1 &
+  PPID_=$!
+  PIDS+=("$PPID_")
+  if wait_for 10 grep -q listening "$TMP/peer.out"; then
+    run_target peer "$PPID_" "$PPORT"
+  else
+    say "peer did not start: $(tail -n 3 "$TMP/peer.out")"
+  fi
+fi
+
+# ---------- the table
+v() { local x=${R[$1]:-}; echo "${x:-n/a}"; }
+ratio() {
+  local a=${R[linkd.$1]:-} b=${R[peer.$1]:-}
+  a=${a%%(*}; b=${b%%(*}
+  if [[ $a =~ ^[0-9.]+$ && $b =~ ^[0-9.]+$ ]] && awk -v b="$b" 'BEGIN{exit !(b>0)}'; then
+    awk -v a="$a" -v b="$b" 'BEGIN{printf "%.2f", a/b}'
+  else echo "-"; fi
+}
+per_conn() {  # KiB per idle connection
+  local t=$1 a=${R[$1.rss0]:-} b=${R[$1.rss_n]:-} n=${R[$1.conn]:-}
+  if [[ $a =~ ^[0-9]+$ && $b =~ ^[0-9]+$ && $n =~ ^[0-9]+$ && $n -gt 0 ]]; then
+    R[$t.kib_conn]=$(awk -v a="$a" -v b="$b" -v n="$n" 'BEGIN{printf "%.2f", (b-a)/n}')
+  fi
+}
+per_conn linkd; per_conn peer
+row() { printf '| %-44s | %14s | %14s | %10s |\n' "$1" "$(v "linkd.$2")" "$(v "peer.$2")" "$(ratio "$2")"; }
+
+echo
+echo "Linkd benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -m); peer: Node $(node --version 2>/dev/null) + ws"
+echo "(N=$N connections; echo: $ECHO_C connections x $ECHO_D in flight for ${ECHO_T}s; fan-out: median of $ROUNDS; wrk -t2 -c$WRK_C -d${WRK_T}s)"
+printf '| %-44s | %14s | %14s | %10s |\n' "figure" "linkd" "peer (ws)" "linkd/peer"
+printf '|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' $(seq 46))" "$(printf -- '-%.0s' $(seq 16))" "$(printf -- '-%.0s' $(seq 16))" "$(printf -- '-%.0s' $(seq 12))"
+row "RSS at 0 connections (KiB)" rss0
+row "RSS at $N idle connections (KiB)" rss_n
+row "KiB per idle connection" kib_conn
+row "connections opened" conn
+row "time to open them (s)" connect_s
+row "fan-out to $N room members, median (ms)" fan
+row "echo msgs/s" echo
+row "echo p50 latency (ms)" p50
+row "echo p99 latency (ms)" p99
+row "HTTP GET /health req/s" http_health
+row "HTTP GET /bench/hello req/s (linkd: via svc)" http_route
+row "RSS after the run, idle (KiB)" rss_end
+echo
+echo "fan-out rounds (ms/members): linkd $(v linkd.fan_each); peer $(v peer.fan_each)"
+echo "linkd service: bench service (C++, nanopb) on the Unix socket; peer: one Node process serving everything itself."
+awk -v s="$T_START" -v e="$(now)" 'BEGIN{printf "bench: done in %.0f s\n", e-s}' >&2
+exit 0
