@@ -5,6 +5,7 @@
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TESTS="$ROOT/tests"
+export TESTS_DIR=$TESTS                # for the Python parts: sys.path.insert(0, TESTS_DIR)
 PY=/usr/bin/python3                   # Debian's python: sees python3-protobuf, python3-websocket(s)
 read -r -a LINKD <<< "${LINKD_CMD:-$ROOT/linkd}"
 # Startup waits get longer under an emulator (qemu-*-static).
