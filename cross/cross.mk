@@ -151,6 +151,9 @@ $(CROSS_BIN): linkd.c++ $(CROSS_DIR)/linkd.pb.h $(CROSS_DIR)/linkd.pb.o $(CROSS_
 	@echo "$@: $$(stat -c %s $@) bytes ($$(file -b $@ | cut -d, -f1-2))"
 
 cross: $(CROSS_BIN)
+# make test ARCH=...: the suite runs against the cross binary (the top Makefile passes
+# TEST_LINKD_CMD to tests/run.sh as LINKD_CMD).
+test: cross
 endif
 
 # ---------------------------------------------------------------- common
