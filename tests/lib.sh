@@ -95,13 +95,15 @@ linkd_start() {
   "${LINKD[@]}" --listen "127.0.0.1:$LINKD_PORT" --socket "$LINKD_SOCK" "$@" >"$LINKD_LOG" 2>&1 &
   LINKD_PID=$!
   track "$LINKD_PID"
-  if ! wait_for 10 _health_ok; then
-    fail "linkd starts ($*)" "no answer on /health within 10 s; log: $(tail -n 5 "$LINKD_LOG" | tr '\n' ' ' | cut -c1-400)"
+  if ! wait_for 10 _health_or_dead || ! _health_ok; then
+    fail "linkd starts ($*)" "$(linkd_alive && echo "no answer on /health within 10 s" || echo "linkd exited")"\
+"; log: $(tail -n 5 "$LINKD_LOG" | tr '\n' ' ' | cut -c1-400)"
     return 1
   fi
   wait_for 5 test -S "$LINKD_SOCK"
   return 0
 }
+_health_or_dead() { _health_ok || ! linkd_alive; }
 _health_ok() { curl -sf -m 1 -o /dev/null "$LINKD_URL/health"; }
 linkd_stop() { kill -TERM "$LINKD_PID" 2>/dev/null; wait_exit "$LINKD_PID" 10 >/dev/null || kill -KILL "$LINKD_PID" 2>/dev/null; }
 linkd_alive() { kill -0 "$LINKD_PID" 2>/dev/null; }

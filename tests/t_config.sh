@@ -75,7 +75,7 @@ prec_case() {   # prec_case NAME BODYLEN WANT [env...] -- [flags...]
   LINKD=(env "${envs[@]}" "${save[@]}")
   if linkd_start "$@"; then
     svc_start prec --name prec --instance prec-1 --route 'POST /b' || fail "$name: service registers"
-    http POST /b --data-binary "$(body "$len")"
+    http POST /b -H 'Expect:' --data-binary "$(body "$len")"
     expect_eq "$name" "$HTTP_STATUS" "$want"
     svc_kill prec
     linkd_stop

@@ -44,12 +44,12 @@ http GET /p/1 -H "X-Fit: $(head -c 3000 /dev/zero | tr '\0' 'f')"
 expect_eq "header block under limit: 200" "$HTTP_STATUS" 200
 
 # 413: body over --max-body-size (1k)
-http POST /up --data-binary "$(head -c 2000 /dev/zero | tr '\0' 'b')"
+http POST /up -H 'Expect:' --data-binary "$(head -c 2000 /dev/zero | tr '\0' 'b')"
 expect_eq "body over limit (Content-Length): 413" "$HTTP_STATUS" 413
 check "413 has a JSON error body" err_ok "$HTTP_BODY"
-http POST /up -H 'Transfer-Encoding: chunked' --data-binary "$(head -c 3000 /dev/zero | tr '\0' 'c')"
+http POST /up -H 'Expect:' -H 'Transfer-Encoding: chunked' --data-binary "$(head -c 3000 /dev/zero | tr '\0' 'c')"
 expect_eq "body over limit (chunked): 413" "$HTTP_STATUS" 413
-http POST /up --data-binary "$(head -c 1024 /dev/zero | tr '\0' 'k')"
+http POST /up -H 'Expect:' --data-binary "$(head -c 1024 /dev/zero | tr '\0' 'k')"
 expect_eq "body exactly at the limit: 200" "$HTTP_STATUS" 200
 R=$(printf 'POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n' | tcp --timeout 5)
 expect_match "huge Content-Length refused before the body: 413" "$R" '^HTTP/1.1 413'
