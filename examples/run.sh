@@ -16,7 +16,8 @@ say() { echo "run: $*" >&2; }
 die() { say "$*"; exit 1; }
 
 # --- build -----------------------------------------------------------------------
-[ -x ./linkd ] || make linkd >&2 || die "building linkd failed"
+read -r -a LINKD <<< "${LINKD_CMD:-./linkd}"   # LINKD_CMD: another binary or emulator line
+[ -n "${LINKD_CMD:-}" ] || [ -x ./linkd ] || make linkd >&2 || die "building linkd failed"
 command -v npm >/dev/null || die "npm not found: run 'make deps' (Debian's nodejs and npm)"
 npm_ready() {   # npm ci where node_modules is missing or older than the lock file
   if [ ! -f "$1/node_modules/.package-lock.json" ] || [ "$1/package-lock.json" -nt "$1/node_modules/.package-lock.json" ]; then
@@ -44,7 +45,7 @@ stop() {
 trap 'stop; exit 0' INT TERM
 trap stop EXIT
 
-./linkd --listen "$LISTEN" --socket "$SOCK" &
+"${LINKD[@]}" --listen "$LISTEN" --socket "$SOCK" &
 LINKD_PID=$!
 for _ in $(seq 100); do
   curl -sf -m 1 -o /dev/null "http://127.0.0.1:$PORT/health" && break

@@ -248,7 +248,7 @@ export class Service extends EventEmitter implements Link {
       this.pending.delete(id);
     }
     if (wasRegistered) {
-      this.logger.warn("link to linkd closed; reconnecting");
+      if (this.running) this.logger.warn("link to linkd closed; reconnecting");
       this.emit("disconnected");
     }
     if (!this.running) return;
