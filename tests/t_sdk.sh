@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The TypeScript SDK (sdk/typescript) tested with node's test runner: framing
 # and robustness against a scripted socket, then HTTP and WebSocket against a
-# real linkd started by each test file. One PASS:/FAIL: line per node test.
+# real linkd started by each test file, and the chat example (examples/chat)
+# as a client sees it. One PASS:/FAIL: line per node test.
 . "$(dirname "$0")/lib.sh"
 . "$TESTS/sdk/npm.sh"
 
 node_ready || exit 0
-npm_ready "$ROOT/sdk/typescript" "$TESTS/sdk" || exit 0
+npm_ready "$ROOT/sdk/typescript" "$ROOT/examples/chat" "$TESTS/sdk" || exit 0
 ts_build "$ROOT/sdk/typescript" || exit 0
+ts_build "$ROOT/examples/chat" || exit 0
 linkd_built || exit 0
 
 cd "$ROOT" || exit 0

@@ -33,6 +33,7 @@ export async function waitFor(fn, timeoutMs = 5000, what = "condition") {
       last = await fn();
       if (last) return last;
     } catch (err) {
+      if (err && err.fatal) throw err;
       last = err;
     }
     if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}` + (last instanceof Error ? `: ${last.message}` : ""));
@@ -89,7 +90,7 @@ export async function startLinkd(extraArgs = [], opts = {}) {
   try {
     await waitFor(
       async () => {
-        if (exited) throw new Error("linkd exited: " + h.log().slice(-400));
+        if (exited) throw Object.assign(new Error("linkd exited: " + h.log().slice(-300)), { fatal: true });
         const r = await fetch(url + "/health", { signal: AbortSignal.timeout(1000) });
         return r.ok && fs.existsSync(socket);
       },
