@@ -1,0 +1,3129 @@
+// linkd — a small gateway daemon for edge Linux devices.
+//
+// Clients speak HTTP/1.1 and WebSocket on a TCP port; backend services speak
+// varint-delimited protobuf (proto/linkd.proto) on a Unix socket. Linkd routes
+// HTTP requests and WebSocket messages to services and carries out what the
+// services ask: replies, pushes to one connection, to a room or to everyone,
+// room joins and leaves, closes.
+//
+// One libuv loop, llhttp for HTTP, wslay for WebSocket framing, nanopb for
+// service frames, fixed-capacity tables allocated at start-up.
+//
+// CONTENTS
+//   1. Config      settings: flags, LINKD_* environment, config file
+//   2. Utilities   logging, byte buffers, shared frames, JSON escaping
+//   3. Types       the tables' records and the single global state `g`
+//   4. Tables      connection slots, rooms, memberships, pending replies
+//   5. Output      writing to clients: shared buffers, backpressure
+//   6. Routes      the HTTP route table (method + pattern, static beats :param)
+//   7. Services    the Unix-socket link: frames, registration, dispatch
+//   8. HTTP        llhttp parsing, forwarding, local endpoints, CORS
+//   9. WebSocket   upgrade, wslay contexts bound on demand, envelopes
+//  10. Rooms       joins, leaves, broadcasts (encoded once, shared)
+//  11. Timers      pending deadlines, heartbeats, watchdog, shutdown
+//  12. Self-test   unit tests of the tables and the route matcher
+//  13. main
+
+#include <uv.h>
+#include <llhttp.h>
+#include <wslay/wslay.h>
+#include <pb_encode.h>
+#include <pb_decode.h>
+#include "linkd.pb.h"
+#include <mbedtls/sha1.h>
+#include <mbedtls/base64.h>
+#define JSMN_STATIC
+#define JSMN_STRICT
+#include <jsmn.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cinttypes>
+#include <csignal>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#ifndef LINKD_VERSION
+#define LINKD_VERSION "dev"
+#endif
+
+namespace {
+
+// ============================================================================
+// 1. Config
+// Every setting has one name in three spellings: flag --max-connections, env
+// LINKD_MAX_CONNECTIONS, file key max_connections. Precedence: flag > env >
+// file > default. A bad value is reported with the setting's name (and
+// file:line) and the process exits 2 before anything listens.
+// ============================================================================
+
+enum class Kind : uint8_t { Int, Size, Duration, Str, Level, Policy };
+
+struct Config {
+  char listen[128] = "0.0.0.0:3000";
+  char socket_path[256] = "";          // default depends on uid, see config_finish
+  char socket_mode[8] = "0660";
+  char config[256] = "";
+  char allowed_origins[1024] = "";     // comma list; empty: no CORS, any Origin may upgrade
+  char jwt_secret[256] = "";
+  char jwt_keys[256] = "";
+  int64_t log_level = 2;               // 0 error, 1 warn, 2 info, 3 debug
+  int64_t max_connections = 10000;     // WebSocket connections
+  int64_t max_http_connections = 1024; // plain HTTP connections
+  int64_t max_rooms = 10000;
+  int64_t max_memberships = 100000;
+  int64_t max_services = 64;           // service links (instances)
+  int64_t max_message_size = 64 * 1024;
+  int64_t max_header_size = 16 * 1024;
+  int64_t max_body_size = 1024 * 1024;
+  int64_t max_frame_size = 4 * 1024 * 1024;
+  int64_t http_timeout = 30000;        // ms
+  int64_t handler_timeout = 10000;     // ms
+  int64_t heartbeat_interval = 30000;  // ms
+  int64_t max_connections_per_user = 5;
+  int64_t max_connections_per_ip = 0;  // 0: no cap
+  int64_t rate_limit = 100;            // messages per second per connection
+  int64_t rate_burst = 200;
+  int64_t max_outbound = 1024 * 1024;  // queued bytes per connection
+  int64_t outbound_policy = 0;         // 0 close (1008), 1 drop
+  int64_t shutdown_timeout = 10000;    // ms
+};
+Config cfg;
+
+struct Setting {
+  const char* name;   // flag spelling without the dashes
+  Kind kind;
+  void* field;
+  int64_t min, max;   // for numbers; for strings max is the buffer size
+  const char* help;
+};
+
+#define SETTING_STR(n, f, h) {n, Kind::Str, cfg.f, 0, sizeof cfg.f, h}
+const Setting settings[] = {
+  SETTING_STR("listen", listen, "client address host:port"),
+  SETTING_STR("socket", socket_path, "service socket path"),
+  SETTING_STR("socket-mode", socket_mode, "service socket permissions (octal)"),
+  SETTING_STR("config", config, "config file (key = value lines)"),
+  {"log-level", Kind::Level, &cfg.log_level, 0, 3, "error, warn, info or debug"},
+  {"max-connections", Kind::Int, &cfg.max_connections, 1, 1000000, "WebSocket connection table size"},
+  {"max-http-connections", Kind::Int, &cfg.max_http_connections, 1, 100000, "concurrent plain HTTP connections"},
+  {"max-rooms", Kind::Int, &cfg.max_rooms, 1, 10000000, "room table size"},
+  {"max-memberships", Kind::Int, &cfg.max_memberships, 1, 100000000, "membership table size"},
+  {"max-services", Kind::Int, &cfg.max_services, 1, 4096, "service links (instances)"},
+  {"max-message-size", Kind::Size, &cfg.max_message_size, 16, 64 << 20, "largest WebSocket message"},
+  {"max-header-size", Kind::Size, &cfg.max_header_size, 256, 1 << 20, "request line + headers (431 beyond)"},
+  {"max-body-size", Kind::Size, &cfg.max_body_size, 0, 64 << 20, "request body (413 beyond)"},
+  {"max-frame-size", Kind::Size, &cfg.max_frame_size, 1024, 256 << 20, "largest service frame"},
+  {"http-timeout", Kind::Duration, &cfg.http_timeout, 1, 3600000, "service answer to an HTTP request (504 beyond)"},
+  {"handler-timeout", Kind::Duration, &cfg.handler_timeout, 1, 3600000, "service reply to a WebSocket message with id"},
+  {"heartbeat-interval", Kind::Duration, &cfg.heartbeat_interval, 100, 3600000, "WebSocket ping interval (closed after 2 missed)"},
+  {"max-connections-per-user", Kind::Int, &cfg.max_connections_per_user, 0, 1000000, "WebSocket connections per user id (0: no cap)"},
+  {"max-connections-per-ip", Kind::Int, &cfg.max_connections_per_ip, 0, 1000000, "WebSocket connections per remote address (0: no cap)"},
+  {"rate-limit", Kind::Int, &cfg.rate_limit, 0, 1000000, "messages per second per connection (0: no limit)"},
+  {"rate-burst", Kind::Int, &cfg.rate_burst, 1, 1000000, "token bucket size"},
+  {"max-outbound", Kind::Size, &cfg.max_outbound, 1024, 1 << 30, "queued bytes per connection before the policy applies"},
+  {"outbound-policy", Kind::Policy, &cfg.outbound_policy, 0, 1, "close (1008) or drop"},
+  SETTING_STR("allowed-origins", allowed_origins, "comma-separated allowed Origins (CORS, upgrades)"),
+  SETTING_STR("jwt-secret", jwt_secret, "HS256 secret"),
+  SETTING_STR("jwt-keys", jwt_keys, "PEM/JWKS file of RS256/ES256 public keys"),
+  {"shutdown-timeout", Kind::Duration, &cfg.shutdown_timeout, 0, 3600000, "time to finish in-flight work on SIGTERM"},
+};
+#undef SETTING_STR
+
+const Setting* setting_find(const char* name, size_t n) {
+  for (const Setting& s : settings) {
+    // file and env spellings use '_' where the flag has '-'
+    size_t i = 0;
+    for (; i < n && s.name[i]; i++) {
+      char a = name[i] == '_' ? '-' : (char)(name[i] | 0x20);
+      if (a != s.name[i]) break;
+    }
+    if (i == n && s.name[i] == 0) return &s;
+  }
+  return nullptr;
+}
+
+// Parses a number with an optional unit suffix. Durations: ms, s, m (bare =
+// ms). Sizes: k, m, g (KiB...; bare = bytes). Returns false on junk.
+bool parse_number(const char* v, Kind kind, int64_t* out) {
+  char* end;
+  errno = 0;
+  long long n = strtoll(v, &end, 10);
+  if (end == v || errno || n < 0) return false;
+  int64_t mul = 1;
+  if (kind == Kind::Duration) {
+    if (!strcmp(end, "ms") || !*end) mul = 1;
+    else if (!strcmp(end, "s")) mul = 1000;
+    else if (!strcmp(end, "m")) mul = 60000;
+    else return false;
+  } else if (kind == Kind::Size) {
+    if (!*end) mul = 1;
+    else if (!strcasecmp(end, "k") || !strcasecmp(end, "kb")) mul = 1024;
+    else if (!strcasecmp(end, "m") || !strcasecmp(end, "mb")) mul = 1024 * 1024;
+    else if (!strcasecmp(end, "g") || !strcasecmp(end, "gb")) mul = 1024 * 1024 * 1024;
+    else return false;
+  } else if (*end) {
+    return false;
+  }
+  if (n > INT64_MAX / mul) return false;
+  *out = n * mul;
+  return true;
+}
+
+// Sets one setting from text; on error writes a message into err.
+bool setting_apply(const Setting* s, const char* v, char* err, size_t errn) {
+  if (s->kind == Kind::Str) {
+    if (strlen(v) >= (size_t)s->max) {
+      snprintf(err, errn, "%s: value too long (max %" PRId64 " bytes)", s->name, s->max - 1);
+      return false;
+    }
+    snprintf((char*)s->field, (size_t)s->max, "%s", v);
+    return true;
+  }
+  int64_t n;
+  if (s->kind == Kind::Level) {
+    static const char* levels[] = {"error", "warn", "info", "debug"};
+    for (n = 0; n < 4; n++) if (!strcmp(v, levels[n])) break;
+    if (n == 4) { snprintf(err, errn, "%s: '%s' is not one of error, warn, info, debug", s->name, v); return false; }
+  } else if (s->kind == Kind::Policy) {
+    if (!strcmp(v, "close")) n = 0;
+    else if (!strcmp(v, "drop")) n = 1;
+    else { snprintf(err, errn, "%s: '%s' is not close or drop", s->name, v); return false; }
+  } else if (!parse_number(v, s->kind, &n)) {
+    snprintf(err, errn, "%s: '%s' is not a valid %s", s->name, v,
+             s->kind == Kind::Duration ? "duration (e.g. 500ms, 30s, 2m)" :
+             s->kind == Kind::Size ? "size (e.g. 4096, 64k, 1m)" : "whole number");
+    return false;
+  } else if (n < s->min || n > s->max) {
+    snprintf(err, errn, "%s: %s is out of range (%" PRId64 "..%" PRId64 ")", s->name, v, s->min, s->max);
+    return false;
+  }
+  *(int64_t*)s->field = n;
+  return true;
+}
+
+[[noreturn]] void config_die(const char* msg) {
+  fprintf(stderr, "linkd: bad configuration: %s\n", msg);
+  exit(2);
+}
+
+// key = value lines; '#' starts a comment. Unknown keys are refused.
+void config_load_file(const char* path) {
+  FILE* f = fopen(path, "r");
+  char err[512];
+  if (!f) {
+    snprintf(err, sizeof err, "config: cannot open %s: %s", path, strerror(errno));
+    config_die(err);
+  }
+  char line[2048];
+  int lineno = 0;
+  while (fgets(line, sizeof line, f)) {
+    lineno++;
+    char* p = line;
+    if (char* hash = strchr(p, '#')) *hash = 0;
+    while (*p == ' ' || *p == '\t') p++;
+    size_t n = strlen(p);
+    while (n && (p[n - 1] == '\n' || p[n - 1] == '\r' || p[n - 1] == ' ' || p[n - 1] == '\t')) p[--n] = 0;
+    if (!n) continue;
+    char* eq = strchr(p, '=');
+    if (!eq) { snprintf(err, sizeof err, "%s:%d: expected 'key = value'", path, lineno); config_die(err); }
+    char* k_end = eq;
+    while (k_end > p && (k_end[-1] == ' ' || k_end[-1] == '\t')) k_end--;
+    char* v = eq + 1;
+    while (*v == ' ' || *v == '\t') v++;
+    size_t vn = strlen(v);
+    if (vn >= 2 && v[0] == '"' && v[vn - 1] == '"') { v[vn - 1] = 0; v++; }
+    const Setting* s = setting_find(p, (size_t)(k_end - p));
+    if (!s || !strcmp(s->name, "config")) {
+      snprintf(err, sizeof err, "%s:%d: unknown setting '%.*s'", path, lineno, (int)(k_end - p), p);
+      config_die(err);
+    }
+    char e2[400];
+    if (!setting_apply(s, v, e2, sizeof e2)) {
+      snprintf(err, sizeof err, "%s:%d: %s", path, lineno, e2);
+      config_die(err);
+    }
+  }
+  fclose(f);
+}
+
+void config_usage() {
+  printf("linkd %s — HTTP/WebSocket gateway for backend services on a Unix socket\n\n"
+         "usage: linkd [--setting value]... [--check-config] [--self-test] [--help]\n\n"
+         "Each setting is also LINKD_<NAME> in the environment and name = value in the\n"
+         "config file (dashes as underscores). Precedence: flag > env > file > default.\n\n",
+         LINKD_VERSION);
+  for (const Setting& s : settings) printf("  --%-26s %s\n", s.name, s.help);
+  printf("  --%-26s %s\n  --%-26s %s\n  --%-26s %s\n", "check-config", "validate the settings and exit",
+         "self-test", "run the unit tests and exit", "help", "this text");
+}
+
+struct CliMode { bool check = false, self_test = false; };
+
+CliMode config_parse(int argc, char** argv) {
+  constexpr size_t N = sizeof settings / sizeof settings[0];
+  const char* flag_val[N] = {};
+  CliMode mode;
+  char err[512];
+  for (int i = 1; i < argc; i++) {
+    const char* a = argv[i];
+    if (!strcmp(a, "--help") || !strcmp(a, "-h")) { config_usage(); exit(0); }
+    if (!strcmp(a, "--version")) { printf("linkd %s\n", LINKD_VERSION); exit(0); }
+    if (!strcmp(a, "--check-config")) { mode.check = true; continue; }
+    if (!strcmp(a, "--self-test")) { mode.self_test = true; continue; }
+    if (strncmp(a, "--", 2)) { snprintf(err, sizeof err, "unexpected argument '%s' (see --help)", a); config_die(err); }
+    const char* name = a + 2;
+    const char* eq = strchr(name, '=');
+    size_t n = eq ? (size_t)(eq - name) : strlen(name);
+    const Setting* s = setting_find(name, n);
+    if (!s || memchr(name, '_', n)) { snprintf(err, sizeof err, "unknown flag '%s' (see --help)", a); config_die(err); }
+    const char* v = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : nullptr);
+    if (!v) { snprintf(err, sizeof err, "%s: missing value", s->name); config_die(err); }
+    flag_val[s - settings] = v;
+  }
+  const char* env_val[N] = {};
+  for (size_t i = 0; i < N; i++) {
+    char key[64] = "LINKD_";
+    size_t k = 6;
+    for (const char* p = settings[i].name; *p && k < sizeof key - 1; p++) key[k++] = *p == '-' ? '_' : (char)(*p & ~0x20);
+    key[k] = 0;
+    env_val[i] = getenv(key);
+  }
+  // The config file's path itself follows the same precedence.
+  size_t ci = (size_t)(setting_find("config", 6) - settings);
+  const char* file = flag_val[ci] ? flag_val[ci] : env_val[ci];
+  if (!file && access("/etc/linkd/linkd.conf", R_OK) == 0) file = "/etc/linkd/linkd.conf";
+  if (file) {
+    snprintf(cfg.config, sizeof cfg.config, "%s", file);
+    config_load_file(file);  // flags and env are applied after it, so they win
+  }
+  for (size_t i = 0; i < N; i++) {
+    const char* v = flag_val[i] ? flag_val[i] : env_val[i];
+    if (!v || i == ci) continue;
+    char e2[400];
+    if (!setting_apply(&settings[i], v, e2, sizeof e2)) {
+      snprintf(err, sizeof err, "%s (from %s)", e2, flag_val[i] ? "flag" : "environment");
+      config_die(err);
+    }
+  }
+  // Cross-setting checks.
+  char* end;
+  long mode_bits = strtol(cfg.socket_mode, &end, 8);
+  if (*end || end == cfg.socket_mode || mode_bits < 0 || mode_bits > 0777) config_die("socket-mode: not an octal mode like 0660");
+  if (!*cfg.socket_path) snprintf(cfg.socket_path, sizeof cfg.socket_path, "%s", getuid() == 0 ? "/run/linkd/linkd.sock" : "./run/linkd.sock");
+  if (strlen(cfg.socket_path) >= sizeof(((sockaddr_un*)0)->sun_path)) config_die("socket: path too long for a Unix socket");
+  const char* colon = strrchr(cfg.listen, ':');
+  if (!colon || colon == cfg.listen || !colon[1]) config_die("listen: expected host:port");
+  long port = strtol(colon + 1, &end, 10);
+  if (*end || port < 0 || port > 65535) config_die("listen: bad port");
+  if (cfg.max_frame_size < cfg.max_body_size + 65536) config_die("max-frame-size: must exceed max-body-size by 64k (a request frame carries the body)");
+  if (*cfg.jwt_keys && access(cfg.jwt_keys, R_OK)) config_die("jwt-keys: file not readable");
+  return mode;
+}
+
+// ============================================================================
+// 2. Utilities
+// Logging (one line per event to stderr, journald priority prefixes when
+// started by systemd), growable byte buffers, reference-counted frames that
+// many connections write from, JSON string escaping.
+// ============================================================================
+
+bool log_journal = false;   // JOURNAL_STREAM set: prefix lines with <N>
+
+#define LOG(level, ...) do { if ((level) <= cfg.log_level) log_line(level, __VA_ARGS__); } while (0)
+#define LOG_ERROR(...) LOG(0, __VA_ARGS__)
+#define LOG_WARN(...) LOG(1, __VA_ARGS__)
+#define LOG_INFO(...) LOG(2, __VA_ARGS__)
+#define LOG_DEBUG(...) LOG(3, __VA_ARGS__)
+
+__attribute__((format(printf, 2, 3)))
+void log_line(int level, const char* fmt, ...) {
+  static const char* names[] = {"error", "warn", "info", "debug"};
+  static const int prio[] = {3, 4, 6, 7};
+  char line[1024];
+  int n = log_journal ? snprintf(line, sizeof line, "<%d>", prio[level])
+                      : snprintf(line, sizeof line, "linkd %s: ", names[level]);
+  va_list ap;
+  va_start(ap, fmt);
+  int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
+  va_end(ap);
+  size_t len = (size_t)n + (m < 0 ? 0 : std::min((size_t)m, sizeof line - (size_t)n - 2));
+  line[len++] = '\n';
+  (void)!write(2, line, len);
+}
+
+uint64_t now_ms() { return uv_now(uv_default_loop()); }
+
+uint64_t wall_ms() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+// A growable byte buffer. Owner frees with buf_free.
+struct Buf {
+  char* p = nullptr;
+  size_t len = 0, cap = 0;
+};
+
+void buf_reserve(Buf* b, size_t extra) {
+  if (b->len + extra <= b->cap) return;
+  size_t cap = b->cap ? b->cap : 256;
+  while (cap < b->len + extra) cap *= 2;
+  char* p = (char*)realloc(b->p, cap);
+  if (!p) { LOG_ERROR("out of memory (%zu bytes)", cap); abort(); }
+  b->p = p;
+  b->cap = cap;
+}
+void buf_put(Buf* b, const void* d, size_t n) { buf_reserve(b, n); memcpy(b->p + b->len, d, n); b->len += n; }
+void buf_puts(Buf* b, const char* s) { buf_put(b, s, strlen(s)); }
+__attribute__((format(printf, 2, 3)))
+void buf_printf(Buf* b, const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(nullptr, 0, fmt, ap);
+  va_end(ap);
+  buf_reserve(b, (size_t)n + 1);
+  va_start(ap, fmt);
+  vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+  va_end(ap);
+  b->len += (size_t)n;
+}
+void buf_consume(Buf* b, size_t n) {
+  memmove(b->p, b->p + n, b->len - n);
+  b->len -= n;
+}
+void buf_free(Buf* b) { free(b->p); *b = Buf{}; }
+
+// JSON string body (no quotes) with the escapes RFC 8259 requires.
+void buf_json_escape(Buf* b, const char* s, size_t n) {
+  buf_reserve(b, n + 2);
+  for (size_t i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    if (ch == '"' || ch == '\\') { char e[2] = {'\\', (char)ch}; buf_put(b, e, 2); }
+    else if (ch < 0x20) buf_printf(b, "\\u%04x", ch);
+    else buf_put(b, &ch, 1);
+  }
+}
+
+// A frame written to many connections: built once, freed when the last
+// write that uses it completes. Writers hold one reference each.
+struct Shared {
+  uint32_t refs;
+  uint32_t len;
+  char data[];
+};
+
+Shared* shared_new(size_t len) {
+  Shared* s = (Shared*)malloc(sizeof(Shared) + len);
+  if (!s) { LOG_ERROR("out of memory"); abort(); }
+  s->refs = 1;
+  s->len = (uint32_t)len;
+  return s;
+}
+void shared_unref(Shared* s) { if (s && --s->refs == 0) free(s); }
+
+// Fixed-size arrays that cost no resident memory until touched: mmap'ed
+// anonymous pages are only backed when first written.
+template <class T>
+T* table_alloc(size_t n) {
+  void* p = mmap(nullptr, sizeof(T) * n + 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) { fprintf(stderr, "linkd: cannot reserve %zu table entries\n", n); exit(1); }
+  return (T*)p;
+}
+template <class T>
+void table_release(T* t, size_t n) { if (t) munmap(t, sizeof(T) * n + 1); }
+
+uint32_t hash_str(const char* s, size_t n, uint32_t seed = 2166136261u) {
+  uint32_t h = seed;
+  for (size_t i = 0; i < n; i++) { h ^= (unsigned char)s[i]; h *= 16777619u; }
+  return h;
+}
+
+bool str_ieq(const char* a, size_t an, const char* b) {
+  size_t bn = strlen(b);
+  return an == bn && strncasecmp(a, b, an) == 0;
+}
+
+// True if the comma-separated header value has the token (case-insensitive).
+bool header_has_token(const char* v, size_t n, const char* tok) {
+  size_t tn = strlen(tok);
+  size_t i = 0;
+  while (i < n) {
+    while (i < n && (v[i] == ' ' || v[i] == ',' || v[i] == '\t')) i++;
+    size_t s = i;
+    while (i < n && v[i] != ',') i++;
+    size_t e = i;
+    while (e > s && (v[e - 1] == ' ' || v[e - 1] == '\t')) e--;
+    if (e - s == tn && !strncasecmp(v + s, tok, tn)) return true;
+  }
+  return false;
+}
+
+// ============================================================================
+// 3. Types
+// One record type per table. Records refer to each other by 32-bit index
+// (NIL = none); a connection is named to services by "slot.generation", and
+// the generation is checked on every command so a stale id never reaches a
+// newer connection in the same slot. All tables live in `g`.
+// ============================================================================
+
+constexpr uint32_t NIL = UINT32_MAX;
+constexpr uint16_t NIL16 = UINT16_MAX;
+constexpr int MAX_HEADERS = 100;        // more headers than this: 431
+constexpr size_t READ_BUF = 64 * 1024;  // one loop-wide read buffer
+constexpr int MAX_REG_ROUTES = 256;    // routes in one registration
+constexpr int CTX_POOL = 32;            // idle wslay contexts kept for reuse
+constexpr uint64_t WS_CLOSE_GRACE_MS = 3000;  // wait for the peer's close frame
+constexpr uint64_t HTTP_IDLE_MS = 60000;      // keep-alive connection idle limit
+constexpr uint64_t HTTP_HEAD_MS = 30000;      // whole request must arrive within
+
+enum class CState : uint8_t { Free, Http, Ws, Closed };
+
+struct HdrRef { uint32_t name_off, name_len, val_off, val_len; };  // into Http::head
+
+// Per-connection HTTP state, allocated at accept and freed at upgrade or
+// close: a WebSocket connection does not carry it.
+struct Http {
+  llhttp_t parser;
+  Buf in;                 // bytes received and not yet parsed (owner: this)
+  Buf head;               // url, then header names and values (owner: this)
+  Buf body;               // request body (owner: this)
+  HdrRef hdrs[MAX_HEADERS];
+  uint16_t nhdrs;
+  uint32_t url_len;       // url is head[0, url_len)
+  bool in_value;          // llhttp: the last header callback was a value
+  bool complete;          // a whole request is parsed, not yet answered
+  bool upgrade;           // llhttp saw Upgrade
+  bool pumping;           // inside http_pump: answers do not re-enter it
+  bool eof;               // the client half-closed: answer what is buffered, then close
+  int too_large;          // 413 or 431 decided while parsing, else 0
+  uint32_t pending;       // Pending entry while a service owes the answer
+  uint64_t since;         // loop ms: request start or last answer (idle timer)
+};
+
+struct Conn {
+  uv_tcp_t tcp;           // tcp.data points back here
+  uint32_t gen;           // bumped when the slot is freed
+  uint32_t next_free;     // free list link
+  CState state;
+  uint8_t missed;         // heartbeats sent without any frame received since
+  bool frame_open;        // wslay: a frame header was seen, its end not yet
+  bool msg_open;          // wslay: a fragmented message is in progress
+  bool ws_closing;        // close frame queued: ignore further messages
+  bool close_after_write; // close the socket once the write queue drains
+  bool counted_ws;        // counted in g.ws_count (and per-ip)
+  uint16_t group;         // service (by name) whose WebSocket path this is on
+  uint16_t backend;       // instance this connection is bound to, or NIL16
+  uint16_t nrooms;        // memberships of this connection
+  uint16_t close_code;    // for the DISCONNECTED event
+  uint32_t rooms;         // head of this connection's membership list
+  uint32_t pend;          // head of this connection's pending replies
+  uint32_t except_mark;   // broadcast serial that skips this connection
+  uint32_t ip_hash;       // remote address hash (per-IP cap)
+  uint64_t ws_fed;        // bytes handed to wslay
+  uint64_t ws_framed;     // bytes of frames whose header wslay has parsed
+  wslay_event_context_ptr ws;  // bound only while mid-frame/closing/output queued
+  Http* http;             // while HTTP (owner: this)
+  linkd_UserContext* user;     // null: anonymous (owner: this)
+  uint64_t connected_ms;  // wall clock, for services
+  uint64_t close_deadline;// loop ms: hard close if the peer does not answer
+  double tokens;          // rate limiter bucket
+  uint64_t tokens_at;     // loop ms of the last refill
+  uint8_t addr[16];       // remote address (IPv4 in the first 4 bytes)
+  uint16_t port;          // remote port
+  uint8_t family;         // 4 or 6
+  uint64_t next_ping;     // loop ms of the next heartbeat ping
+};
+
+enum class BState : uint8_t { Free, Open, Ready, Closed };
+
+// One service instance: a link on the Unix socket.
+struct Backend {
+  uv_pipe_t pipe;         // pipe.data points back here
+  uint32_t gen;
+  uint32_t next_free;
+  BState state;
+  uint16_t group;         // NIL16 until registered
+  char instance_id[64];
+  Buf in;                 // partial frame carried between reads (owner: this)
+  uint64_t last_rx;       // loop ms of the last frame received
+  const char* close_why;  // set: close once the write queue drains
+};
+
+// A service by name: owns routes and a WebSocket path, and outlives its
+// instances so that restarts keep the path and the connections on it.
+struct Group {
+  bool used;
+  char name[64];
+  char version[32];
+  char ns[64];
+  char ws_path[256];      // empty: no WebSocket
+  bool ws_raw;
+  bool ws_auth;
+  uint32_t ws_max_msg;    // bytes
+  uint32_t ws_max_per_user;
+  uint16_t live;          // instances registered and open
+  uint32_t rr;            // round-robin cursor
+};
+
+struct Seg { uint16_t off, len; bool param; };
+constexpr int MAX_SEGS = 32;
+
+struct Route {
+  uint16_t group;
+  linkd_HttpRoute def;    // as registered (method, pattern, auth, roles, cors)
+  uint8_t nseg;
+  Seg seg[MAX_SEGS];      // pattern split at '/'
+};
+
+struct Room {
+  uint32_t head;          // first membership (room list), NIL if empty
+  uint32_t count;
+  uint32_t hash;
+  uint32_t next_free;
+  uint16_t group;
+  uint8_t name_len;
+  bool used;
+  char name[128];
+};
+
+// A connection in a room: on two intrusive lists, the room's and the
+// connection's, so broadcast is O(members) and disconnect O(rooms of conn).
+struct Member {
+  uint32_t room, conn;
+  uint32_t rnext, rprev;  // room's list (rnext doubles as free-list link)
+  uint32_t cnext, cprev;  // connection's list
+};
+
+enum class PKind : uint8_t { Free, Http, Ws };
+
+// A reply a service owes. Deadlines are "start + fixed timeout", so one FIFO
+// (prev/next) is ordered by deadline and a single timer serves all of them.
+struct Pending {
+  uint32_t prev, next;    // deadline FIFO; next doubles as free-list link
+  uint32_t cnext;         // connection's pending list (WebSocket replies)
+  uint32_t slot, gen;     // the connection
+  uint16_t backend;       // instance asked
+  PKind kind;
+  bool id_quoted;         // the client's id was a JSON string
+  uint64_t deadline;      // loop ms
+  uint16_t id_len;
+  char id[128];           // correlation id as the client wrote it
+};
+
+struct Global {
+  uv_loop_t* loop;
+  uv_tcp_t listener;
+  uv_pipe_t svc_listener;
+  uv_timer_t tick;        // 1 s housekeeping: heartbeats, idle HTTP, close deadlines
+  uv_timer_t pend_timer;  // the head of the pending FIFO
+  uv_timer_t watchdog;    // systemd WATCHDOG=1
+  uv_signal_t sigterm, sigint;
+  bool listening, svc_listening;
+  bool shutting_down;
+  uint64_t shutdown_deadline;
+
+  Conn* conns; uint32_t nconns, conn_free, conn_hw;  // hw: slots ever used
+  uint32_t ws_count, http_count;
+  Backend* backends; uint32_t nbackends, backend_free;
+  Group* groups; uint32_t ngroups;
+  Route* routes; uint32_t nroutes, max_routes;
+  Room* rooms; uint32_t nrooms, room_free, room_count, room_hw;
+  uint32_t* room_index; uint32_t room_mask;        // open addressing, linear probing
+  Member* members; uint32_t nmembers, member_free, member_count, member_hw;
+  Pending* pend; uint32_t npend, pend_free, pend_head, pend_tail, pend_count, pend_hw;
+  jsmntok_t* toks; uint32_t ntoks;
+  Route* reg_routes; uint32_t reg_nroutes; bool reg_overflow;  // staging for one registration
+
+  wslay_event_context_ptr ctx_pool[CTX_POOL]; int nctx_pool;
+  Conn* cur;              // connection whose wslay callbacks are running
+  const char* rd; size_t rdlen;  // bytes wslay may read now
+  uint32_t except_serial;
+  char readbuf[READ_BUF];
+
+  // metrics
+  uint64_t http_status[600];
+  uint64_t http_bytes_in, http_bytes_out;
+  uint64_t ws_msgs_in, ws_msgs_out, ws_bytes_in, ws_bytes_out, ws_drops;
+  uint64_t ws_accepted, svc_frames_in, svc_frames_out, svc_errors;
+};
+Global g;
+
+// ============================================================================
+// 4. Tables
+// Fixed capacity, reserved at start-up with mmap so that untouched entries
+// cost no resident memory; free lists make alloc/free O(1).
+// ============================================================================
+
+void tables_init() {
+  g.nconns = (uint32_t)(cfg.max_connections + cfg.max_http_connections);
+  g.conns = table_alloc<Conn>(g.nconns);
+  g.conn_free = NIL;
+  g.conn_hw = 0;
+  g.nbackends = (uint32_t)cfg.max_services;
+  g.backends = table_alloc<Backend>(g.nbackends);
+  g.backend_free = NIL;
+  for (uint32_t i = g.nbackends; i-- > 0;) { g.backends[i].next_free = g.backend_free; g.backend_free = i; }
+  g.ngroups = (uint32_t)cfg.max_services;
+  g.groups = table_alloc<Group>(g.ngroups);
+  g.max_routes = 1024;
+  g.routes = table_alloc<Route>(g.max_routes);
+  g.reg_routes = table_alloc<Route>(MAX_REG_ROUTES);
+  g.nrooms = (uint32_t)cfg.max_rooms;
+  g.rooms = table_alloc<Room>(g.nrooms);
+  g.room_free = NIL;
+  g.room_count = g.room_hw = 0;
+  uint32_t cap = 16;
+  while (cap < g.nrooms * 2) cap *= 2;
+  g.room_mask = cap - 1;
+  g.room_index = table_alloc<uint32_t>(cap);
+  memset(g.room_index, 0xff, sizeof(uint32_t) * cap);  // all NIL (touches cap*4 bytes)
+  g.nmembers = (uint32_t)cfg.max_memberships;
+  g.members = table_alloc<Member>(g.nmembers);
+  g.member_free = NIL;
+  g.member_count = g.member_hw = 0;
+  g.npend = (uint32_t)(cfg.max_connections * 4 + cfg.max_http_connections);
+  g.pend = table_alloc<Pending>(g.npend);
+  g.pend_free = NIL;
+  g.pend_head = g.pend_tail = NIL;
+  g.pend_count = g.pend_hw = 0;
+  g.ntoks = (uint32_t)(cfg.max_message_size / 2 + 8);
+  g.toks = table_alloc<jsmntok_t>(g.ntoks);
+}
+
+void tables_free() {
+  table_release(g.conns, g.nconns);
+  table_release(g.backends, g.nbackends);
+  table_release(g.groups, g.ngroups);
+  table_release(g.routes, g.max_routes);
+  table_release(g.reg_routes, MAX_REG_ROUTES);
+  table_release(g.rooms, g.nrooms);
+  table_release(g.room_index, (size_t)g.room_mask + 1);
+  table_release(g.members, g.nmembers);
+  table_release(g.pend, g.npend);
+  table_release(g.toks, g.ntoks);
+  for (int i = 0; i < g.nctx_pool; i++) wslay_event_context_free(g.ctx_pool[i]);
+  g.nctx_pool = 0;
+}
+
+// --- connection slots ---------------------------------------------------
+// Slots are handed out from the free list first, then from the high-water
+// mark, so a small load touches only the first pages of the table.
+
+Conn* conn_alloc() {
+  uint32_t i;
+  if (g.conn_free != NIL) { i = g.conn_free; g.conn_free = g.conns[i].next_free; }
+  else if (g.conn_hw < g.nconns) i = g.conn_hw++;
+  else return nullptr;
+  Conn* c = &g.conns[i];
+  uint32_t gen = c->gen;
+  memset((void*)c, 0, sizeof *c);
+  c->gen = gen + 1;
+  c->state = CState::Http;
+  c->group = NIL16;
+  c->backend = NIL16;
+  c->rooms = NIL;
+  c->pend = NIL;
+  c->tcp.data = c;
+  return c;
+}
+
+void conn_free_slot(Conn* c) {
+  uint32_t i = (uint32_t)(c - g.conns);
+  c->state = CState::Free;
+  c->gen++;
+  c->next_free = g.conn_free;
+  g.conn_free = i;
+}
+
+uint32_t conn_index(const Conn* c) { return (uint32_t)(c - g.conns); }
+
+// "slot.gen" → live WebSocket connection, or null.
+Conn* conn_lookup(const char* id) {
+  char* end;
+  unsigned long slot = strtoul(id, &end, 10);
+  if (end == id || *end != '.') return nullptr;
+  const char* gs = end + 1;
+  unsigned long gen = strtoul(gs, &end, 10);
+  if (end == gs || *end) return nullptr;
+  if (slot >= g.conn_hw) return nullptr;
+  Conn* c = &g.conns[slot];
+  if (c->gen != gen || c->state != CState::Ws) return nullptr;
+  return c;
+}
+
+int conn_id(const Conn* c, char* out, size_t n) {
+  return snprintf(out, n, "%u.%u", conn_index(c), c->gen);
+}
+
+// --- rooms -----------------------------------------------------------------
+// Keyed by (service, name). The index is open addressing with linear
+// probing and backward-shift deletion, so no tombstones accumulate.
+
+uint32_t room_hash(uint16_t group, const char* name, size_t n) {
+  return hash_str(name, n, 2166136261u ^ (group * 0x9e3779b9u));
+}
+
+uint32_t room_find(uint16_t group, const char* name, size_t n) {
+  uint32_t h = room_hash(group, name, n);
+  for (uint32_t i = h & g.room_mask;; i = (i + 1) & g.room_mask) {
+    uint32_t r = g.room_index[i];
+    if (r == NIL) return NIL;
+    Room* room = &g.rooms[r];
+    if (room->hash == h && room->group == group && room->name_len == n && !memcmp(room->name, name, n)) return r;
+  }
+}
+
+// Finds or creates; NIL when the table is full or the name is too long.
+uint32_t room_get(uint16_t group, const char* name, size_t n) {
+  if (n == 0 || n >= sizeof(Room::name)) return NIL;
+  uint32_t r = room_find(group, name, n);
+  if (r != NIL) return r;
+  if (g.room_free != NIL) { r = g.room_free; g.room_free = g.rooms[r].next_free; }
+  else if (g.room_hw < g.nrooms) r = g.room_hw++;
+  else return NIL;
+  Room* room = &g.rooms[r];
+  room->used = true;
+  room->group = group;
+  room->hash = room_hash(group, name, n);
+  room->name_len = (uint8_t)n;
+  memcpy(room->name, name, n);
+  room->name[n] = 0;
+  room->head = NIL;
+  room->count = 0;
+  uint32_t i = room->hash & g.room_mask;
+  while (g.room_index[i] != NIL) i = (i + 1) & g.room_mask;
+  g.room_index[i] = r;
+  g.room_count++;
+  return r;
+}
+
+void room_free(uint32_t r) {
+  Room* room = &g.rooms[r];
+  uint32_t i = room->hash & g.room_mask;
+  while (g.room_index[i] != r) i = (i + 1) & g.room_mask;
+  // backward-shift deletion
+  uint32_t j = i;
+  for (;;) {
+    j = (j + 1) & g.room_mask;
+    uint32_t x = g.room_index[j];
+    if (x == NIL) break;
+    uint32_t home = g.rooms[x].hash & g.room_mask;
+    // move x into the hole at i if its home is not in (i, j]
+    bool between = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+    if (!between) { g.room_index[i] = x; i = j; }
+  }
+  g.room_index[i] = NIL;
+  room->used = false;
+  room->next_free = g.room_free;
+  g.room_free = r;
+  g.room_count--;
+}
+
+// --- memberships -------------------------------------------------------------
+
+uint32_t member_find(const Conn* c, uint32_t room) {
+  for (uint32_t m = c->rooms; m != NIL; m = g.members[m].cnext)
+    if (g.members[m].room == room) return m;
+  return NIL;
+}
+
+enum class JoinResult { Ok, Already, RoomsFull, MembersFull, BadName };
+
+JoinResult room_join(Conn* c, const char* name, size_t n) {
+  if (n == 0 || n >= sizeof(Room::name)) return JoinResult::BadName;
+  uint32_t r = room_find(c->group, name, n);
+  if (r != NIL && member_find(c, r) != NIL) return JoinResult::Already;
+  if (g.member_free == NIL && g.member_count >= g.nmembers) return JoinResult::MembersFull;
+  if (r == NIL && (r = room_get(c->group, name, n)) == NIL) return JoinResult::RoomsFull;
+  uint32_t m;
+  if (g.member_free != NIL) { m = g.member_free; g.member_free = g.members[m].rnext; }
+  else m = g.member_hw++;
+  Member* mb = &g.members[m];
+  Room* room = &g.rooms[r];
+  mb->room = r;
+  mb->conn = conn_index(c);
+  mb->rprev = NIL;
+  mb->rnext = room->head;
+  if (room->head != NIL) g.members[room->head].rprev = m;
+  room->head = m;
+  room->count++;
+  mb->cprev = NIL;
+  mb->cnext = c->rooms;
+  if (c->rooms != NIL) g.members[c->rooms].cprev = m;
+  c->rooms = m;
+  c->nrooms++;
+  g.member_count++;
+  return JoinResult::Ok;
+}
+
+void member_remove(uint32_t m) {
+  Member* mb = &g.members[m];
+  Room* room = &g.rooms[mb->room];
+  Conn* c = &g.conns[mb->conn];
+  if (mb->rprev != NIL) g.members[mb->rprev].rnext = mb->rnext; else room->head = mb->rnext;
+  if (mb->rnext != NIL) g.members[mb->rnext].rprev = mb->rprev;
+  if (mb->cprev != NIL) g.members[mb->cprev].cnext = mb->cnext; else c->rooms = mb->cnext;
+  if (mb->cnext != NIL) g.members[mb->cnext].cprev = mb->cprev;
+  c->nrooms--;
+  if (--room->count == 0) room_free(mb->room);
+  mb->rnext = g.member_free;
+  g.member_free = m;
+  g.member_count--;
+}
+
+bool room_leave(Conn* c, const char* name, size_t n) {
+  uint32_t r = room_find(c->group, name, n);
+  if (r == NIL) return false;
+  uint32_t m = member_find(c, r);
+  if (m == NIL) return false;
+  member_remove(m);
+  return true;
+}
+
+void conn_leave_all(Conn* c) {
+  while (c->rooms != NIL) member_remove(c->rooms);
+}
+
+// --- pending replies ------------------------------------------------------------
+
+uint32_t pend_alloc(Conn* c, PKind kind, uint16_t backend, uint64_t timeout_ms) {
+  uint32_t p;
+  if (g.pend_free != NIL) { p = g.pend_free; g.pend_free = g.pend[p].next; }
+  else if (g.pend_hw < g.npend) p = g.pend_hw++;
+  else return NIL;
+  Pending* e = &g.pend[p];
+  e->kind = kind;
+  e->slot = conn_index(c);
+  e->gen = c->gen;
+  e->backend = backend;
+  e->deadline = now_ms() + timeout_ms;
+  e->id_len = 0;
+  e->cnext = NIL;
+  // append to the FIFO; deadlines of one kind grow monotonically, and the
+  // two kinds' timeouts differ, so insert from the tail backwards
+  e->next = NIL;
+  e->prev = g.pend_tail;
+  uint32_t after = g.pend_tail;
+  while (after != NIL && g.pend[after].deadline > e->deadline) after = g.pend[after].prev;
+  e->prev = after;
+  e->next = after == NIL ? g.pend_head : g.pend[after].next;
+  if (e->next != NIL) g.pend[e->next].prev = p; else g.pend_tail = p;
+  if (after != NIL) g.pend[after].next = p; else g.pend_head = p;
+  g.pend_count++;
+  return p;
+}
+
+void pend_free(uint32_t p) {
+  Pending* e = &g.pend[p];
+  if (e->prev != NIL) g.pend[e->prev].next = e->next; else g.pend_head = e->next;
+  if (e->next != NIL) g.pend[e->next].prev = e->prev; else g.pend_tail = e->prev;
+  e->kind = PKind::Free;
+  e->next = g.pend_free;
+  g.pend_free = p;
+  g.pend_count--;
+}
+
+// Unlinks a WebSocket pending entry from its connection's list and frees it.
+void pend_release_ws(Conn* c, uint32_t p) {
+  uint32_t* link = &c->pend;
+  while (*link != NIL && *link != p) link = &g.pend[*link].cnext;
+  if (*link == p) *link = g.pend[p].cnext;
+  pend_free(p);
+}
+
+void pend_arm();
+
+// ============================================================================
+// 5. Output
+// Every write goes through stream_send: uv_try_write first (most writes
+// finish at once on a healthy socket and need no request), and only the
+// rest is queued with a uv_write request that holds a reference to the
+// shared bytes. A broadcast frame is one Shared written to every member.
+// Connections close through one path: conn_close (idempotent); the slot
+// returns to the free list only in conn_closed_cb.
+// ============================================================================
+
+struct WriteReq {
+  uv_write_t req;
+  Shared* s;              // one reference, dropped in write_done_cb
+};
+
+void conn_close(Conn* c, const char* why);
+void backend_close(Backend* b, const char* why);
+
+void write_done_cb(uv_write_t* req, int status) noexcept {
+  WriteReq* w = (WriteReq*)req;
+  shared_unref(w->s);
+  uv_stream_t* stream = req->handle;
+  free(w);
+  if (stream->type == UV_TCP) {
+    Conn* c = (Conn*)stream->data;
+    if (c->state == CState::Closed || c->state == CState::Free) return;
+    if (status < 0) { conn_close(c, uv_strerror(status)); return; }
+    if (c->close_after_write && stream->write_queue_size == 0) conn_close(c, "response sent");
+  } else {
+    Backend* b = (Backend*)stream->data;
+    if (b->state == BState::Closed || b->state == BState::Free) return;
+    if (status < 0) backend_close(b, uv_strerror(status));
+    else if (b->close_why && stream->write_queue_size == 0) backend_close(b, b->close_why);
+  }
+}
+
+// Writes s (or its tail from off). Returns 0, or a negative libuv error.
+int stream_send(uv_stream_t* stream, Shared* s, size_t off = 0) {
+  uv_buf_t b = uv_buf_init(s->data + off, (unsigned)(s->len - off));
+  int r = uv_try_write(stream, &b, 1);
+  if (r == (int)b.len) return 0;
+  if (r < 0 && r != UV_EAGAIN) return r;
+  if (r > 0) b = uv_buf_init(b.base + r, b.len - (unsigned)r);
+  WriteReq* w = (WriteReq*)malloc(sizeof *w);
+  if (!w) return UV_ENOMEM;
+  w->s = s;
+  s->refs++;
+  int e = uv_write(&w->req, stream, &b, 1, write_done_cb);
+  if (e) { shared_unref(s); free(w); return e; }
+  return 0;
+}
+
+// Sends to a client; applies the outbound cap to WebSocket connections.
+// Returns false if the bytes were not queued (dropped or connection gone).
+bool ws_close(Conn* c, uint16_t code, const char* reason);
+
+bool conn_send(Conn* c, Shared* s) {
+  if (c->state != CState::Http && c->state != CState::Ws) return false;
+  uv_stream_t* st = (uv_stream_t*)&c->tcp;
+  if (c->state == CState::Ws && st->write_queue_size + s->len > (size_t)cfg.max_outbound) {
+    g.ws_drops++;
+    if (cfg.outbound_policy == 0 && !c->ws_closing) ws_close(c, 1008, "slow consumer");
+    return false;
+  }
+  int r = stream_send(st, s);
+  if (r) { conn_close(c, uv_strerror(r)); return false; }
+  return true;
+}
+
+void conn_send_bytes(Conn* c, const char* p, size_t n) {
+  Shared* s = shared_new(n);
+  memcpy(s->data, p, n);
+  conn_send(c, s);
+  shared_unref(s);
+}
+
+// After the queue drains, close (HTTP "Connection: close", WS after close).
+void conn_close_after_flush(Conn* c) {
+  if (c->state == CState::Closed || c->state == CState::Free) return;
+  if (c->tcp.write_queue_size == 0) conn_close(c, "done");
+  else { c->close_after_write = true; uv_read_stop((uv_stream_t*)&c->tcp); }
+}
+
+void conn_closed_cb(uv_handle_t* h) noexcept {
+  Conn* c = (Conn*)h->data;
+  conn_free_slot(c);
+}
+
+void ws_detach(Conn* c);  // section 9: tell the service, leave rooms
+
+void conn_close(Conn* c, const char* why) {
+  if (c->state == CState::Closed || c->state == CState::Free) return;
+  LOG_DEBUG("conn %u closed: %s", conn_index(c), why);
+  if (c->state == CState::Ws) ws_detach(c);
+  if (c->http) {
+    if (c->http->pending != NIL) pend_free(c->http->pending);
+    buf_free(&c->http->in);
+    buf_free(&c->http->head);
+    buf_free(&c->http->body);
+    free(c->http);
+    c->http = nullptr;
+    g.http_count--;
+  }
+  free(c->user);
+  c->user = nullptr;
+  c->state = CState::Closed;
+  uv_close((uv_handle_t*)&c->tcp, conn_closed_cb);
+}
+
+// WebSocket frame header for a server frame (never masked). Returns length.
+size_t ws_frame_header(uint8_t* h, uint8_t opcode, size_t len) {
+  h[0] = (uint8_t)(0x80 | opcode);
+  if (len < 126) { h[1] = (uint8_t)len; return 2; }
+  if (len < 65536) { h[1] = 126; h[2] = (uint8_t)(len >> 8); h[3] = (uint8_t)len; return 4; }
+  h[1] = 127;
+  for (int i = 0; i < 8; i++) h[2 + i] = (uint8_t)(len >> (56 - 8 * i));
+  return 10;
+}
+
+// One complete frame in a Shared, ready for every recipient.
+Shared* ws_frame(uint8_t opcode, const char* a, size_t an, const char* b = nullptr, size_t bn = 0) {
+  uint8_t h[10];
+  size_t hn = ws_frame_header(h, opcode, an + bn);
+  Shared* s = shared_new(hn + an + bn);
+  memcpy(s->data, h, hn);
+  if (an) memcpy(s->data + hn, a, an);
+  if (bn) memcpy(s->data + hn + an, b, bn);
+  return s;
+}
+
+// Sends one text/binary message to a WebSocket connection.
+bool ws_send_frame(Conn* c, Shared* frame, size_t payload_len) {
+  if (c->state != CState::Ws || c->ws_closing) return false;
+  if (!conn_send(c, frame)) return false;
+  g.ws_msgs_out++;
+  g.ws_bytes_out += payload_len;
+  return true;
+}
+
+void ws_send_text(Conn* c, const char* p, size_t n) {
+  Shared* s = ws_frame(1, p, n);
+  ws_send_frame(c, s, n);
+  shared_unref(s);
+}
+
+// {"id":..,"error":{"type":..,"message":..,"code":..}} (id omitted if none)
+void ws_send_error(Conn* c, const char* id, size_t id_len, bool id_quoted, const char* type, const char* msg, int code) {
+  Buf b;
+  buf_puts(&b, "{");
+  if (id && id_len) {
+    buf_puts(&b, "\"id\":");
+    if (id_quoted) buf_puts(&b, "\"");
+    buf_put(&b, id, id_len);
+    if (id_quoted) buf_puts(&b, "\"");
+    buf_puts(&b, ",");
+  }
+  buf_puts(&b, "\"error\":{\"type\":\"");
+  buf_puts(&b, type);
+  buf_puts(&b, "\",\"message\":\"");
+  buf_json_escape(&b, msg, strlen(msg));
+  buf_printf(&b, "\",\"code\":%d}}", code);
+  ws_send_text(c, b.p, b.len);
+  buf_free(&b);
+}
+
+// ============================================================================
+// 6. Routes
+// Method + path pattern ("/users/:id/posts"). Among the routes matching a
+// path, the one whose first differing segment is static wins ("/users/stats"
+// beats "/users/:id"); an exact method beats "*". Two routes with the same
+// method and shape (static texts and :param positions) conflict; a service's
+// own re-registration of a route is not a conflict.
+// ============================================================================
+
+struct Slice { const char* p; size_t n; };
+
+// Splits a path at '/' into segments; a trailing '/' is ignored. Returns
+// the count, or -1 when there are too many or an empty segment ("//").
+int path_split(const char* p, size_t n, Slice* out, int max) {
+  if (n == 0 || p[0] != '/') return -1;
+  if (n > 1 && p[n - 1] == '/') n--;
+  int k = 0;
+  size_t i = 1;
+  while (i < n) {
+    size_t s = i;
+    while (i < n && p[i] != '/') i++;
+    if (i == s) return -1;
+    if (k == max) return -1;
+    out[k++] = Slice{p + s, i - s};
+    i++;
+  }
+  return k;
+}
+
+// Compiles def into r; false with a reason when the pattern is malformed.
+bool route_compile(Route* r, const char** why) {
+  const char* p = r->def.path;
+  Slice segs[MAX_SEGS];
+  int n = path_split(p, strlen(p), segs, MAX_SEGS);
+  if (n < 0) { *why = "path pattern must start with '/' and have no empty segments (at most 32)"; return false; }
+  r->nseg = (uint8_t)n;
+  for (int i = 0; i < n; i++) {
+    bool param = segs[i].p[0] == ':';
+    if (param && segs[i].n < 2) { *why = "a :param segment needs a name"; return false; }
+    r->seg[i] = Seg{(uint16_t)(segs[i].p - p), (uint16_t)segs[i].n, param};
+  }
+  const char* m = r->def.method;
+  if (!*m) { *why = "route method is empty"; return false; }
+  for (const char* q = m; *q; q++)
+    if (!((*q >= 'A' && *q <= 'Z') || *q == '*')) { *why = "route method must be upper-case (GET, POST, ...) or *"; return false; }
+  return true;
+}
+
+bool route_same_shape(const Route* a, const Route* b) {
+  if (a->nseg != b->nseg || strcmp(a->def.method, b->def.method)) return false;
+  for (int i = 0; i < a->nseg; i++) {
+    const Seg& x = a->seg[i];
+    const Seg& y = b->seg[i];
+    if (x.param != y.param) return false;
+    if (!x.param && (x.len != y.len || memcmp(a->def.path + x.off, b->def.path + y.off, x.len))) return false;
+  }
+  return true;
+}
+
+// NIL if no conflict, else the index of the route r collides with.
+uint32_t route_conflict(const Route* r, uint16_t group) {
+  for (uint32_t i = 0; i < g.nroutes; i++)
+    if (g.routes[i].group != group && route_same_shape(&g.routes[i], r)) return i;
+  return NIL;
+}
+
+bool route_exists(const Route* r, uint16_t group) {
+  for (uint32_t i = 0; i < g.nroutes; i++)
+    if (g.routes[i].group == group && route_same_shape(&g.routes[i], r)) return true;
+  return false;
+}
+
+struct Match {
+  uint32_t route;
+  int nparams;
+  Slice name[MAX_SEGS], value[MAX_SEGS];
+};
+
+// -1 if a is more specific than b, 1 if less, 0 same.
+int route_cmp(const Route* a, const Route* b) {
+  for (int i = 0; i < a->nseg && i < b->nseg; i++)
+    if (a->seg[i].param != b->seg[i].param) return a->seg[i].param ? 1 : -1;
+  bool aw = !strcmp(a->def.method, "*"), bw = !strcmp(b->def.method, "*");
+  return aw == bw ? 0 : (aw ? 1 : -1);
+}
+
+bool route_match(const char* method, const char* path, size_t path_len, Match* m) {
+  Slice segs[MAX_SEGS];
+  int n = path_split(path, path_len, segs, MAX_SEGS);
+  if (n < 0) return false;
+  uint32_t best = NIL;
+  for (uint32_t i = 0; i < g.nroutes; i++) {
+    const Route* r = &g.routes[i];
+    if (r->nseg != n) continue;
+    if (strcmp(r->def.method, method) && strcmp(r->def.method, "*")) continue;
+    int k = 0;
+    for (; k < n; k++) {
+      const Seg& s = r->seg[k];
+      if (!s.param && (s.len != segs[k].n || memcmp(r->def.path + s.off, segs[k].p, s.len))) break;
+    }
+    if (k < n) continue;
+    if (best == NIL || route_cmp(r, &g.routes[best]) < 0) best = i;
+  }
+  if (best == NIL) return false;
+  const Route* r = &g.routes[best];
+  m->route = best;
+  m->nparams = 0;
+  for (int k = 0; k < n; k++)
+    if (r->seg[k].param) {
+      m->name[m->nparams] = Slice{r->def.path + r->seg[k].off + 1, (size_t)r->seg[k].len - 1};
+      m->value[m->nparams++] = segs[k];
+    }
+  return true;
+}
+
+// ============================================================================
+// 7. Services
+// Each service instance holds one link on the Unix socket. Frames are a
+// varint length + one ServiceMessage; linkd reads the oneof's tag itself and
+// decodes only the member present, so no frame-sized struct is ever built.
+// Large fields (bodies, payloads, lists) are nanopb callbacks that point into
+// the receive buffer or write straight from linkd's own buffers (zero copy).
+// A frame over --max-frame-size or one that does not decode closes that
+// link only, with a logged reason.
+// ============================================================================
+
+enum Tag : uint32_t {
+  TAG_REGISTER = 1, TAG_REGISTER_RESULT = 2, TAG_HTTP_REQUEST = 3, TAG_HTTP_RESPONSE = 4,
+  TAG_ERROR = 5, TAG_CLOSE = 6, TAG_ROOMS_QUERY = 7, TAG_ROOMS_RESULT = 8, TAG_HEARTBEAT = 9,
+  TAG_COMMAND_RESULT = 10, TAG_WS_EVENT = 20, TAG_WS_INBOUND = 21, TAG_WS_OUTBOUND = 22,
+  TAG_WS_ROOM_OP = 23, TAG_WS_RESPONSE = 24,
+};
+
+size_t varint_size(uint64_t v) { size_t n = 1; while (v >= 0x80) { v >>= 7; n++; } return n; }
+
+// --- encoding (linkd → service) ------------------------------------------------
+
+bool enc_slice(pb_ostream_t* s, const pb_field_t* f, void* const* arg) noexcept {
+  const Slice* sl = (const Slice*)*arg;
+  if (!sl || !sl->p) return true;
+  return pb_encode_tag_for_field(s, f) && pb_encode_string(s, (const pb_byte_t*)sl->p, sl->n);
+}
+
+// A {name=1, value=2} submessage (Header, Param) written without a struct.
+bool enc_pair(pb_ostream_t* s, uint32_t tag, Slice a, Slice b) {
+  size_t inner = 1 + varint_size(a.n) + a.n + 1 + varint_size(b.n) + b.n;
+  return pb_encode_tag(s, PB_WT_STRING, tag) && pb_encode_varint(s, inner) &&
+         pb_encode_tag(s, PB_WT_STRING, 1) && pb_encode_string(s, (const pb_byte_t*)a.p, a.n) &&
+         pb_encode_tag(s, PB_WT_STRING, 2) && pb_encode_string(s, (const pb_byte_t*)b.p, b.n);
+}
+
+bool enc_headers(pb_ostream_t* s, const pb_field_t* f, void* const* arg) noexcept {
+  const Http* h = (const Http*)*arg;
+  for (int i = 0; i < h->nhdrs; i++) {
+    const HdrRef& r = h->hdrs[i];
+    if (!enc_pair(s, f->tag, Slice{h->head.p + r.name_off, r.name_len}, Slice{h->head.p + r.val_off, r.val_len})) return false;
+  }
+  return true;
+}
+
+bool enc_params(pb_ostream_t* s, const pb_field_t* f, void* const* arg) noexcept {
+  const Match* m = (const Match*)*arg;
+  for (int i = 0; i < m->nparams; i++)
+    if (!enc_pair(s, f->tag, m->name[i], m->value[i])) return false;
+  return true;
+}
+
+bool enc_rooms(pb_ostream_t* s, const pb_field_t* f, void* const* arg) noexcept {
+  const Conn* c = (const Conn*)*arg;
+  for (uint32_t m = c->rooms; m != NIL; m = g.members[m].cnext) {
+    const Room* r = &g.rooms[g.members[m].room];
+    if (!pb_encode_tag_for_field(s, f) || !pb_encode_string(s, (const pb_byte_t*)r->name, r->name_len)) return false;
+  }
+  return true;
+}
+
+// One delimited ServiceMessage whose oneof member `tag` is msg.
+Shared* frame_encode(uint32_t tag, const pb_msgdesc_t* fields, const void* msg) {
+  size_t sub;
+  if (!pb_get_encoded_size(&sub, fields, msg)) { LOG_ERROR("cannot size frame %u", tag); return nullptr; }
+  size_t inner = varint_size(tag << 3 | 2) + varint_size(sub) + sub;
+  uint8_t hdr[32];
+  pb_ostream_t hs = pb_ostream_from_buffer(hdr, sizeof hdr);
+  pb_encode_varint(&hs, inner);
+  pb_encode_tag(&hs, PB_WT_STRING, tag);
+  pb_encode_varint(&hs, sub);
+  Shared* s = shared_new(hs.bytes_written + sub);
+  memcpy(s->data, hdr, hs.bytes_written);
+  pb_ostream_t os = pb_ostream_from_buffer((pb_byte_t*)s->data + hs.bytes_written, sub);
+  if (!pb_encode(&os, fields, msg)) {
+    LOG_ERROR("cannot encode frame %u: %s", tag, PB_GET_ERROR(&os));
+    shared_unref(s);
+    return nullptr;
+  }
+  return s;
+}
+
+uint16_t backend_index(const Backend* b) { return (uint16_t)(b - g.backends); }
+
+// Queues a frame to a service. False if the link is gone or too far behind.
+bool backend_send(Backend* b, Shared* s) {
+  if (!s) return false;
+  bool ok = false;
+  if (b->state == BState::Ready || b->state == BState::Open) {
+    uv_stream_t* st = (uv_stream_t*)&b->pipe;
+    if (st->write_queue_size > (size_t)cfg.max_frame_size * 4) {
+      LOG_WARN("service link %u is %zu bytes behind: refusing more", backend_index(b), st->write_queue_size);
+    } else {
+      int r = stream_send(st, s);
+      if (r) backend_close(b, uv_strerror(r));
+      else { ok = true; g.svc_frames_out++; }
+    }
+  }
+  shared_unref(s);
+  return ok;
+}
+
+bool backend_send_msg(Backend* b, uint32_t tag, const pb_msgdesc_t* fields, const void* msg) {
+  return backend_send(b, frame_encode(tag, fields, msg));
+}
+
+void conn_remote(const Conn* c, char* out, size_t n) {
+  char ip[64] = "?";
+  if (c->family == 4) inet_ntop(AF_INET, c->addr, ip, sizeof ip);
+  else if (c->family == 6) inet_ntop(AF_INET6, c->addr, ip, sizeof ip);
+  snprintf(out, n, c->family == 6 ? "[%s]:%u" : "%s:%u", ip, c->port);
+}
+
+void command_result(Backend* b, uint64_t op_id, const char* type, const char* msg, int code) {
+  if (!op_id) return;
+  linkd_CommandResult r = {};
+  r.op_id = op_id;
+  r.ok = type == nullptr;
+  if (type) {
+    r.has_error = true;
+    r.error.code = code;
+    snprintf(r.error.type, sizeof r.error.type, "%s", type);
+    snprintf(r.error.message, sizeof r.error.message, "%s", msg);
+  }
+  backend_send_msg(b, TAG_COMMAND_RESULT, linkd_CommandResult_fields, &r);
+}
+
+void send_conn_event(Backend* b, Conn* c, linkd_WebSocketConnectionEvent_EventType type) {
+  const Group* gr = &g.groups[c->group];
+  linkd_WebSocketConnectionEvent e = {};
+  conn_id(c, e.connection_id, sizeof e.connection_id);
+  snprintf(e.service_name, sizeof e.service_name, "%s", gr->name);
+  snprintf(e.path, sizeof e.path, "%s", gr->ws_path);
+  e.has_user = true;
+  if (c->user) e.user = *c->user;
+  conn_remote(c, e.remote_address, sizeof e.remote_address);
+  e.event_type = type;
+  e.connected_at_ms = c->connected_ms;
+  e.close_code = c->close_code;
+  e.rooms.funcs.encode = enc_rooms;
+  e.rooms.arg = c;
+  backend_send_msg(b, TAG_WS_EVENT, linkd_WebSocketConnectionEvent_fields, &e);
+}
+
+// Picks a live instance of the group, round robin; NIL16 if none.
+uint16_t group_pick(uint16_t gi) {
+  Group* gr = &g.groups[gi];
+  if (!gr->live) return NIL16;
+  for (uint32_t k = 0; k < g.nbackends; k++) {
+    uint32_t i = (gr->rr + k) % g.nbackends;
+    if (g.backends[i].state == BState::Ready && g.backends[i].group == gi) {
+      gr->rr = i + 1;
+      return (uint16_t)i;
+    }
+  }
+  return NIL16;
+}
+
+// The instance serving a WebSocket connection: its own while that lives,
+// else another live one of the service (told of the connection first).
+Backend* conn_backend(Conn* c) {
+  if (c->backend != NIL16 && g.backends[c->backend].state == BState::Ready) return &g.backends[c->backend];
+  uint16_t bi = group_pick(c->group);
+  c->backend = bi;
+  if (bi == NIL16) return nullptr;
+  send_conn_event(&g.backends[bi], c, linkd_WebSocketConnectionEvent_EventType_EXISTING);
+  return &g.backends[bi];
+}
+
+// --- decoding (service → linkd) ------------------------------------------------
+
+bool dec_slice(pb_istream_t* s, const pb_field_t*, void** arg) noexcept {
+  Slice* sl = (Slice*)*arg;
+  sl->p = (const char*)s->state;   // buffer stream: state is the read position
+  sl->n = s->bytes_left;
+  return pb_read(s, nullptr, s->bytes_left);
+}
+
+bool dec_route(pb_istream_t* s, const pb_field_t*, void**) noexcept {
+  if (g.reg_nroutes >= (uint32_t)MAX_REG_ROUTES) { g.reg_overflow = true; return pb_read(s, nullptr, s->bytes_left); }
+  Route* r = &g.reg_routes[g.reg_nroutes];
+  memset((void*)r, 0, sizeof *r);
+  if (!pb_decode(s, linkd_HttpRoute_fields, &r->def)) return false;
+  g.reg_nroutes++;
+  return true;
+}
+
+// Response headers from a service, appended as "Name: value\r\n". Headers
+// linkd owns (framing, connection) are dropped; CR/LF in either part fails.
+bool dec_resp_header(pb_istream_t* s, const pb_field_t*, void** arg) noexcept {
+  Buf* out = (Buf*)*arg;
+  static linkd_Header h;
+  h = linkd_Header{};
+  if (!pb_decode(s, linkd_Header_fields, &h)) return false;
+  if (!h.name[0] || strpbrk(h.name, "\r\n: ") || strpbrk(h.value, "\r\n")) return false;
+  static const char* owned[] = {"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade"};
+  for (const char* o : owned) if (!strcasecmp(h.name, o)) return true;
+  buf_puts(out, h.name);
+  buf_puts(out, ": ");
+  buf_puts(out, h.value);
+  buf_puts(out, "\r\n");
+  return true;
+}
+
+// except_connections: every id named is marked with the current serial.
+bool dec_except(pb_istream_t* s, const pb_field_t*, void**) noexcept {
+  char id[48];
+  size_t n = s->bytes_left;
+  if (n >= sizeof id) return pb_read(s, nullptr, n);   // cannot be one of ours
+  if (!pb_read(s, (pb_byte_t*)id, n)) return false;
+  id[n] = 0;
+  if (Conn* c = conn_lookup(id)) c->except_mark = g.except_serial;
+  return true;
+}
+
+// Handlers in later sections.
+void http_service_answer(Conn* c, uint32_t status, Buf* headers, Slice body);
+void ws_service_reply(Conn* c, const char* corr, const linkd_WebSocketResponse* m, Slice data);
+void ws_outbound(Backend* b, const linkd_WebSocketOutbound* m, Slice payload);
+void pend_expire(uint32_t p, bool timeout);
+bool ws_close(Conn* c, uint16_t code, const char* reason);
+
+bool valid_name(const char* s) {
+  if (!*s) return false;
+  for (; *s; s++)
+    if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') || *s == '.' || *s == '_' || *s == '-')) return false;
+  return true;
+}
+
+bool reserved_path(const char* p) { return !strcmp(p, "/health") || !strcmp(p, "/metrics"); }
+
+// Checks a registration against the tables; null if acceptable, else why.
+const char* register_check(const linkd_RegisterService* m, uint16_t* gi_out, char* why, size_t whyn) {
+  if (!valid_name(m->name)) return "service name must be 1-63 characters of [A-Za-z0-9._-]";
+  if (g.reg_overflow) { snprintf(why, whyn, "too many routes (at most %d)", MAX_REG_ROUTES); return why; }
+  uint16_t gi = NIL16, free_gi = NIL16;
+  for (uint32_t i = 0; i < g.ngroups; i++) {
+    if (g.groups[i].used && !strcmp(g.groups[i].name, m->name)) { gi = (uint16_t)i; break; }
+    if (!g.groups[i].used && free_gi == NIL16) free_gi = (uint16_t)i;
+  }
+  if (gi == NIL16 && free_gi == NIL16) return "service table full (--max-services)";
+  uint16_t self = gi != NIL16 ? gi : free_gi;
+  uint32_t fresh = 0;
+  for (uint32_t i = 0; i < g.reg_nroutes; i++) {
+    Route* r = &g.reg_routes[i];
+    const char* bad;
+    if (!route_compile(r, &bad)) { snprintf(why, whyn, "route %s %s: %s", r->def.method, r->def.path, bad); return why; }
+    if (reserved_path(r->def.path)) { snprintf(why, whyn, "route %s %s: path is linkd's own", r->def.method, r->def.path); return why; }
+    uint32_t other = route_conflict(r, self);
+    if (other != NIL) {
+      snprintf(why, whyn, "route %s %s conflicts with %s %s of service %s", r->def.method, r->def.path,
+               g.routes[other].def.method, g.routes[other].def.path, g.groups[g.routes[other].group].name);
+      return why;
+    }
+    if (!route_exists(r, self)) fresh++;
+  }
+  if (g.nroutes + fresh > g.max_routes) return "route table full";
+  if (m->has_websocket && m->websocket.enabled) {
+    const char* p = m->websocket.path;
+    if (p[0] != '/' || strpbrk(p, "?# ")) return "websocket path must start with '/' and have no query";
+    if (reserved_path(p)) return "websocket path is linkd's own";
+    for (uint32_t i = 0; i < g.ngroups; i++)
+      if (g.groups[i].used && i != self && !strcmp(g.groups[i].ws_path, p)) {
+        snprintf(why, whyn, "websocket path %s belongs to service %s", p, g.groups[i].name);
+        return why;
+      }
+    Match mm;
+    if (route_match("GET", p, strlen(p), &mm) && g.routes[mm.route].group != self) {
+      snprintf(why, whyn, "websocket path %s is an HTTP route of service %s", p, g.groups[g.routes[mm.route].group].name);
+      return why;
+    }
+  }
+  if (gi != NIL16) {
+    const Group* gr = &g.groups[gi];
+    const char* want = (m->has_websocket && m->websocket.enabled) ? m->websocket.path : "";
+    if (gr->live && strcmp(gr->ws_path, want)) {
+      snprintf(why, whyn, "instances of %s must share one WebSocket path (%s)", gr->name, *gr->ws_path ? gr->ws_path : "none");
+      return why;
+    }
+  }
+  *gi_out = self;
+  return nullptr;
+}
+
+void backend_close_after_flush(Backend* b, const char* why);
+
+void on_register(Backend* b, pb_istream_t* s) {
+  linkd_RegisterService m = {};
+  g.reg_nroutes = 0;
+  g.reg_overflow = false;
+  m.routes.funcs.decode = dec_route;
+  if (!pb_decode(s, linkd_RegisterService_fields, &m)) { backend_close(b, "RegisterService does not decode"); return; }
+  linkd_RegisterResult res = {};
+  snprintf(res.linkd_version, sizeof res.linkd_version, "%s", LINKD_VERSION);
+  res.max_frame_bytes = (uint32_t)cfg.max_frame_size;
+  uint16_t gi = NIL16;
+  char why[1024];
+  const char* bad = b->state != BState::Open ? "already registered on this link" : register_check(&m, &gi, why, sizeof why);
+  if (bad) {
+    LOG_WARN("service '%s' refused: %s", m.name, bad);
+    snprintf(res.reason, sizeof res.reason, "%.255s", bad);
+    backend_send_msg(b, TAG_REGISTER_RESULT, linkd_RegisterResult_fields, &res);
+    backend_close_after_flush(b, "registration refused");
+    return;
+  }
+  Group* gr = &g.groups[gi];
+  if (!gr->used) {
+    memset((void*)gr, 0, sizeof *gr);
+    gr->used = true;
+    snprintf(gr->name, sizeof gr->name, "%s", m.name);
+  }
+  snprintf(gr->version, sizeof gr->version, "%s", m.version);
+  snprintf(gr->ns, sizeof gr->ns, "%s", m.namespace_name);
+  if (m.has_websocket && m.websocket.enabled) {
+    snprintf(gr->ws_path, sizeof gr->ws_path, "%s", m.websocket.path);
+    gr->ws_raw = m.websocket.raw;
+    gr->ws_auth = m.websocket.auth_required;
+    uint32_t mx = m.websocket.max_message_size_bytes;
+    gr->ws_max_msg = (uint32_t)(mx && mx < cfg.max_message_size ? mx : cfg.max_message_size);
+    gr->ws_max_per_user = m.websocket.max_connections_per_user ? m.websocket.max_connections_per_user : (uint32_t)cfg.max_connections_per_user;
+  } else {
+    gr->ws_path[0] = 0;
+  }
+  for (uint32_t i = 0; i < g.reg_nroutes; i++) {
+    Route* r = &g.reg_routes[i];
+    if (route_exists(r, gi)) continue;
+    r->group = gi;
+    g.routes[g.nroutes++] = *r;
+  }
+  b->group = gi;
+  b->state = BState::Ready;
+  if (m.instance_id[0]) snprintf(b->instance_id, sizeof b->instance_id, "%s", m.instance_id);
+  else snprintf(b->instance_id, sizeof b->instance_id, "%.40s-%u.%u", m.name, backend_index(b), b->gen);
+  gr->live++;
+  res.ok = true;
+  backend_send_msg(b, TAG_REGISTER_RESULT, linkd_RegisterResult_fields, &res);
+  LOG_INFO("service '%s' instance '%s' registered (%u routes, websocket %s%s)", gr->name, b->instance_id,
+           g.reg_nroutes, *gr->ws_path ? gr->ws_path : "none", gr->ws_raw ? " raw" : "");
+  // Connections on the path whose instance is gone come to this one.
+  if (*gr->ws_path)
+    for (uint32_t i = 0; i < g.conn_hw; i++) {
+      Conn* c = &g.conns[i];
+      if (c->state != CState::Ws || c->group != gi) continue;
+      if (c->backend != NIL16 && g.backends[c->backend].state == BState::Ready) continue;
+      c->backend = backend_index(b);
+      send_conn_event(b, c, linkd_WebSocketConnectionEvent_EventType_EXISTING);
+    }
+}
+
+void on_http_response(Backend* b, pb_istream_t* s) {
+  linkd_HttpResponse m = {};
+  Buf headers;
+  Slice body{};
+  m.headers.funcs.decode = dec_resp_header;
+  m.headers.arg = &headers;
+  m.body.funcs.decode = dec_slice;
+  m.body.arg = &body;
+  if (!pb_decode(s, linkd_HttpResponse_fields, &m)) {
+    buf_free(&headers);
+    backend_close(b, "HttpResponse does not decode (or carries a bad header)");
+    return;
+  }
+  uint32_t slot = (uint32_t)m.request_id, gen = (uint32_t)(m.request_id >> 32);
+  Conn* c = slot < g.conn_hw ? &g.conns[slot] : nullptr;
+  if (!c || c->gen != gen || c->state != CState::Http || !c->http || c->http->pending == NIL ||
+      g.pend[c->http->pending].backend != backend_index(b)) {
+    LOG_DEBUG("late or unknown HTTP response %" PRIu64 " dropped", m.request_id);
+  } else {
+    uint32_t status = m.status ? m.status : 200;
+    if (status < 100 || status > 599) status = 502;
+    http_service_answer(c, status, &headers, body);
+  }
+  buf_free(&headers);
+}
+
+void on_ws_response(Backend* b, pb_istream_t* s) {
+  linkd_WebSocketResponse m = {};
+  Slice data{};
+  m.data.funcs.decode = dec_slice;
+  m.data.arg = &data;
+  if (!pb_decode(s, linkd_WebSocketResponse_fields, &m)) { backend_close(b, "WebSocketResponse does not decode"); return; }
+  Conn* c = conn_lookup(m.connection_id);
+  if (c && c->group == b->group) ws_service_reply(c, m.correlation_id, &m, data);
+}
+
+void on_ws_outbound(Backend* b, pb_istream_t* s) {
+  linkd_WebSocketOutbound m = {};
+  Slice payload{};
+  m.payload.funcs.decode = dec_slice;
+  m.payload.arg = &payload;
+  m.except_connections.funcs.decode = dec_except;
+  g.except_serial++;
+  if (!pb_decode(s, linkd_WebSocketOutbound_fields, &m)) { backend_close(b, "WebSocketOutbound does not decode"); return; }
+  ws_outbound(b, &m, payload);
+}
+
+void on_room_op(Backend* b, pb_istream_t* s) {
+  linkd_WebSocketRoomOperation m = {};
+  if (!pb_decode(s, linkd_WebSocketRoomOperation_fields, &m)) { backend_close(b, "WebSocketRoomOperation does not decode"); return; }
+  Conn* c = conn_lookup(m.connection_id);
+  if (!c || c->group != b->group) { command_result(b, m.op_id, "NOT_FOUND", "no such connection", 404); return; }
+  size_t n = strlen(m.room);
+  if (m.operation == linkd_WebSocketRoomOperation_OperationType_LEAVE) {
+    room_leave(c, m.room, n);
+    command_result(b, m.op_id, nullptr, nullptr, 0);
+    return;
+  }
+  switch (room_join(c, m.room, n)) {
+    case JoinResult::Ok:
+    case JoinResult::Already: command_result(b, m.op_id, nullptr, nullptr, 0); break;
+    case JoinResult::RoomsFull:
+      LOG_WARN("room table full (--max-rooms %" PRId64 "): join of '%s' refused", cfg.max_rooms, m.room);
+      command_result(b, m.op_id, "ROOMS_FULL", "room table full", 503); break;
+    case JoinResult::MembersFull:
+      LOG_WARN("membership table full (--max-memberships %" PRId64 "): join refused", cfg.max_memberships);
+      command_result(b, m.op_id, "MEMBERSHIPS_FULL", "membership table full", 503); break;
+    case JoinResult::BadName: command_result(b, m.op_id, "BAD_ROOM", "room name must be 1-127 bytes", 400); break;
+  }
+}
+
+void on_rooms_query(Backend* b, pb_istream_t* s) {
+  linkd_RoomsQuery m = {};
+  if (!pb_decode(s, linkd_RoomsQuery_fields, &m)) { backend_close(b, "RoomsQuery does not decode"); return; }
+  linkd_RoomsResult r = {};
+  r.query_id = m.query_id;
+  Conn* c = conn_lookup(m.connection_id);
+  if (c && c->group == b->group) {
+    r.rooms.funcs.encode = enc_rooms;
+    r.rooms.arg = c;
+  } else {
+    r.has_error = true;
+    r.error.code = 404;
+    snprintf(r.error.type, sizeof r.error.type, "NOT_FOUND");
+    snprintf(r.error.message, sizeof r.error.message, "no such connection");
+  }
+  backend_send_msg(b, TAG_ROOMS_RESULT, linkd_RoomsResult_fields, &r);
+}
+
+void on_close_command(Backend* b, pb_istream_t* s) {
+  linkd_CloseConnection m = {};
+  if (!pb_decode(s, linkd_CloseConnection_fields, &m)) { backend_close(b, "CloseConnection does not decode"); return; }
+  Conn* c = conn_lookup(m.connection_id);
+  if (!c || c->group != b->group) { command_result(b, m.op_id, "NOT_FOUND", "no such connection", 404); return; }
+  uint32_t code = m.code ? m.code : 1000;
+  if (code < 1000 || code > 4999 || code == 1004 || code == 1005 || code == 1006 || code == 1015) {
+    command_result(b, m.op_id, "BAD_CODE", "close code not allowed on the wire", 400);
+    return;
+  }
+  ws_close(c, (uint16_t)code, m.reason);
+  command_result(b, m.op_id, nullptr, nullptr, 0);
+}
+
+void on_heartbeat(Backend* b, pb_istream_t* s) {
+  linkd_Heartbeat m = {};
+  if (!pb_decode(s, linkd_Heartbeat_fields, &m)) { backend_close(b, "Heartbeat does not decode"); return; }
+  if (m.reply) return;
+  linkd_Heartbeat r = {};
+  r.timestamp_ms = wall_ms();
+  r.reply = true;
+  backend_send_msg(b, TAG_HEARTBEAT, linkd_Heartbeat_fields, &r);
+}
+
+// Decodes one frame: walks the ServiceMessage's fields and handles each
+// member present (normally exactly one).
+void backend_frame(Backend* b, const uint8_t* p, size_t n) {
+  g.svc_frames_in++;
+  b->last_rx = now_ms();
+  pb_istream_t s = pb_istream_from_buffer(p, n);
+  while (s.bytes_left && b->state != BState::Closed && !b->close_why) {
+    pb_wire_type_t wt;
+    uint32_t tag;
+    bool eof;
+    if (!pb_decode_tag(&s, &wt, &tag, &eof)) { backend_close(b, "frame does not decode"); return; }
+    if (wt != PB_WT_STRING) {
+      if (!pb_skip_field(&s, wt)) { backend_close(b, "frame does not decode"); return; }
+      continue;
+    }
+    pb_istream_t sub;
+    if (!pb_make_string_substream(&s, &sub)) { backend_close(b, "frame does not decode (bad length)"); return; }
+    if (tag != TAG_REGISTER && b->state != BState::Ready) {
+      pb_close_string_substream(&s, &sub);
+      backend_close(b, "first frame must be RegisterService");
+      return;
+    }
+    switch (tag) {
+      case TAG_REGISTER: on_register(b, &sub); break;
+      case TAG_HTTP_RESPONSE: on_http_response(b, &sub); break;
+      case TAG_WS_RESPONSE: on_ws_response(b, &sub); break;
+      case TAG_WS_OUTBOUND: on_ws_outbound(b, &sub); break;
+      case TAG_WS_ROOM_OP: on_room_op(b, &sub); break;
+      case TAG_ROOMS_QUERY: on_rooms_query(b, &sub); break;
+      case TAG_CLOSE: on_close_command(b, &sub); break;
+      case TAG_HEARTBEAT: on_heartbeat(b, &sub); break;
+      default: LOG_DEBUG("service frame member %u ignored", tag); break;
+    }
+    if (b->state == BState::Free) return;
+    if (!pb_close_string_substream(&s, &sub)) { backend_close(b, "frame does not decode"); return; }
+  }
+}
+
+// Splits the byte stream into frames. Whole frames in the read buffer are
+// decoded in place; only a partial frame is copied into b->in.
+void backend_consume(Backend* b, const uint8_t* p, size_t n) {
+  size_t off = 0;
+  while (off < n && (b->state == BState::Open || b->state == BState::Ready) && !b->close_why) {
+    uint64_t len = 0;
+    size_t k = 0;
+    int shift = 0;
+    for (;;) {
+      if (off + k >= n) { buf_put(&b->in, p + off, n - off); return; }   // varint incomplete
+      uint8_t byte = p[off + k++];
+      len |= (uint64_t)(byte & 0x7f) << shift;
+      if (!(byte & 0x80)) break;
+      shift += 7;
+      if (shift > 63) { backend_close(b, "bad frame length"); return; }
+    }
+    if (len > (uint64_t)cfg.max_frame_size) {
+      char why[96];
+      snprintf(why, sizeof why, "frame of %" PRIu64 " bytes is over --max-frame-size", len);
+      backend_close(b, why);
+      return;
+    }
+    if (off + k + len > n) { buf_put(&b->in, p + off, n - off); return; }
+    backend_frame(b, p + off + k, (size_t)len);
+    off += k + (size_t)len;
+  }
+}
+
+void backend_read_cb(uv_stream_t* st, ssize_t nread, const uv_buf_t* buf) noexcept {
+  Backend* b = (Backend*)st->data;
+  (void)buf;
+  if (nread == 0) return;
+  if (nread < 0) { backend_close(b, nread == UV_EOF ? "link closed by the service" : uv_strerror((int)nread)); return; }
+  if (b->in.len == 0) { backend_consume(b, (const uint8_t*)g.readbuf, (size_t)nread); return; }
+  // A frame was split across reads: join, then consume from the joined copy.
+  buf_put(&b->in, g.readbuf, (size_t)nread);
+  Buf joined = b->in;
+  b->in = Buf{};
+  backend_consume(b, (const uint8_t*)joined.p, joined.len);
+  buf_free(&joined);
+}
+
+void alloc_cb(uv_handle_t*, size_t, uv_buf_t* buf) noexcept {
+  *buf = uv_buf_init(g.readbuf, sizeof g.readbuf);
+}
+
+void backend_closed_cb(uv_handle_t* h) noexcept {
+  Backend* b = (Backend*)h->data;
+  b->state = BState::Free;
+  b->gen++;
+  b->next_free = g.backend_free;
+  g.backend_free = backend_index(b);
+}
+
+void backend_close(Backend* b, const char* why) {
+  if (b->state == BState::Closed || b->state == BState::Free) return;
+  uint16_t bi = backend_index(b);
+  bool was_ready = b->state == BState::Ready;
+  if (was_ready) {
+    LOG_WARN("service '%s' instance '%s' gone: %s", g.groups[b->group].name, b->instance_id, why);
+    g.groups[b->group].live--;
+  } else {
+    LOG_WARN("service link %u closed: %s", bi, why);
+  }
+  g.svc_errors += strcmp(why, "link closed by the service") != 0;
+  b->state = BState::Closed;
+  // What this instance owed is answered now: 503 / SERVICE_UNAVAILABLE.
+  for (uint32_t p = g.pend_head; p != NIL;) {
+    uint32_t next = g.pend[p].next;
+    if (g.pend[p].backend == bi && g.pend[p].kind != PKind::Free) pend_expire(p, false);
+    p = next;
+  }
+  // Its WebSocket connections wait for the next instance (conn_backend).
+  for (uint32_t i = 0; i < g.conn_hw; i++)
+    if (g.conns[i].state == CState::Ws && g.conns[i].backend == bi) g.conns[i].backend = NIL16;
+  buf_free(&b->in);
+  uv_close((uv_handle_t*)&b->pipe, backend_closed_cb);
+}
+
+// Stops reading and closes once what was queued (e.g. a refusal) is out.
+void backend_close_after_flush(Backend* b, const char* why) {
+  uv_read_stop((uv_stream_t*)&b->pipe);
+  if (b->pipe.write_queue_size == 0) backend_close(b, why);
+  else b->close_why = why;
+}
+
+void svc_connection_cb(uv_stream_t* server, int status) noexcept {
+  if (status < 0) { LOG_WARN("service accept: %s", uv_strerror(status)); return; }
+  if (g.backend_free == NIL) {
+    uv_pipe_t* tmp = (uv_pipe_t*)malloc(sizeof *tmp);
+    uv_pipe_init(g.loop, tmp, 0);
+    if (uv_accept(server, (uv_stream_t*)tmp) == 0) LOG_WARN("service link refused: --max-services reached");
+    uv_close((uv_handle_t*)tmp, [](uv_handle_t* h) noexcept { free(h); });
+    return;
+  }
+  uint32_t i = g.backend_free;
+  Backend* b = &g.backends[i];
+  g.backend_free = b->next_free;
+  uint32_t gen = b->gen;
+  memset((void*)b, 0, sizeof *b);
+  b->gen = gen;
+  b->group = NIL16;
+  b->state = BState::Open;
+  uv_pipe_init(g.loop, &b->pipe, 0);
+  b->pipe.data = b;
+  if (uv_accept(server, (uv_stream_t*)&b->pipe)) { backend_close(b, "accept failed"); return; }
+  b->last_rx = now_ms();
+  uv_read_start((uv_stream_t*)&b->pipe, alloc_cb, backend_read_cb);
+  LOG_DEBUG("service link %u opened", i);
+}
+
+// ============================================================================
+// 8. HTTP
+// llhttp parses requests into the connection's Http record. One request at a
+// time per connection: on_message_complete pauses the parser, so pipelined
+// requests wait in Http::in and are answered strictly in order. A request
+// goes to linkd's own endpoints (/health, /metrics), to the WebSocket
+// upgrade, or to a route's service with a request id "slot | gen << 32".
+// ============================================================================
+
+llhttp_settings_t http_settings;
+
+Slice http_header(const Http* h, const char* name) {
+  for (int i = 0; i < h->nhdrs; i++)
+    if (str_ieq(h->head.p + h->hdrs[i].name_off, h->hdrs[i].name_len, name))
+      return Slice{h->head.p + h->hdrs[i].val_off, h->hdrs[i].val_len};
+  return Slice{nullptr, 0};
+}
+
+Slice http_path(const Http* h) {
+  const char* q = (const char*)memchr(h->head.p, '?', h->url_len);
+  return Slice{h->head.p, q ? (size_t)(q - h->head.p) : h->url_len};
+}
+
+Slice http_query(const Http* h) {
+  const char* q = (const char*)memchr(h->head.p, '?', h->url_len);
+  if (!q) return Slice{"", 0};
+  return Slice{q + 1, h->url_len - (size_t)(q + 1 - h->head.p)};
+}
+
+Http* parser_http(llhttp_t* p) { return ((Conn*)p->data)->http; }
+
+int on_message_begin(llhttp_t* p) noexcept {
+  Http* h = parser_http(p);
+  h->head.len = 0;
+  h->body.len = 0;
+  h->nhdrs = 0;
+  h->url_len = 0;
+  h->in_value = false;
+  h->too_large = 0;
+  h->since = now_ms();
+  return 0;
+}
+
+bool head_room(Http* h, size_t n) {
+  if (h->head.len + n > (size_t)cfg.max_header_size) { h->too_large = 431; return false; }
+  return true;
+}
+
+int on_url(llhttp_t* p, const char* at, size_t n) noexcept {
+  Http* h = parser_http(p);
+  if (!head_room(h, n)) return -1;
+  buf_put(&h->head, at, n);
+  h->url_len += (uint32_t)n;
+  return 0;
+}
+
+int on_header_field(llhttp_t* p, const char* at, size_t n) noexcept {
+  Http* h = parser_http(p);
+  if (!head_room(h, n)) return -1;
+  if (h->nhdrs == 0 || h->in_value) {
+    if (h->nhdrs == MAX_HEADERS) { h->too_large = 431; return -1; }
+    h->hdrs[h->nhdrs++] = HdrRef{(uint32_t)h->head.len, 0, 0, 0};
+    h->in_value = false;
+  }
+  buf_put(&h->head, at, n);
+  h->hdrs[h->nhdrs - 1].name_len += (uint32_t)n;
+  return 0;
+}
+
+int on_header_value(llhttp_t* p, const char* at, size_t n) noexcept {
+  Http* h = parser_http(p);
+  if (!head_room(h, n)) return -1;
+  HdrRef& r = h->hdrs[h->nhdrs - 1];
+  if (!h->in_value) { r.val_off = (uint32_t)h->head.len; h->in_value = true; }
+  buf_put(&h->head, at, n);
+  r.val_len += (uint32_t)n;
+  return 0;
+}
+
+int on_headers_complete(llhttp_t* p) noexcept {
+  Http* h = parser_http(p);
+  if ((p->flags & F_CONTENT_LENGTH) && p->content_length > (uint64_t)cfg.max_body_size) { h->too_large = 413; return -1; }
+  return 0;
+}
+
+int on_body(llhttp_t* p, const char* at, size_t n) noexcept {
+  Http* h = parser_http(p);
+  if (h->body.len + n > (size_t)cfg.max_body_size) { h->too_large = 413; return -1; }
+  buf_put(&h->body, at, n);
+  return 0;
+}
+
+int on_message_complete(llhttp_t* p) noexcept {
+  Http* h = parser_http(p);
+  h->complete = true;
+  h->upgrade = p->upgrade;
+  return HPE_PAUSED;
+}
+
+const char* status_text(unsigned s) {
+  switch (s) {
+    case 101: return "Switching Protocols"; case 200: return "OK"; case 201: return "Created";
+    case 202: return "Accepted"; case 204: return "No Content"; case 301: return "Moved Permanently";
+    case 302: return "Found"; case 304: return "Not Modified"; case 400: return "Bad Request";
+    case 401: return "Unauthorized"; case 403: return "Forbidden"; case 404: return "Not Found";
+    case 405: return "Method Not Allowed"; case 408: return "Request Timeout"; case 409: return "Conflict";
+    case 413: return "Payload Too Large"; case 422: return "Unprocessable Entity"; case 426: return "Upgrade Required";
+    case 429: return "Too Many Requests"; case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error"; case 502: return "Bad Gateway"; case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout"; default: return s < 300 ? "OK" : s < 400 ? "Redirect" : s < 500 ? "Client Error" : "Server Error";
+  }
+}
+
+const char* status_type(unsigned s) {
+  switch (s) {
+    case 400: return "BAD_REQUEST"; case 401: return "UNAUTHORIZED"; case 403: return "FORBIDDEN";
+    case 404: return "NOT_FOUND"; case 408: return "REQUEST_TIMEOUT"; case 413: return "PAYLOAD_TOO_LARGE";
+    case 426: return "UPGRADE_REQUIRED"; case 429: return "TOO_MANY_REQUESTS"; case 431: return "HEADERS_TOO_LARGE";
+    case 502: return "BAD_GATEWAY"; case 503: return "SERVICE_UNAVAILABLE"; case 504: return "GATEWAY_TIMEOUT";
+    default: return "ERROR";
+  }
+}
+
+// Is this Origin allowed, globally or for the route?
+bool origin_allowed(Slice origin, const Route* r) {
+  auto in_list = [&](const char* list) {
+    size_t n = strlen(list), i = 0;
+    while (i < n) {
+      while (i < n && (list[i] == ',' || list[i] == ' ')) i++;
+      size_t s = i;
+      while (i < n && list[i] != ',') i++;
+      size_t e = i;
+      while (e > s && list[e - 1] == ' ') e--;
+      if ((e - s == 1 && list[s] == '*') || (e - s == origin.n && !memcmp(list + s, origin.p, origin.n))) return true;
+    }
+    return false;
+  };
+  if (!origin.p) return false;
+  if (in_list(cfg.allowed_origins)) return true;
+  if (r)
+    for (pb_size_t i = 0; i < r->def.cors_origins_count; i++)
+      if (in_list(r->def.cors_origins[i])) return true;
+  return false;
+}
+
+void cors_headers(Buf* out, const Http* h, const Route* r) {
+  Slice origin = http_header(h, "origin");
+  if (!origin_allowed(origin, r)) return;
+  buf_puts(out, "Access-Control-Allow-Origin: ");
+  buf_put(out, origin.p, origin.n);
+  buf_puts(out, "\r\nAccess-Control-Allow-Credentials: true\r\nVary: Origin\r\n");
+}
+
+void http_pump(Conn* c);
+bool ws_try_upgrade(Conn* c);
+void conn_read_cb(uv_stream_t* st, ssize_t n, const uv_buf_t* buf) noexcept;
+void metrics_write(Buf* b);
+
+// The answer to the current request: writes it, then goes on with the next
+// pipelined request (or closes, for Connection: close / errors).
+void http_respond(Conn* c, unsigned status, const char* headers, size_t headers_len, const char* body, size_t body_len,
+                  bool force_close = false) {
+  Http* h = c->http;
+  if (!h) return;
+  bool keep = !force_close && !g.shutting_down && llhttp_should_keep_alive(&h->parser);
+  const Route* route = nullptr;
+  if (h->pending != NIL) { pend_free(h->pending); h->pending = NIL; }
+  Buf out;
+  buf_printf(&out, "HTTP/1.1 %u %s\r\nContent-Length: %zu\r\nConnection: %s\r\n", status, status_text(status), body_len,
+             keep ? "keep-alive" : "close");
+  Match m;
+  if (h->nhdrs && route_match(llhttp_method_name((llhttp_method_t)h->parser.method), http_path(h).p, http_path(h).n, &m))
+    route = &g.routes[m.route];
+  cors_headers(&out, h, route);
+  if (headers_len) buf_put(&out, headers, headers_len);
+  buf_puts(&out, "\r\n");
+  if (h->parser.method != HTTP_HEAD && body_len) buf_put(&out, body, body_len);
+  g.http_status[status < 600 ? status : 599]++;
+  g.http_bytes_out += out.len;
+  Shared* s = shared_new(out.len);
+  memcpy(s->data, out.p, out.len);
+  buf_free(&out);
+  conn_send(c, s);
+  shared_unref(s);
+  if (c->state != CState::Http) return;
+  h->complete = false;
+  h->since = now_ms();
+  if (!keep) { conn_close_after_flush(c); return; }
+  llhttp_resume(&h->parser);
+  if (!h->pumping) http_pump(c);
+}
+
+void http_error(Conn* c, unsigned status, const char* msg, const char* headers = "", bool close = false) {
+  Buf b;
+  buf_printf(&b, "{\"error\":{\"type\":\"%s\",\"message\":\"", status_type(status));
+  buf_json_escape(&b, msg, strlen(msg));
+  buf_puts(&b, "\"}}");
+  Buf hd;
+  buf_puts(&hd, "Content-Type: application/json\r\n");
+  buf_puts(&hd, headers);
+  http_respond(c, status, hd.p, hd.len, b.p, b.len, close);
+  buf_free(&b);
+  buf_free(&hd);
+}
+
+void http_service_answer(Conn* c, uint32_t status, Buf* headers, Slice body) {
+  http_respond(c, status, headers->p, headers->len, body.p, body.n);
+}
+
+// Preflight: OPTIONS with Origin and Access-Control-Request-Method.
+void http_preflight(Conn* c, Slice path) {
+  Http* h = c->http;
+  Slice want = http_header(h, "access-control-request-method");
+  char meth[16];
+  snprintf(meth, sizeof meth, "%.*s", (int)want.n, want.p);
+  Match m;
+  if (!route_match(meth, path.p, path.n, &m)) { http_error(c, 404, "no route for this path and method"); return; }
+  if (!origin_allowed(http_header(h, "origin"), &g.routes[m.route])) { http_error(c, 403, "origin not allowed"); return; }
+  Buf hd;
+  buf_printf(&hd, "Access-Control-Allow-Methods: %s\r\nAccess-Control-Max-Age: 600\r\n", meth);
+  Slice rh = http_header(h, "access-control-request-headers");
+  if (rh.p) { buf_puts(&hd, "Access-Control-Allow-Headers: "); buf_put(&hd, rh.p, rh.n); buf_puts(&hd, "\r\n"); }
+  http_respond(c, 204, hd.p, hd.len, nullptr, 0);
+  buf_free(&hd);
+}
+
+bool send_http_request(Backend* b, Conn* c, const Match* m, uint64_t req_id) {
+  Http* h = c->http;
+  linkd_HttpRequest r = {};
+  r.request_id = req_id;
+  snprintf(r.method, sizeof r.method, "%s", llhttp_method_name((llhttp_method_t)h->parser.method));
+  Slice path = http_path(h), query = http_query(h), body{h->body.p ? h->body.p : "", h->body.len};
+  r.path.funcs.encode = enc_slice;
+  r.path.arg = &path;
+  r.query.funcs.encode = enc_slice;
+  r.query.arg = &query;
+  r.body.funcs.encode = enc_slice;
+  r.body.arg = &body;
+  r.headers.funcs.encode = enc_headers;
+  r.headers.arg = h;
+  r.params.funcs.encode = enc_params;
+  r.params.arg = (void*)m;
+  r.has_user = true;
+  if (c->user) r.user = *c->user;
+  conn_remote(c, r.remote_address, sizeof r.remote_address);
+  snprintf(r.route, sizeof r.route, "%s", g.routes[m->route].def.path);
+  return backend_send_msg(b, TAG_HTTP_REQUEST, linkd_HttpRequest_fields, &r);
+}
+
+void http_dispatch(Conn* c) {
+  Http* h = c->http;
+  g.http_bytes_in += h->head.len + h->body.len;
+  const char* method = llhttp_method_name((llhttp_method_t)h->parser.method);
+  Slice path = http_path(h);
+  if (path.n == 0 || path.p[0] != '/') { http_error(c, 400, "request target must be an absolute path", "", true); return; }
+  if (ws_try_upgrade(c)) return;
+  if (path.n == 7 && !memcmp(path.p, "/health", 7) && (!strcmp(method, "GET") || !strcmp(method, "HEAD"))) {
+    char body[128];
+    int n = snprintf(body, sizeof body, "{\"status\":\"%s\",\"version\":\"%s\"}", g.shutting_down ? "stopping" : "healthy", LINKD_VERSION);
+    const char* hd = "Content-Type: application/json\r\nCache-Control: no-store\r\n";
+    http_respond(c, 200, hd, strlen(hd), body, (size_t)n);
+    return;
+  }
+  if (path.n == 8 && !memcmp(path.p, "/metrics", 8) && !strcmp(method, "GET")) {
+    Buf b;
+    metrics_write(&b);
+    const char* hd = "Content-Type: text/plain; version=0.0.4\r\nCache-Control: no-store\r\n";
+    http_respond(c, 200, hd, strlen(hd), b.p, b.len);
+    buf_free(&b);
+    return;
+  }
+  if (!strcmp(method, "OPTIONS") && http_header(h, "origin").p && http_header(h, "access-control-request-method").p) {
+    http_preflight(c, path);
+    return;
+  }
+  Match m;
+  if (!route_match(method, path.p, path.n, &m)) { http_error(c, 404, "no route for this path and method"); return; }
+  const Route* r = &g.routes[m.route];
+  uint16_t bi = group_pick(r->group);
+  if (bi == NIL16) { http_error(c, 503, "service is not running"); return; }
+  uint32_t p = pend_alloc(c, PKind::Http, bi, (uint64_t)cfg.http_timeout);
+  if (p == NIL) { http_error(c, 503, "too many requests in flight"); return; }
+  h->pending = p;
+  pend_arm();
+  uint64_t req_id = (uint64_t)conn_index(c) | (uint64_t)c->gen << 32;
+  if (!send_http_request(&g.backends[bi], c, &m, req_id)) {
+    http_error(c, 503, "service link is not accepting requests");
+    return;
+  }
+  uv_read_stop((uv_stream_t*)&c->tcp);   // resumed when the answer is written
+}
+
+// Parses what is buffered; dispatches whole requests one at a time.
+void http_pump(Conn* c) {
+  Http* h = c->http;
+  h->pumping = true;
+  while (c->state == CState::Http && h == c->http && !h->complete && h->in.len) {
+    llhttp_errno_t e = llhttp_execute(&h->parser, h->in.p, h->in.len);
+    size_t used = h->in.len;
+    if (e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) used = (size_t)(llhttp_get_error_pos(&h->parser) - h->in.p);
+    else if (e != HPE_OK) {
+      unsigned status = h->too_large ? (unsigned)h->too_large : 400;
+      const char* why = status == 431 ? "request headers too large" : status == 413 ? "request body too large" : llhttp_get_error_reason(&h->parser);
+      h->in.len = 0;
+      h->complete = true;   // the error answers this request
+      g.http_bytes_in += h->head.len;
+      h->pumping = false;
+      http_error(c, status, why ? why : "malformed request", "", true);
+      return;
+    }
+    buf_consume(&h->in, used);
+    if (h->complete) http_dispatch(c);
+  }
+  if (c->state == CState::Http && c->http == h) {
+    h->pumping = false;
+    if (h->eof && !h->complete) { conn_close_after_flush(c); return; }
+  }
+  if (c->state == CState::Http && c->http && !c->http->complete && !c->close_after_write)
+    uv_read_start((uv_stream_t*)&c->tcp, alloc_cb, conn_read_cb);
+}
+
+// ============================================================================
+// 9. WebSocket
+// After the RFC 6455 handshake a connection drops its Http record. wslay
+// parses frames (fragmentation, ping/pong, close handshake, UTF-8 checks,
+// the size limit), but a wslay context (~8.7 KiB) is bound to a connection
+// only while it is mid-frame, closing, or has control frames to send; an
+// idle connection gives its context back to a small pool. Data frames linkd
+// sends are built by ws_frame (header + payload, once per message) and
+// written directly, so a broadcast is never copied per recipient.
+// ============================================================================
+
+ssize_t on_ws_recv(wslay_event_context_ptr ctx, uint8_t* buf, size_t len, int, void*) noexcept {
+  if (g.rdlen == 0) { wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK); return -1; }
+  size_t n = std::min(len, g.rdlen);
+  memcpy(buf, g.rd, n);
+  g.rd += n;
+  g.rdlen -= n;
+  g.cur->ws_fed += n;
+  return (ssize_t)n;
+}
+
+ssize_t on_ws_send(wslay_event_context_ptr ctx, const uint8_t* data, size_t len, int, void*) noexcept {
+  Conn* c = g.cur;
+  if (c->state != CState::Ws) { wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE); return -1; }
+  Shared* s = shared_new(len);
+  memcpy(s->data, data, len);
+  int r = stream_send((uv_stream_t*)&c->tcp, s);   // control frames bypass the outbound cap
+  shared_unref(s);
+  if (r) { wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE); return -1; }
+  return (ssize_t)len;
+}
+
+void on_ws_frame_start(wslay_event_context_ptr, const wslay_event_on_frame_recv_start_arg* a, void*) noexcept {
+  Conn* c = g.cur;
+  uint64_t n = a->payload_length;
+  c->ws_framed += 2 + 4 + (n < 126 ? 0 : n < 65536 ? 2 : 8) + n;   // client frames are masked
+  c->frame_open = true;
+  if (a->opcode == WSLAY_TEXT_FRAME || a->opcode == WSLAY_BINARY_FRAME || a->opcode == WSLAY_CONTINUATION_FRAME)
+    c->msg_open = !a->fin;
+}
+
+void on_ws_frame_end(wslay_event_context_ptr, void*) noexcept { g.cur->frame_open = false; }
+
+void ws_message(Conn* c, int opcode, const char* msg, size_t len);
+
+void on_ws_msg(wslay_event_context_ptr, const wslay_event_on_msg_recv_arg* a, void*) noexcept {
+  Conn* c = g.cur;
+  if (a->opcode == WSLAY_TEXT_FRAME || a->opcode == WSLAY_BINARY_FRAME) ws_message(c, a->opcode, (const char*)a->msg, a->msg_length);
+  else if (a->opcode == WSLAY_CONNECTION_CLOSE) c->close_code = a->status_code ? a->status_code : 1005;
+}
+
+const wslay_event_callbacks ws_callbacks = {on_ws_recv, on_ws_send, nullptr, on_ws_frame_start, nullptr, on_ws_frame_end, on_ws_msg};
+
+bool ws_bind(Conn* c) {
+  wslay_event_context_ptr ctx;
+  if (g.nctx_pool) ctx = g.ctx_pool[--g.nctx_pool];
+  else if (wslay_event_context_server_init(&ctx, &ws_callbacks, nullptr)) return false;
+  wslay_event_config_set_max_recv_msg_length(ctx, g.groups[c->group].ws_max_msg);
+  c->ws = ctx;
+  return true;
+}
+
+// Only a context in its clean between-messages state goes back to the pool.
+void ws_unbind(Conn* c) {
+  if (g.nctx_pool < CTX_POOL) g.ctx_pool[g.nctx_pool++] = c->ws;
+  else wslay_event_context_free(c->ws);
+  c->ws = nullptr;
+}
+
+// Sends what wslay queued; closes when the close handshake is over; gives
+// the context back when the connection is idle between messages.
+void ws_flush(Conn* c) {
+  if (!c->ws || c->state != CState::Ws) return;
+  g.cur = c;
+  if (wslay_event_want_write(c->ws) && wslay_event_send(c->ws)) { conn_close(c, "write failed"); return; }
+  if (c->state != CState::Ws) return;
+  if (!wslay_event_want_read(c->ws) && !wslay_event_want_write(c->ws)) { conn_close_after_flush(c); return; }
+  if (wslay_event_get_close_sent(c->ws) || wslay_event_get_close_received(c->ws)) {
+    c->ws_closing = true;
+    if (!c->close_deadline) c->close_deadline = now_ms() + WS_CLOSE_GRACE_MS;
+    return;
+  }
+  if (!c->frame_open && !c->msg_open && c->ws_fed == c->ws_framed && !wslay_event_want_write(c->ws)) ws_unbind(c);
+}
+
+void ws_feed(Conn* c, const char* p, size_t n) {
+  if (!n) return;
+  if (!c->ws && !ws_bind(c)) { conn_close(c, "out of memory for a WebSocket context"); return; }
+  g.cur = c;
+  g.rd = p;
+  g.rdlen = n;
+  int r = wslay_event_recv(c->ws);
+  g.rdlen = 0;
+  if (c->state != CState::Ws) return;
+  if (r) { conn_close(c, "WebSocket read failed"); return; }
+  ws_flush(c);
+}
+
+// Starts the close handshake (code, reason); hard close after a grace time.
+bool ws_close(Conn* c, uint16_t code, const char* reason) {
+  if (c->state != CState::Ws) return false;
+  if (c->ws_closing) return true;
+  if (!c->ws && !ws_bind(c)) { conn_close(c, "out of memory"); return false; }
+  c->ws_closing = true;
+  c->close_code = code;
+  g.cur = c;
+  size_t n = reason ? std::min(strlen(reason), (size_t)123) : 0;
+  wslay_event_queue_close(c->ws, code, (const uint8_t*)reason, n);
+  ws_flush(c);
+  if (c->state == CState::Ws && !c->close_deadline) c->close_deadline = now_ms() + WS_CLOSE_GRACE_MS;
+  return true;
+}
+
+// Called from conn_close: tell the service (rooms still listed), then free
+// everything the connection held.
+void ws_detach(Conn* c) {
+  if (c->counted_ws) { g.ws_count--; c->counted_ws = false; }
+  while (c->pend != NIL) pend_release_ws(c, c->pend);
+  if (c->backend != NIL16 && g.backends[c->backend].state == BState::Ready)
+    send_conn_event(&g.backends[c->backend], c, linkd_WebSocketConnectionEvent_EventType_DISCONNECTED);
+  conn_leave_all(c);
+  if (c->ws) { wslay_event_context_free(c->ws); c->ws = nullptr; }
+}
+
+bool rate_take(Conn* c) {
+  if (cfg.rate_limit <= 0) return true;
+  uint64_t now = now_ms();
+  c->tokens = std::min((double)cfg.rate_burst, c->tokens + (double)(now - c->tokens_at) * (double)cfg.rate_limit / 1000.0);
+  c->tokens_at = now;
+  if (c->tokens < 1.0) return false;
+  c->tokens -= 1.0;
+  return true;
+}
+
+// Skips the JSON value at token i; returns the index after it.
+int json_skip(const jsmntok_t* t, int n, int i) {
+  int end = t[i].end;
+  for (i++; i < n && t[i].start < end; i++) {}
+  return i;
+}
+
+// One JSON value and nothing but white space after it. jsmn checks the
+// structure; primitives are checked here (jsmn only looks at their first
+// character). Values with more tokens than the shared array are checked
+// for structure only.
+bool json_valid(const char* p, size_t n) {
+  jsmn_parser jp;
+  jsmn_init(&jp);
+  int count = jsmn_parse(&jp, p, n, nullptr, 0);
+  if (count < 1) return false;
+  if ((uint32_t)count > g.ntoks) return true;
+  jsmn_init(&jp);
+  int k = jsmn_parse(&jp, p, n, g.toks, g.ntoks);
+  if (k < 1) return false;
+  for (size_t i = (size_t)g.toks[0].end; i < n; i++)
+    if (!strchr(" \t\r\n", p[i])) return false;
+  for (int i = 0; i < k; i++) {
+    const jsmntok_t& t = g.toks[i];
+    if (t.type != JSMN_PRIMITIVE) continue;
+    const char* s = p + t.start;
+    size_t len = (size_t)(t.end - t.start);
+    if ((len == 4 && !memcmp(s, "true", 4)) || (len == 5 && !memcmp(s, "false", 5)) || (len == 4 && !memcmp(s, "null", 4))) continue;
+    char num[64];
+    if (len >= sizeof num) return false;
+    memcpy(num, s, len);
+    num[len] = 0;
+    char* end;
+    strtod(num, &end);
+    if (*end || !(num[0] == '-' || (num[0] >= '0' && num[0] <= '9'))) return false;
+  }
+  return true;
+}
+
+bool send_inbound(Backend* b, Conn* c, Slice type, Slice payload, Slice corr, bool binary) {
+  linkd_WebSocketInbound m = {};
+  conn_id(c, m.connection_id, sizeof m.connection_id);
+  snprintf(m.service_name, sizeof m.service_name, "%s", g.groups[c->group].name);
+  snprintf(m.message_type, sizeof m.message_type, "%.*s", (int)type.n, type.p);
+  snprintf(m.correlation_id, sizeof m.correlation_id, "%.*s", (int)corr.n, corr.p);
+  m.payload.funcs.encode = enc_slice;
+  m.payload.arg = &payload;
+  m.has_user = true;
+  if (c->user) m.user = *c->user;
+  m.binary = binary;
+  return backend_send_msg(b, TAG_WS_INBOUND, linkd_WebSocketInbound_fields, &m);
+}
+
+constexpr uint16_t MAX_PENDING_PER_CONN = 256;
+
+// One whole client message: the envelope is checked and forwarded to the
+// connection's service instance; replies are tracked when it has an id.
+void ws_message(Conn* c, int opcode, const char* msg, size_t len) {
+  if (c->ws_closing || c->state != CState::Ws) return;
+  g.ws_msgs_in++;
+  g.ws_bytes_in += len;
+  const Group* gr = &g.groups[c->group];
+  if (gr->ws_raw) {
+    if (!rate_take(c)) { g.ws_drops++; return; }
+    Backend* b = conn_backend(c);
+    if (!b || !send_inbound(b, c, Slice{"", 0}, Slice{msg, len}, Slice{"", 0}, opcode == WSLAY_BINARY_FRAME)) g.ws_drops++;
+    return;
+  }
+  if (opcode == WSLAY_BINARY_FRAME) { ws_send_error(c, nullptr, 0, false, "INVALID_MESSAGE", "binary frames are not accepted on this path", 400); return; }
+  jsmn_parser jp;
+  jsmn_init(&jp);
+  int n = jsmn_parse(&jp, msg, len, g.toks, g.ntoks);
+  const jsmntok_t* t = g.toks;
+  if (n < 1 || t[0].type != JSMN_OBJECT) { ws_send_error(c, nullptr, 0, false, "INVALID_MESSAGE", "message is not a JSON object", 400); return; }
+  for (size_t k = (size_t)t[0].end; k < len; k++)
+    if (!strchr(" \t\r\n", msg[k])) { ws_send_error(c, nullptr, 0, false, "INVALID_MESSAGE", "trailing data after the JSON object", 400); return; }
+  Slice type{}, id{}, data{"null", 4};
+  bool id_quoted = false, type_ok = false;
+  for (int i = 1, k = 0; k < t[0].size && i < n; k++) {
+    const jsmntok_t& key = t[i];
+    const jsmntok_t& val = t[i + 1];
+    Slice ks{msg + key.start, (size_t)(key.end - key.start)};
+    if (ks.n == 4 && !memcmp(ks.p, "type", 4)) {
+      type_ok = val.type == JSMN_STRING && val.end > val.start && val.end - val.start < 128;
+      type = Slice{msg + val.start, (size_t)(val.end - val.start)};
+    } else if (ks.n == 2 && !memcmp(ks.p, "id", 2) && (val.type == JSMN_STRING || val.type == JSMN_PRIMITIVE) && val.end - val.start < 128) {
+      id = Slice{msg + val.start, (size_t)(val.end - val.start)};
+      id_quoted = val.type == JSMN_STRING;
+      if (!id_quoted && (id.n == 4 && !memcmp(id.p, "null", 4))) id = Slice{};
+    } else if (ks.n == 4 && !memcmp(ks.p, "data", 4)) {
+      int s0 = val.type == JSMN_STRING ? val.start - 1 : val.start;
+      int e0 = val.type == JSMN_STRING ? val.end + 1 : val.end;
+      data = Slice{msg + s0, (size_t)(e0 - s0)};
+    }
+    i = json_skip(t, n, i + 1);
+  }
+  if (!type_ok) { ws_send_error(c, id.p, id.n, id_quoted, "INVALID_MESSAGE", "message needs a string \"type\" (1-127 bytes)", 400); return; }
+  if (!rate_take(c)) { g.ws_drops++; ws_send_error(c, id.p, id.n, id_quoted, "RATE_LIMITED", "too many messages", 429); return; }
+  Backend* b = conn_backend(c);
+  if (!b) { ws_send_error(c, id.p, id.n, id_quoted, "SERVICE_UNAVAILABLE", "service is not running", 503); return; }
+  uint32_t p = NIL;
+  if (id.n) {
+    uint16_t outstanding = 0;
+    for (uint32_t q = c->pend; q != NIL && outstanding < MAX_PENDING_PER_CONN; q = g.pend[q].cnext) outstanding++;
+    if (outstanding >= MAX_PENDING_PER_CONN || (p = pend_alloc(c, PKind::Ws, backend_index(b), (uint64_t)cfg.handler_timeout)) == NIL) {
+      ws_send_error(c, id.p, id.n, id_quoted, "RATE_LIMITED", "too many messages awaiting replies", 429);
+      return;
+    }
+    Pending* e = &g.pend[p];
+    e->id_len = (uint16_t)id.n;
+    e->id_quoted = id_quoted;
+    memcpy(e->id, id.p, id.n);
+    e->cnext = c->pend;
+    c->pend = p;
+    pend_arm();
+  }
+  if (!send_inbound(b, c, type, data, id, false)) {
+    if (p != NIL) pend_release_ws(c, p);
+    ws_send_error(c, id.p, id.n, id_quoted, "SERVICE_UNAVAILABLE", "service is not accepting messages", 503);
+  }
+}
+
+// The service's reply to a message with an id.
+void ws_service_reply(Conn* c, const char* corr, const linkd_WebSocketResponse* m, Slice data) {
+  size_t cn = strlen(corr);
+  uint32_t p = c->pend;
+  while (p != NIL && !(g.pend[p].id_len == cn && !memcmp(g.pend[p].id, corr, cn))) p = g.pend[p].cnext;
+  if (p == NIL) { LOG_DEBUG("reply for unknown or expired id '%s' dropped", corr); return; }
+  Pending* e = &g.pend[p];
+  Buf b;
+  buf_puts(&b, "{\"id\":");
+  if (e->id_quoted) buf_puts(&b, "\"");
+  buf_put(&b, e->id, e->id_len);
+  if (e->id_quoted) buf_puts(&b, "\"");
+  if (m->has_error) {
+    buf_puts(&b, ",\"error\":{\"type\":\"");
+    buf_json_escape(&b, m->error.type[0] ? m->error.type : "ERROR", strlen(m->error.type[0] ? m->error.type : "ERROR"));
+    buf_puts(&b, "\",\"message\":\"");
+    buf_json_escape(&b, m->error.message, strlen(m->error.message));
+    buf_printf(&b, "\",\"code\":%d", m->error.code ? m->error.code : 500);
+    if (m->error.details[0] && json_valid(m->error.details, strlen(m->error.details))) {
+      buf_puts(&b, ",\"details\":");
+      buf_puts(&b, m->error.details);
+    }
+    buf_puts(&b, "}}");
+  } else if (data.n && !json_valid(data.p, data.n)) {
+    LOG_WARN("service '%s' replied with invalid JSON; client told BAD_GATEWAY", g.groups[c->group].name);
+    ws_send_error(c, e->id, e->id_len, e->id_quoted, "BAD_GATEWAY", "service replied with invalid JSON", 502);
+    pend_release_ws(c, p);
+    buf_free(&b);
+    return;
+  } else {
+    buf_puts(&b, ",\"data\":");
+    if (data.n) buf_put(&b, data.p, data.n); else buf_puts(&b, "null");
+    buf_puts(&b, "}");
+  }
+  pend_release_ws(c, p);
+  ws_send_text(c, b.p, b.len);
+  buf_free(&b);
+}
+
+// RFC 6455 §4.2.2: base64(SHA-1(key + GUID)).
+void ws_accept_key(Slice key, char out[32]) {
+  static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+  mbedtls_sha1_context sha;
+  unsigned char digest[20];
+  mbedtls_sha1_init(&sha);
+  mbedtls_sha1_starts_ret(&sha);
+  mbedtls_sha1_update_ret(&sha, (const unsigned char*)key.p, key.n);
+  mbedtls_sha1_update_ret(&sha, (const unsigned char*)guid, sizeof guid - 1);
+  mbedtls_sha1_finish_ret(&sha, digest);
+  mbedtls_sha1_free(&sha);
+  size_t olen = 0;
+  mbedtls_base64_encode((unsigned char*)out, 32, &olen, digest, sizeof digest);
+  out[olen] = 0;
+}
+
+uint16_t group_by_ws_path(Slice path) {
+  for (uint32_t i = 0; i < g.ngroups; i++)
+    if (g.groups[i].used && g.groups[i].ws_path[0] && strlen(g.groups[i].ws_path) == path.n && !memcmp(g.groups[i].ws_path, path.p, path.n))
+      return (uint16_t)i;
+  return NIL16;
+}
+
+// Takes the request if it is a WebSocket upgrade or aims at a WebSocket
+// path: upgrades it or answers the error. False: not ours, go on.
+bool ws_try_upgrade(Conn* c) {
+  Http* h = c->http;
+  Slice path = http_path(h);
+  Slice up = http_header(h, "upgrade");
+  bool wants = up.p && header_has_token(up.p, up.n, "websocket");
+  uint16_t gi = group_by_ws_path(path);
+  if (gi == NIL16) {
+    if (wants) { http_error(c, 404, "no WebSocket service on this path", "", true); return true; }
+    return false;
+  }
+  if (h->parser.method != HTTP_GET) { http_error(c, 400, "a WebSocket handshake is a GET request", "", true); return true; }
+  if (!wants) { http_error(c, 426, "this path needs a WebSocket upgrade", "Upgrade: websocket\r\n"); return true; }
+  Slice conn_hdr = http_header(h, "connection");
+  if (!conn_hdr.p || !header_has_token(conn_hdr.p, conn_hdr.n, "upgrade")) { http_error(c, 400, "Connection header must include Upgrade", "", true); return true; }
+  Slice ver = http_header(h, "sec-websocket-version");
+  if (!ver.p || ver.n != 2 || memcmp(ver.p, "13", 2)) { http_error(c, 426, "only WebSocket version 13 is supported", "Sec-WebSocket-Version: 13\r\n", true); return true; }
+  Slice key = http_header(h, "sec-websocket-key");
+  unsigned char raw[32];
+  size_t rawn = 0;
+  if (!key.p || key.n != 24 || mbedtls_base64_decode(raw, sizeof raw, &rawn, (const unsigned char*)key.p, key.n) || rawn != 16) {
+    http_error(c, 400, "Sec-WebSocket-Key must be 16 bytes in base64", "", true);
+    return true;
+  }
+  Slice origin = http_header(h, "origin");
+  if (*cfg.allowed_origins && origin.p && !origin_allowed(origin, nullptr)) { http_error(c, 403, "origin not allowed", "", true); return true; }
+  const Group* gr = &g.groups[gi];
+  if (gr->ws_auth && !c->user) { http_error(c, 401, "this WebSocket path needs a valid token", "", true); return true; }
+  if (g.ws_count >= (uint32_t)cfg.max_connections) { http_error(c, 503, "connection table full", "", true); return true; }
+  if (cfg.max_connections_per_ip > 0) {
+    int64_t same = 0;
+    for (uint32_t i = 0; i < g.conn_hw; i++) {
+      const Conn* o = &g.conns[i];
+      if (o->state == CState::Ws && o->family == c->family && !memcmp(o->addr, c->addr, 16)) same++;
+    }
+    if (same >= cfg.max_connections_per_ip) { http_error(c, 429, "too many connections from this address", "", true); return true; }
+  }
+  char accept[32];
+  ws_accept_key(key, accept);
+  char resp[256];
+  int rn = snprintf(resp, sizeof resp, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n", accept);
+  g.http_status[101]++;
+  // The connection becomes a WebSocket: bytes after the request are frames.
+  Buf rest = h->in;
+  h->in = Buf{};
+  buf_free(&h->head);
+  buf_free(&h->body);
+  free(h);
+  c->http = nullptr;
+  g.http_count--;
+  c->state = CState::Ws;
+  c->counted_ws = true;
+  g.ws_count++;
+  g.ws_accepted++;
+  c->group = gi;
+  c->connected_ms = wall_ms();
+  c->tokens = (double)cfg.rate_burst;
+  c->tokens_at = now_ms();
+  c->next_ping = now_ms() + (uint64_t)cfg.heartbeat_interval;
+  conn_send_bytes(c, resp, (size_t)rn);
+  if (c->state != CState::Ws) { buf_free(&rest); return true; }
+  uint16_t bi = group_pick(gi);
+  c->backend = bi;
+  if (bi != NIL16) send_conn_event(&g.backends[bi], c, linkd_WebSocketConnectionEvent_EventType_CONNECTED);
+  uv_read_start((uv_stream_t*)&c->tcp, alloc_cb, conn_read_cb);
+  ws_feed(c, rest.p, rest.len);
+  buf_free(&rest);
+  return true;
+}
+
+// ============================================================================
+// 10. Rooms
+// What a service asks for its WebSocket clients. A push is built once (the
+// JSON envelope and the frame header), then the same Shared bytes are
+// written to each recipient; except_connections were marked with the
+// current serial while the frame was decoded, so skipping them is O(1).
+// ============================================================================
+
+void ws_outbound(Backend* b, const linkd_WebSocketOutbound* m, Slice payload) {
+  const Group* gr = &g.groups[b->group];
+  Shared* f;
+  size_t plen;
+  if (gr->ws_raw) {
+    f = ws_frame(m->binary ? 2 : 1, payload.p, payload.n);
+    plen = payload.n;
+  } else {
+    if (!m->event[0]) { command_result(b, m->op_id, "BAD_MESSAGE", "event (envelope type) is empty", 400); return; }
+    if (payload.n && !json_valid(payload.p, payload.n)) {
+      LOG_WARN("service '%s' pushed invalid JSON for '%s': dropped", gr->name, m->event);
+      command_result(b, m->op_id, "BAD_MESSAGE", "payload is not valid JSON", 400);
+      return;
+    }
+    Buf e;
+    buf_puts(&e, "{\"type\":\"");
+    buf_json_escape(&e, m->event, strlen(m->event));
+    buf_puts(&e, "\",\"data\":");
+    if (payload.n) buf_put(&e, payload.p, payload.n); else buf_puts(&e, "null");
+    buf_puts(&e, "}");
+    f = ws_frame(1, e.p, e.len);
+    plen = e.len;
+    buf_free(&e);
+  }
+  uint32_t serial = g.except_serial;
+  if (m->connection_id[0]) {
+    Conn* c = conn_lookup(m->connection_id);
+    if (!c || c->group != b->group) command_result(b, m->op_id, "NOT_FOUND", "no such connection", 404);
+    else {
+      if (c->except_mark != serial) ws_send_frame(c, f, plen);
+      command_result(b, m->op_id, nullptr, nullptr, 0);
+    }
+  } else if (m->room[0]) {
+    uint32_t r = room_find(b->group, m->room, strlen(m->room));
+    // A member that closes while we write leaves only its own memberships,
+    // so the saved next link stays valid.
+    for (uint32_t i = r == NIL ? NIL : g.rooms[r].head; i != NIL;) {
+      uint32_t next = g.members[i].rnext;
+      Conn* c = &g.conns[g.members[i].conn];
+      if (c->except_mark != serial) ws_send_frame(c, f, plen);
+      i = next;
+    }
+    command_result(b, m->op_id, nullptr, nullptr, 0);
+  } else if (m->broadcast_all) {
+    for (uint32_t i = 0; i < g.conn_hw; i++) {
+      Conn* c = &g.conns[i];
+      if (c->state == CState::Ws && c->group == b->group && c->except_mark != serial) ws_send_frame(c, f, plen);
+    }
+    command_result(b, m->op_id, nullptr, nullptr, 0);
+  } else {
+    command_result(b, m->op_id, "BAD_MESSAGE", "no target: set connection_id, room or broadcast_all", 400);
+  }
+  shared_unref(f);
+}
+
+// ============================================================================
+// 11. Timers
+// One timer for all pending replies (the FIFO head), one 1 s housekeeping
+// tick (heartbeats, idle HTTP connections, close handshakes that stall,
+// shutdown progress), the systemd watchdog, and the signal handlers.
+// ============================================================================
+
+void pend_expire(uint32_t p, bool timeout) {
+  Pending* e = &g.pend[p];
+  Conn* c = &g.conns[e->slot];
+  bool live = c->gen == e->gen;
+  if (e->kind == PKind::Http) {
+    if (live && c->state == CState::Http && c->http && c->http->pending == p) {
+      http_error(c, timeout ? 504 : 503, timeout ? "service did not answer in time" : "service went away");
+      return;
+    }
+    pend_free(p);
+  } else {
+    if (live && c->state == CState::Ws) {
+      ws_send_error(c, e->id, e->id_len, e->id_quoted, timeout ? "TIMEOUT" : "SERVICE_UNAVAILABLE",
+                    timeout ? "service did not reply in time" : "service went away", timeout ? 504 : 503);
+      pend_release_ws(c, p);
+    } else {
+      pend_free(p);
+    }
+  }
+}
+
+void pend_timer_cb(uv_timer_t*) noexcept {
+  uint64_t now = now_ms();
+  while (g.pend_head != NIL && g.pend[g.pend_head].deadline <= now) pend_expire(g.pend_head, true);
+  pend_arm();
+}
+
+void pend_arm() {
+  if (g.pend_head == NIL) { uv_timer_stop(&g.pend_timer); return; }
+  uint64_t now = now_ms(), d = g.pend[g.pend_head].deadline;
+  uv_timer_start(&g.pend_timer, pend_timer_cb, d > now ? d - now : 0, 0);
+}
+
+void notify(const char* msg) {
+  const char* path = getenv("NOTIFY_SOCKET");
+  if (!path || !*path) return;
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  size_t n = strlen(path);
+  if (n >= sizeof sa.sun_path) return;
+  memcpy(sa.sun_path, path, n);
+  if (path[0] == '@') sa.sun_path[0] = 0;   // abstract namespace
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return;
+  if (sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (sockaddr*)&sa, (socklen_t)(offsetof(sockaddr_un, sun_path) + n)) < 0)
+    LOG_WARN("sd_notify to %s: %s", path, strerror(errno));
+  close(fd);
+}
+
+void housekeeping(uint64_t now) {
+  static Shared* ping = ws_frame(9, nullptr, 0);   // one ping frame for everyone, never freed
+  for (uint32_t i = 0; i < g.conn_hw; i++) {
+    Conn* c = &g.conns[i];
+    if (c->state == CState::Ws) {
+      if (c->close_deadline) {
+        if (now >= c->close_deadline) conn_close(c, "close handshake timed out");
+        continue;
+      }
+      if (now < c->next_ping) continue;
+      if (c->missed >= 2) { conn_close(c, "missed two heartbeats"); continue; }
+      c->missed++;
+      c->next_ping = now + (uint64_t)cfg.heartbeat_interval;
+      if (int r = stream_send((uv_stream_t*)&c->tcp, ping)) conn_close(c, uv_strerror(r));
+    } else if (c->state == CState::Http && c->http && !c->http->complete) {
+      Http* h = c->http;
+      bool partial = h->in.len || llhttp_get_errno(&h->parser) != HPE_OK || h->head.len;
+      if (partial && now - h->since > HTTP_HEAD_MS) http_error(c, 408, "request not received in time", "", true);
+      else if (!partial && now - h->since > HTTP_IDLE_MS) conn_close(c, "idle");
+    }
+  }
+}
+
+void shutdown_finish();
+
+void tick_cb(uv_timer_t*) noexcept {
+  uint64_t now = now_ms();
+  housekeeping(now);
+  if (g.shutting_down && ((g.ws_count == 0 && g.http_count == 0) || now >= g.shutdown_deadline)) shutdown_finish();
+}
+
+void watchdog_cb(uv_timer_t*) noexcept { notify("WATCHDOG=1"); }
+
+void shutdown_begin(const char* why) {
+  if (g.shutting_down) return;
+  g.shutting_down = true;
+  LOG_INFO("shutting down (%s): %u WebSocket and %u HTTP connections to finish", why, g.ws_count, g.http_count);
+  notify("STOPPING=1\nSTATUS=stopping");
+  g.shutdown_deadline = now_ms() + (uint64_t)cfg.shutdown_timeout;
+  if (g.listening) { uv_close((uv_handle_t*)&g.listener, nullptr); g.listening = false; }
+  if (g.svc_listening) { uv_close((uv_handle_t*)&g.svc_listener, nullptr); g.svc_listening = false; unlink(cfg.socket_path); }
+  static const char bye[] = "{\"type\":\"server.shutdown\"}";
+  for (uint32_t i = 0; i < g.conn_hw; i++) {
+    Conn* c = &g.conns[i];
+    if (c->state == CState::Ws) {
+      ws_send_text(c, bye, sizeof bye - 1);
+      ws_close(c, 1001, "server shutting down");
+    } else if (c->state == CState::Http && c->http && !c->http->complete && !c->http->in.len) {
+      conn_close(c, "shutting down");
+    }
+  }
+  uv_timer_start(&g.tick, tick_cb, 20, 20);
+}
+
+// Everything clients had is done (or the deadline passed): close the rest,
+// tell the services, and let the loop run out.
+void shutdown_finish() {
+  for (uint32_t i = 0; i < g.conn_hw; i++) conn_close(&g.conns[i], "shutdown deadline");
+  for (uint32_t i = 0; i < g.nbackends; i++) {
+    Backend* b = &g.backends[i];
+    if (b->state != BState::Ready && b->state != BState::Open) continue;
+    linkd_ErrorResponse e = {};
+    e.code = 503;
+    snprintf(e.type, sizeof e.type, "SHUTDOWN");
+    snprintf(e.message, sizeof e.message, "linkd is stopping");
+    backend_send_msg(b, TAG_ERROR, linkd_ErrorResponse_fields, &e);
+    backend_close(b, "linkd is stopping");
+  }
+  uv_close((uv_handle_t*)&g.tick, nullptr);
+  uv_close((uv_handle_t*)&g.pend_timer, nullptr);
+  uv_close((uv_handle_t*)&g.watchdog, nullptr);
+  uv_close((uv_handle_t*)&g.sigterm, nullptr);
+  uv_close((uv_handle_t*)&g.sigint, nullptr);
+}
+
+void signal_cb(uv_signal_t*, int signum) noexcept { shutdown_begin(signum == SIGTERM ? "SIGTERM" : "SIGINT"); }
+
+void metrics_write(Buf* b) {
+  buf_puts(b, "# HELP linkd_http_requests_total HTTP requests answered, by status.\n# TYPE linkd_http_requests_total counter\n");
+  for (unsigned s = 100; s < 600; s++)
+    if (g.http_status[s]) buf_printf(b, "linkd_http_requests_total{status=\"%u\"} %" PRIu64 "\n", s, g.http_status[s]);
+  uint32_t links = 0;
+  for (uint32_t i = 0; i < g.nbackends; i++) links += g.backends[i].state == BState::Ready;
+  uint32_t services = 0;
+  for (uint32_t i = 0; i < g.ngroups; i++) services += g.groups[i].used && g.groups[i].live;
+  uint32_t bound = 0;
+  for (uint32_t i = 0; i < g.conn_hw; i++) bound += g.conns[i].state == CState::Ws && g.conns[i].ws;
+  struct { const char* name; const char* type; const char* help; uint64_t v; } rows[] = {
+    {"linkd_http_bytes_in_total", "counter", "HTTP request bytes (head and body) received.", g.http_bytes_in},
+    {"linkd_http_bytes_out_total", "counter", "HTTP response bytes sent.", g.http_bytes_out},
+    {"linkd_http_connections", "gauge", "Open plain HTTP connections.", g.http_count},
+    {"linkd_services", "gauge", "Services with at least one registered instance.", services},
+    {"linkd_service_instances", "gauge", "Registered service instances (links).", links},
+    {"linkd_service_frames_in_total", "counter", "Frames received from services.", g.svc_frames_in},
+    {"linkd_service_frames_out_total", "counter", "Frames sent to services.", g.svc_frames_out},
+    {"linkd_service_link_errors_total", "counter", "Service links closed for a bad frame or an error.", g.svc_errors},
+    {"linkd_ws_connections", "gauge", "Open WebSocket connections.", g.ws_count},
+    {"linkd_ws_accepted_total", "counter", "WebSocket upgrades accepted.", g.ws_accepted},
+    {"linkd_ws_contexts_bound", "gauge", "WebSocket connections holding a wslay context now.", bound},
+    {"linkd_rooms", "gauge", "Rooms with at least one member.", g.room_count},
+    {"linkd_memberships", "gauge", "Connection-in-room memberships.", g.member_count},
+    {"linkd_pending_replies", "gauge", "Replies owed by services (HTTP and WebSocket).", g.pend_count},
+    {"linkd_ws_messages_in_total", "counter", "WebSocket messages received from clients.", g.ws_msgs_in},
+    {"linkd_ws_messages_out_total", "counter", "WebSocket messages sent to clients.", g.ws_msgs_out},
+    {"linkd_ws_bytes_in_total", "counter", "WebSocket payload bytes received.", g.ws_bytes_in},
+    {"linkd_ws_bytes_out_total", "counter", "WebSocket payload bytes sent.", g.ws_bytes_out},
+    {"linkd_ws_drops_total", "counter", "Messages dropped (slow consumer, rate limit, no service).", g.ws_drops},
+  };
+  for (auto& r : rows) buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n%s %" PRIu64 "\n", r.name, r.help, r.name, r.type, r.name, r.v);
+}
+
+// --- client connections: accept and read ------------------------------------------
+
+void conn_read_cb(uv_stream_t* st, ssize_t n, const uv_buf_t*) noexcept {
+  Conn* c = (Conn*)st->data;
+  if (n == 0) return;
+  if (n < 0) {
+    if (n == UV_EOF && c->state == CState::Http && c->http && (c->http->complete || c->http->in.len)) {
+      c->http->eof = true;      // half-closed: answer what was sent, then close
+      uv_read_stop(st);
+      return;
+    }
+    conn_close(c, n == UV_EOF ? "peer closed" : uv_strerror((int)n));
+    return;
+  }
+  if (c->state == CState::Http) {
+    buf_put(&c->http->in, g.readbuf, (size_t)n);
+    if (c->http->complete) uv_read_stop(st);
+    else http_pump(c);
+  } else if (c->state == CState::Ws) {
+    c->missed = 0;
+    ws_feed(c, g.readbuf, (size_t)n);
+  }
+}
+
+void tcp_connection_cb(uv_stream_t* server, int status) noexcept {
+  if (status < 0) { LOG_WARN("accept: %s", uv_strerror(status)); return; }
+  Conn* c = g.http_count < (uint32_t)cfg.max_http_connections ? conn_alloc() : nullptr;
+  if (!c) {
+    // Over capacity: accept, say 503, close; the client learns why.
+    uv_tcp_t* tmp = (uv_tcp_t*)malloc(sizeof *tmp);
+    uv_tcp_init(g.loop, tmp);
+    if (uv_accept(server, (uv_stream_t*)tmp) == 0) {
+      static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 78\r\nConnection: close\r\n\r\n"
+                                 "{\"error\":{\"type\":\"SERVICE_UNAVAILABLE\",\"message\":\"too many open connections\"}}";
+      uv_buf_t b = uv_buf_init((char*)busy, sizeof busy - 1);
+      uv_try_write((uv_stream_t*)tmp, &b, 1);
+      g.http_status[503]++;
+    }
+    uv_close((uv_handle_t*)tmp, [](uv_handle_t* h) noexcept { free(h); });
+    return;
+  }
+  uv_tcp_init(g.loop, &c->tcp);
+  c->tcp.data = c;
+  Http* h = (Http*)calloc(1, sizeof(Http));
+  if (!h) { c->state = CState::Closed; uv_close((uv_handle_t*)&c->tcp, conn_closed_cb); return; }
+  c->http = h;
+  g.http_count++;
+  llhttp_init(&h->parser, HTTP_REQUEST, &http_settings);
+  h->parser.data = c;
+  h->pending = NIL;
+  h->since = now_ms();
+  if (uv_accept(server, (uv_stream_t*)&c->tcp)) { conn_close(c, "accept failed"); return; }
+  uv_tcp_nodelay(&c->tcp, 1);
+  sockaddr_storage ss;
+  int len = sizeof ss;
+  if (uv_tcp_getpeername(&c->tcp, (sockaddr*)&ss, &len) == 0) {
+    if (ss.ss_family == AF_INET) {
+      sockaddr_in* a = (sockaddr_in*)&ss;
+      memcpy(c->addr, &a->sin_addr, 4);
+      c->port = ntohs(a->sin_port);
+      c->family = 4;
+    } else if (ss.ss_family == AF_INET6) {
+      sockaddr_in6* a = (sockaddr_in6*)&ss;
+      memcpy(c->addr, &a->sin6_addr, 16);
+      c->port = ntohs(a->sin6_port);
+      c->family = 6;
+    }
+  }
+  uv_read_start((uv_stream_t*)&c->tcp, alloc_cb, conn_read_cb);
+}
+
+// --- listeners ---------------------------------------------------------------------
+
+int listen_tcp() {
+  char host[128];
+  snprintf(host, sizeof host, "%s", cfg.listen);
+  char* colon = strrchr(host, ':');
+  *colon = 0;
+  int port = atoi(colon + 1);
+  char* h = host;
+  if (*h == '[') { h++; h[strlen(h) - 1] = 0; }
+  sockaddr_storage ss;
+  if (uv_ip4_addr(h, port, (sockaddr_in*)&ss) && uv_ip6_addr(h, port, (sockaddr_in6*)&ss)) {
+    LOG_ERROR("listen: '%s' is not an IP address", h);
+    return UV_EINVAL;
+  }
+  uv_tcp_init(g.loop, &g.listener);
+  g.listening = true;
+  int r = uv_tcp_bind(&g.listener, (sockaddr*)&ss, 0);
+  if (!r) r = uv_listen((uv_stream_t*)&g.listener, 1024, tcp_connection_cb);
+  if (r) LOG_ERROR("listen on %s: %s", cfg.listen, uv_strerror(r));
+  return r;
+}
+
+// The service socket: a stale file left by a dead linkd is replaced; a
+// socket another process still answers on is never taken over.
+int listen_unix() {
+  char dir[256];
+  snprintf(dir, sizeof dir, "%s", cfg.socket_path);
+  if (char* slash = strrchr(dir, '/')) {
+    *slash = 0;
+    if (*dir && mkdir(dir, 0755) && errno != EEXIST) { LOG_ERROR("socket: cannot create %s: %s", dir, strerror(errno)); return UV_EACCES; }
+  }
+  struct stat st;
+  if (lstat(cfg.socket_path, &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) { LOG_ERROR("socket: %s exists and is not a socket; not touching it", cfg.socket_path); return UV_EEXIST; }
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", cfg.socket_path);
+    int r = connect(fd, (sockaddr*)&sa, sizeof sa);
+    close(fd);
+    if (r == 0) { LOG_ERROR("socket: %s is in use by another running linkd", cfg.socket_path); return UV_EADDRINUSE; }
+    LOG_INFO("socket: replacing stale %s", cfg.socket_path);
+    unlink(cfg.socket_path);
+  }
+  uv_pipe_init(g.loop, &g.svc_listener, 0);
+  g.svc_listening = true;
+  int r = uv_pipe_bind(&g.svc_listener, cfg.socket_path);
+  if (!r) r = chmod(cfg.socket_path, (mode_t)strtol(cfg.socket_mode, nullptr, 8)) ? uv_translate_sys_error(errno) : 0;
+  if (!r) r = uv_listen((uv_stream_t*)&g.svc_listener, 128, svc_connection_cb);
+  if (r) LOG_ERROR("socket %s: %s", cfg.socket_path, uv_strerror(r));
+  return r;
+}
+
+// ============================================================================
+// 12. Self-test
+// `linkd --self-test` runs these unit tests of the tables and the route
+// matcher in-process (no sockets) and prints PASS:/FAIL: lines.
+// ============================================================================
+
+int st_pass, st_fail;
+
+void st_check(bool ok, const char* name) {
+  printf("%s: self-test %s\n", ok ? "PASS" : "FAIL", name);
+  (ok ? st_pass : st_fail)++;
+}
+
+Conn* st_conn(uint16_t group) {
+  Conn* c = conn_alloc();
+  c->state = CState::Ws;
+  c->group = group;
+  return c;
+}
+
+void st_route(const char* method, const char* path, uint16_t group) {
+  Route r{};
+  snprintf(r.def.method, sizeof r.def.method, "%s", method);
+  snprintf(r.def.path, sizeof r.def.path, "%s", path);
+  const char* why;
+  if (!route_compile(&r, &why)) return;
+  r.group = group;
+  g.routes[g.nroutes++] = r;
+}
+
+void self_test_tables() {
+  // connection slots: generation guards stale ids
+  Conn* a = st_conn(0);
+  char id[32];
+  conn_id(a, id, sizeof id);
+  st_check(conn_lookup(id) == a, "conn lookup by id");
+  conn_free_slot(a);
+  st_check(conn_lookup(id) == nullptr, "stale id after free");
+  Conn* b = conn_alloc();
+  st_check(b == a && conn_lookup(id) == nullptr, "slot reused with a new generation");
+  conn_free_slot(b);
+
+  // the sketch's join/leave test
+  Conn* c1 = st_conn(0);
+  Conn* c2 = st_conn(0);
+  room_join(c1, "room-a", 6);
+  room_join(c2, "room-a", 6);
+  uint32_t r = room_find(0, "room-a", 6);
+  st_check(r != NIL && g.rooms[r].count == 2, "two members after two joins");
+  st_check(room_join(c1, "room-a", 6) == JoinResult::Already && g.rooms[r].count == 2, "second join is idempotent");
+  room_leave(c1, "room-a", 6);
+  st_check(g.rooms[r].count == 1 && c1->nrooms == 0 && c2->nrooms == 1, "one member after a leave");
+  room_leave(c2, "room-a", 6);
+  st_check(room_find(0, "room-a", 6) == NIL && g.room_count == 0, "empty room freed");
+  st_check(room_find(1, "room-a", 6) == NIL, "rooms are per service");
+
+  // disconnect leaves every room
+  for (int i = 0; i < 10; i++) { char n[8]; int k = snprintf(n, sizeof n, "r%d", i); room_join(c1, n, (size_t)k); room_join(c2, n, (size_t)k); }
+  conn_leave_all(c1);
+  st_check(c1->nrooms == 0 && c1->rooms == NIL && g.member_count == 10 && g.room_count == 10, "leave all keeps others' rooms");
+  conn_leave_all(c2);
+  st_check(g.member_count == 0 && g.room_count == 0, "no membership left behind");
+
+  // capacity: full tables refuse, never crash
+  JoinResult last = JoinResult::Ok;
+  uint32_t joined = 0;
+  for (uint32_t i = 0; i < g.nrooms + 5; i++) {
+    char n[16];
+    int k = snprintf(n, sizeof n, "cap%u", i);
+    last = room_join(c1, n, (size_t)k);
+    if (last != JoinResult::Ok) break;
+    joined++;
+  }
+  st_check(last == JoinResult::RoomsFull && joined == g.nrooms, "room table full refuses the join");
+  for (uint32_t i = 0; i < g.nrooms; i += 2) { char n[16]; int k = snprintf(n, sizeof n, "cap%u", i); room_leave(c1, n, (size_t)k); }
+  bool all = true;
+  for (uint32_t i = 1; i < g.nrooms; i += 2) { char n[16]; int k = snprintf(n, sizeof n, "cap%u", i); all &= room_find(0, n, (size_t)k) != NIL; }
+  st_check(all, "hash index finds every room after deletions");
+  conn_leave_all(c1);
+  st_check(g.room_count == 0 && g.member_count == 0, "tables empty again");
+  conn_free_slot(c1);
+  conn_free_slot(c2);
+
+  // membership table full
+  uint32_t conns_needed = g.nmembers + 1;
+  Conn* cs[64];
+  uint32_t ncs = 0;
+  JoinResult mr = JoinResult::Ok;
+  for (uint32_t i = 0; i < conns_needed && ncs < 64; i++) {
+    cs[ncs] = st_conn(0);
+    mr = room_join(cs[ncs++], "big", 3);
+    if (mr != JoinResult::Ok) break;
+  }
+  st_check(mr == JoinResult::MembersFull, "membership table full refuses the join");
+  for (uint32_t i = 0; i < ncs; i++) { conn_leave_all(cs[i]); conn_free_slot(cs[i]); }
+  st_check(g.member_count == 0 && g.room_count == 0, "memberships freed");
+}
+
+void self_test_routes() {
+  g.nroutes = 0;
+  st_route("GET", "/users/:id", 0);
+  st_route("GET", "/users/stats", 0);
+  st_route("GET", "/users/:id/posts/:post", 1);
+  st_route("*", "/any", 1);
+  st_route("POST", "/any", 0);
+  Match m;
+  st_check(route_match("GET", "/users/stats", 12, &m) && !strcmp(g.routes[m.route].def.path, "/users/stats"), "static segment beats :param");
+  st_check(route_match("GET", "/users/42", 9, &m) && m.nparams == 1 && m.value[0].n == 2 && !memcmp(m.value[0].p, "42", 2) &&
+           m.name[0].n == 2 && !memcmp(m.name[0].p, "id", 2), ":param captured");
+  st_check(route_match("GET", "/users/42/", 10, &m) && m.nparams == 1, "trailing slash ignored");
+  st_check(route_match("GET", "/users/7/posts/9", 16, &m) && m.nparams == 2 && g.routes[m.route].group == 1, "two params");
+  st_check(!route_match("POST", "/users/42", 9, &m), "method must match");
+  st_check(route_match("DELETE", "/any", 4, &m) && !strcmp(g.routes[m.route].def.method, "*"), "* matches any method");
+  st_check(route_match("POST", "/any", 4, &m) && !strcmp(g.routes[m.route].def.method, "POST"), "exact method beats *");
+  st_check(!route_match("GET", "/users", 6, &m) && !route_match("GET", "//users", 7, &m), "no match for other shapes");
+  Route r{};
+  snprintf(r.def.method, sizeof r.def.method, "GET");
+  snprintf(r.def.path, sizeof r.def.path, "/users/:uid");
+  const char* why;
+  st_check(route_compile(&r, &why) && route_conflict(&r, 1) != NIL, "same shape, other service: conflict");
+  st_check(route_conflict(&r, 0) == NIL && route_exists(&r, 0), "same shape, same service: re-registration");
+  snprintf(r.def.path, sizeof r.def.path, "users");
+  st_check(!route_compile(&r, &why), "pattern without leading / refused");
+  snprintf(r.def.path, sizeof r.def.path, "/a/:/b");
+  st_check(!route_compile(&r, &why), "nameless :param refused");
+  g.nroutes = 0;
+}
+
+void self_test_misc() {
+  int64_t v;
+  st_check(parse_number("30s", Kind::Duration, &v) && v == 30000, "duration 30s");
+  st_check(parse_number("250", Kind::Duration, &v) && v == 250, "bare duration is ms");
+  st_check(parse_number("64k", Kind::Size, &v) && v == 65536, "size 64k");
+  st_check(!parse_number("12x", Kind::Size, &v) && !parse_number("-1", Kind::Int, &v) && !parse_number("", Kind::Int, &v), "junk numbers refused");
+  Buf b;
+  buf_json_escape(&b, "a\"b\\c\n\x01", 7);
+  st_check(b.len == 19 && !memcmp(b.p, "a\\\"b\\\\c\\u000a\\u0001", 19), "JSON escaping");
+  buf_free(&b);
+  uint8_t h[10];
+  st_check(ws_frame_header(h, 1, 5) == 2 && h[0] == 0x81 && h[1] == 5, "frame header, short");
+  st_check(ws_frame_header(h, 1, 300) == 4 && h[1] == 126 && h[2] == 1 && h[3] == 44, "frame header, 16-bit length");
+  st_check(ws_frame_header(h, 2, 70000) == 10 && h[1] == 127 && h[7] == 1, "frame header, 64-bit length");
+  char acc[32];
+  ws_accept_key(Slice{"dGhlIHNhbXBsZSBub25jZQ==", 24}, acc);
+  st_check(!strcmp(acc, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "RFC 6455 accept key example");
+  st_check(json_valid("{\"a\":[1,2]}", 11) && !json_valid("{\"a\":", 5) && !json_valid("nope", 4), "JSON validity");
+  // pending FIFO stays ordered by deadline
+  Conn* c = st_conn(0);
+  uint32_t p1 = pend_alloc(c, PKind::Ws, 0, 500);
+  uint32_t p2 = pend_alloc(c, PKind::Ws, 0, 100);
+  uint32_t p3 = pend_alloc(c, PKind::Http, 0, 300);
+  st_check(g.pend_head == p2 && g.pend[p2].next == p3 && g.pend[p3].next == p1 && g.pend_tail == p1, "pending FIFO ordered by deadline");
+  pend_free(p3);
+  pend_free(p2);
+  pend_free(p1);
+  st_check(g.pend_head == NIL && g.pend_count == 0, "pending FIFO empty");
+  conn_free_slot(c);
+}
+
+int self_test() {
+  cfg.max_connections = 100;
+  cfg.max_http_connections = 10;
+  cfg.max_rooms = 50;
+  cfg.max_memberships = 60;
+  g.loop = uv_default_loop();
+  tables_init();
+  self_test_tables();
+  self_test_routes();
+  self_test_misc();
+  tables_free();
+  printf("self-test: %d passed, %d failed\n", st_pass, st_fail);
+  return st_fail ? 1 : 0;
+}
+
+}  // namespace
+
+// ============================================================================
+// 13. main
+// ============================================================================
+
+int main(int argc, char** argv) {
+  signal(SIGPIPE, SIG_IGN);
+  CliMode mode = config_parse(argc, argv);
+  if (mode.self_test) return self_test();
+  if (mode.check) {
+    printf("linkd: configuration ok%s%s\n", *cfg.config ? " (" : "", *cfg.config ? cfg.config : "");
+    if (*cfg.config) printf(")\n");
+    return 0;
+  }
+  log_journal = getenv("JOURNAL_STREAM") != nullptr;
+  g.loop = uv_default_loop();
+  tables_init();
+  llhttp_settings_init(&http_settings);
+  http_settings.on_message_begin = on_message_begin;
+  http_settings.on_url = on_url;
+  http_settings.on_header_field = on_header_field;
+  http_settings.on_header_value = on_header_value;
+  http_settings.on_headers_complete = on_headers_complete;
+  http_settings.on_body = on_body;
+  http_settings.on_message_complete = on_message_complete;
+  if (listen_tcp() || listen_unix()) return 1;
+  uv_timer_init(g.loop, &g.tick);
+  uv_timer_init(g.loop, &g.pend_timer);
+  uv_timer_init(g.loop, &g.watchdog);
+  uint64_t tick = std::min<uint64_t>(1000, (uint64_t)cfg.heartbeat_interval / 2);
+  uv_timer_start(&g.tick, tick_cb, tick, tick);
+  uv_signal_init(g.loop, &g.sigterm);
+  uv_signal_init(g.loop, &g.sigint);
+  uv_signal_start(&g.sigterm, signal_cb, SIGTERM);
+  uv_signal_start(&g.sigint, signal_cb, SIGINT);
+  const char* wd = getenv("WATCHDOG_USEC");
+  const char* wd_pid = getenv("WATCHDOG_PID");
+  if (wd && (!wd_pid || atol(wd_pid) == (long)getpid())) {
+    uint64_t usec = strtoull(wd, nullptr, 10);
+    if (usec >= 2000) uv_timer_start(&g.watchdog, watchdog_cb, usec / 2000, usec / 2000);
+  }
+  LOG_INFO("linkd %s listening on %s, services on %s", LINKD_VERSION, cfg.listen, cfg.socket_path);
+  char status[512];
+  snprintf(status, sizeof status, "READY=1\nSTATUS=listening on %s, services on %s", cfg.listen, cfg.socket_path);
+  notify(status);
+  uv_run(g.loop, UV_RUN_DEFAULT);
+  int leaked = uv_loop_close(g.loop);
+  if (leaked) LOG_ERROR("loop closed with handles still open");
+  tables_free();
+  LOG_INFO("stopped");
+  return 0;
+}
