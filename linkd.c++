@@ -2301,7 +2301,29 @@ int json_skip(const jsmntok_t* t, int n, int i) {
 // structure; primitives are checked here (jsmn only looks at their first
 // character). Values with more tokens than the shared array are checked
 // for structure only.
+bool json_primitive_ok(const char* s, size_t len) {
+  if ((len == 4 && !memcmp(s, "true", 4)) || (len == 5 && !memcmp(s, "false", 5)) || (len == 4 && !memcmp(s, "null", 4))) return true;
+  char num[64];
+  if (len == 0 || len >= sizeof num) return false;
+  memcpy(num, s, len);
+  num[len] = 0;
+  char* end;
+  strtod(num, &end);
+  return !*end && (num[0] == '-' || (num[0] >= '0' && num[0] <= '9'));
+}
+
+// Primitives inside parsed tokens: jsmn looks only at their first character.
+bool json_tokens_ok(const char* p, const jsmntok_t* t, int k) {
+  for (int i = 0; i < k; i++)
+    if (t[i].type == JSMN_PRIMITIVE && !json_primitive_ok(p + t[i].start, (size_t)(t[i].end - t[i].start))) return false;
+  return true;
+}
+
 bool json_valid(const char* p, size_t n) {
+  while (n && strchr(" \t\r\n", p[n - 1])) n--;
+  while (n && strchr(" \t\r\n", *p)) { p++; n--; }
+  if (!n) return false;
+  if (*p != '{' && *p != '[' && *p != '"') return json_primitive_ok(p, n);   // jsmn's strict mode wants a delimiter after a bare primitive
   jsmn_parser jp;
   jsmn_init(&jp);
   int count = jsmn_parse(&jp, p, n, nullptr, 0);
@@ -2309,24 +2331,7 @@ bool json_valid(const char* p, size_t n) {
   if ((uint32_t)count > g.ntoks) return true;
   jsmn_init(&jp);
   int k = jsmn_parse(&jp, p, n, g.toks, g.ntoks);
-  if (k < 1) return false;
-  for (size_t i = (size_t)g.toks[0].end; i < n; i++)
-    if (!strchr(" \t\r\n", p[i])) return false;
-  for (int i = 0; i < k; i++) {
-    const jsmntok_t& t = g.toks[i];
-    if (t.type != JSMN_PRIMITIVE) continue;
-    const char* s = p + t.start;
-    size_t len = (size_t)(t.end - t.start);
-    if ((len == 4 && !memcmp(s, "true", 4)) || (len == 5 && !memcmp(s, "false", 5)) || (len == 4 && !memcmp(s, "null", 4))) continue;
-    char num[64];
-    if (len >= sizeof num) return false;
-    memcpy(num, s, len);
-    num[len] = 0;
-    char* end;
-    strtod(num, &end);
-    if (*end || !(num[0] == '-' || (num[0] >= '0' && num[0] <= '9'))) return false;
-  }
-  return true;
+  return k >= 1 && (size_t)g.toks[0].end + (g.toks[0].type == JSMN_STRING) == n && json_tokens_ok(p, g.toks, k);
 }
 
 bool send_inbound(Backend* b, Conn* c, Slice type, Slice payload, Slice corr, bool binary) {
@@ -2363,7 +2368,7 @@ void ws_message(Conn* c, int opcode, const char* msg, size_t len) {
   jsmn_init(&jp);
   int n = jsmn_parse(&jp, msg, len, g.toks, g.ntoks);
   const jsmntok_t* t = g.toks;
-  if (n < 1 || t[0].type != JSMN_OBJECT) { ws_send_error(c, nullptr, 0, false, "INVALID_MESSAGE", "message is not a JSON object", 400); return; }
+  if (n < 1 || t[0].type != JSMN_OBJECT || !json_tokens_ok(msg, t, n)) { ws_send_error(c, nullptr, 0, false, "INVALID_MESSAGE", "message is not a JSON object", 400); return; }
   for (size_t k = (size_t)t[0].end; k < len; k++)
     if (!strchr(" \t\r\n", msg[k])) { ws_send_error(c, nullptr, 0, false, "INVALID_MESSAGE", "trailing data after the JSON object", 400); return; }
   Slice type{}, id{}, data{"null", 4};
@@ -3046,6 +3051,8 @@ void self_test_misc() {
   ws_accept_key(Slice{"dGhlIHNhbXBsZSBub25jZQ==", 24}, acc);
   st_check(!strcmp(acc, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "RFC 6455 accept key example");
   st_check(json_valid("{\"a\":[1,2]}", 11) && !json_valid("{\"a\":", 5) && !json_valid("nope", 4), "JSON validity");
+  st_check(json_valid(" null ", 6) && json_valid("-1.5e3", 6) && json_valid("\"s\"", 3) && !json_valid("{\"a\":tru}", 10) &&
+           !json_valid("[1] x", 5) && !json_valid("", 0), "JSON validity: primitives and trailing data");
   // pending FIFO stays ordered by deadline
   Conn* c = st_conn(0);
   uint32_t p1 = pend_alloc(c, PKind::Ws, 0, 500);

@@ -117,7 +117,7 @@ $(CROSS_TP)/$(2)/%.c: | $(CROSS_FETCHED) ;
 .PRECIOUS: $(CROSS_TP)/$(2)/%.c
 $(CROSS_DIR)/lib$(1).a: $$(CROSS_OBJS_$(1))
 	@rm -f $$@
-	$$(CROSS_AR) rcs $$@ $$^
+	@echo "$$(CROSS_AR) rcs $$@ ($$(words $$^) objects)"; $$(CROSS_AR) rcs $$@ $$^
 endef
 $(eval $(call CROSS_LIB_template,uv,libuv,$(CROSS_UV_SRC),$(CROSS_UV_FLAGS)))
 $(eval $(call CROSS_LIB_template,wslay,wslay,$(CROSS_WSLAY_SRC),$(CROSS_WSLAY_FLAGS)))

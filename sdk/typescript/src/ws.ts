@@ -49,9 +49,11 @@ export function authFromProto(u: any): AuthContext {
   };
 }
 
+/** JSON text for an envelope's "data"; null/undefined travel as empty bytes (linkd writes null). */
 function jsonPayload(data: unknown): Buffer {
-  const text = data === undefined ? "null" : JSON.stringify(data);
-  return Buffer.from(text === undefined ? "null" : text, "utf8");
+  if (data === undefined || data === null) return Buffer.alloc(0);
+  const text = JSON.stringify(data);
+  return text === undefined ? Buffer.alloc(0) : Buffer.from(text, "utf8");
 }
 
 /** A push target: one room, one connection or everyone, minus some connections. */
@@ -473,7 +475,7 @@ export class WebSocketApi implements WsRegistrar {
     const wsResponse: Record<string, unknown> = { connectionId, correlationId };
     if (error) wsResponse.error = errorResponse(error);
     else if (this.raw && (typeof result === "string" || Buffer.isBuffer(result))) wsResponse.data = Buffer.from(result as any);
-    else wsResponse.data = jsonPayload(result === undefined ? null : result);
+    else wsResponse.data = jsonPayload(result);
     try {
       this.link.send({ wsResponse });
     } catch (err) {
