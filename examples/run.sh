@@ -19,6 +19,8 @@ die() { say "$*"; exit 1; }
 read -r -a LINKD <<< "${LINKD_CMD:-./linkd}"   # LINKD_CMD: another binary or emulator line
 [ -n "${LINKD_CMD:-}" ] || [ -x ./linkd ] || make linkd >&2 || die "building linkd failed"
 command -v npm >/dev/null || die "npm not found: run 'make deps' (Debian's nodejs and npm)"
+# better-sqlite3 compiles with node-gyp: Debian's Node.js headers, no download
+[ -f /usr/include/node/node.h ] && export npm_config_nodedir=${npm_config_nodedir:-/usr}
 npm_ready() {   # npm ci where node_modules is missing or older than the lock file
   if [ ! -f "$1/node_modules/.package-lock.json" ] || [ "$1/package-lock.json" -nt "$1/node_modules/.package-lock.json" ]; then
     say "installing npm dependencies in ${1#$ROOT/} (first run: about a minute)"

@@ -1,6 +1,10 @@
 # Helpers for the Node-based tests (sourced by tests/t_sdk.sh and tests/t_browser.sh
 # after tests/lib.sh): install npm dependencies when missing or stale, build the SDK.
 
+# better-sqlite3 compiles its addon with node-gyp: use Debian's Node.js headers
+# (package nodejs, /usr/include/node) instead of a download.
+[ -f /usr/include/node/node.h ] && export npm_config_nodedir=${npm_config_nodedir:-/usr}
+
 # npm_ready DIR... : `npm ci` in each DIR whose node_modules is missing or older
 # than its package-lock.json. Prints a FAIL line and returns 1 on failure.
 npm_ready() {
