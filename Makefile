@@ -9,6 +9,8 @@ VERSION  := 0.1.0
 CXXFLAGS ?= -O2 -g
 CFLAGS   ?= -O2 -g
 WARN     := -Wall -Wextra
+CXXLEAN  := -fno-exceptions -fno-rtti -fno-asynchronous-unwind-tables
+LEANLINK := -static-libstdc++ -static-libgcc -Wl,--as-needed -Wl,--gc-sections
 PROTOC_NANOPB := protoc --plugin=protoc-gen-nanopb=/usr/bin/protoc-gen-nanopb
 
 LLHTTP_SRC := /usr/share/llhttp
@@ -58,26 +60,38 @@ $(BUILD)/llhttp_http.o: | $(BUILD)/.deps
 $(BUILD)/linkd.pb.o: $(BUILD)/linkd.pb.c
 	$(CC) $(CFLAGS) -I$(BUILD) -c $< -o $@
 
-linkd: linkd.c++ $(BUILD)/linkd.pb.h $(BUILD)/linkd.pb.o $(LLHTTP_OBJS)
-	$(CXX) -std=c++20 $(CXXFLAGS) $(WARN) $(DEFS) $(INCLUDES) linkd.c++ $(BUILD)/linkd.pb.o $(LLHTTP_OBJS) $(LIBS) -o $@
+linkd: linkd.c++ Makefile $(BUILD)/linkd.pb.h $(BUILD)/linkd.pb.o $(LLHTTP_OBJS)
+	$(CXX) -std=c++20 $(CXXFLAGS) $(CXXLEAN) $(WARN) $(DEFS) $(INCLUDES) linkd.c++ $(BUILD)/linkd.pb.o $(LLHTTP_OBJS) $(LEANLINK) $(LIBS) -o $@
 
-# linkd built with AddressSanitizer and UBSan, for `make test SAN=1`.
-linkd-asan: linkd.c++ $(BUILD)/linkd.pb.h $(BUILD)/linkd.pb.c
-	$(CXX) -std=c++20 -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer $(WARN) $(DEFS) $(INCLUDES) \
-	  linkd.c++ $(BUILD)/linkd.pb.c $(addprefix $(LLHTTP_SRC)/,llhttp.c api.c http.c) -x none $(LIBS) -o $@
+# linkd built with AddressSanitizer and UBSan: `make test SAN=1` runs the
+# whole suite against it.
+ASAN := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer
+$(BUILD)/asan/%.o: $(LLHTTP_SRC)/%.c | $(BUILD)/.deps
+	@mkdir -p $(BUILD)/asan
+	$(CC) $(ASAN) -I$(LLHTTP_INC) -Wno-unused-parameter -c $< -o $@
+$(BUILD)/asan/linkd.pb.o: $(BUILD)/linkd.pb.c
+	@mkdir -p $(BUILD)/asan
+	$(CC) $(ASAN) -I$(BUILD) -c $< -o $@
+linkd-asan: linkd.c++ Makefile $(BUILD)/linkd.pb.h $(BUILD)/asan/linkd.pb.o $(BUILD)/asan/llhttp.o $(BUILD)/asan/api.o $(BUILD)/asan/http.o
+	$(CXX) -std=c++20 $(ASAN) $(WARN) $(DEFS) $(INCLUDES) linkd.c++ $(BUILD)/asan/linkd.pb.o \
+	  $(BUILD)/asan/llhttp.o $(BUILD)/asan/api.o $(BUILD)/asan/http.o $(LIBS) -o $@
 
-# Tests: the unit self-test, then every tests/t_*.sh against a running linkd.
-# LINKD_CMD may name another binary or an emulator line (cross builds).
-test: linkd $(BUILD)/linkd_pb2.py
-	@tests/run.sh
+# Tests: linkd's self-test, then every tests/t_*.sh against a running linkd.
+# SAN=1: against linkd-asan; ARCH=aarch64|armhf: against the static cross
+# build under qemu (cross/cross.mk sets TEST_LINKD_CMD); VALGRIND=1: under valgrind.
+TEST_BIN := $(if $(ARCH),cross,$(if $(SAN),linkd-asan,linkd))
+TEST_LINKD_CMD ?= $(if $(SAN),$(CURDIR)/linkd-asan,$(if $(VALGRIND),valgrind -q --error-exitcode=99 --leak-check=full $(CURDIR)/linkd,$(CURDIR)/linkd))
+test: $(TEST_BIN) $(BUILD)/linkd_pb2.py
+	@LINKD_CMD="$(TEST_LINKD_CMD)" tests/run.sh
 
+# The gateway with the example chat service (examples/run.sh prints the URL).
 run: linkd
-	@tests/../examples/run.sh 2>/dev/null || ./linkd
+	@examples/run.sh
 
 bench: linkd
 	@tests/bench/run.sh
 
 clean:
-	rm -rf $(BUILD) linkd linkd-asan
+	rm -rf $(BUILD) linkd linkd-asan linkd-aarch64 linkd-armhf
 
 -include cross/cross.mk

@@ -2889,7 +2889,7 @@ int listen_unix() {
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_un sa{};
     sa.sun_family = AF_UNIX;
-    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", cfg.socket_path);
+    memcpy(sa.sun_path, cfg.socket_path, strlen(cfg.socket_path) + 1);   // length checked by config_parse
     int r = connect(fd, (sockaddr*)&sa, sizeof sa);
     close(fd);
     if (r == 0) { LOG_ERROR("socket: %s is in use by another running linkd", cfg.socket_path); return UV_EADDRINUSE; }
