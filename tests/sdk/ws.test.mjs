@@ -298,3 +298,27 @@ test("ws: linkd restart: the service re-registers and new connections work", asy
   await c.event("welcome");
   assert.equal((await c.request("echo", "back")).data, "back");
 });
+
+test("ws: large messages (split across socket reads) round-trip intact", async () => {
+  const c = await client();
+  const big = "x".repeat(60000);
+  const many = Array.from({ length: 20 }, (_, i) => c.request("echo", { i, big }, 10000));
+  const rs = await Promise.all(many);
+  assert.ok(rs.every((r, i) => r.data?.i === i && r.data.big.length === 60000));
+});
+
+test("ws: raw path: frames reach onMessage as they are, sendRaw answers without envelope", async () => {
+  const raw = createService({ name: "rawsvc", socketPath: linkd.socket, logger: memoryLogger(), websocket: { enabled: true, path: "/ws/raw", raw: true } });
+  services.push(raw);
+  raw.ws.onMessage(async (ctx) => {
+    await ctx.sendRaw(typeof ctx.message === "string" ? `echo:${ctx.message}` : Buffer.concat([Buffer.from([0]), ctx.message]));
+  });
+  await raw.start();
+  const c = await client("/ws/raw");
+  c.ws.send("not json at all");
+  assert.deepEqual(await c.next(), { unparsed: "echo:not json at all" });
+  c.ws.send(Buffer.from([1, 2, 3]));
+  const bin = await c.next();
+  assert.ok(Buffer.isBuffer(bin), "binary frame back");
+  assert.deepEqual([...bin], [0, 1, 2, 3]);
+});
