@@ -16,13 +16,14 @@
 //   4. Tables      connection slots, rooms, memberships, pending replies
 //   5. Output      writing to clients: shared buffers, backpressure
 //   6. Routes      the HTTP route table (method + pattern, static beats :param)
-//   7. Services    the Unix-socket link: frames, registration, dispatch
-//   8. HTTP        llhttp parsing, forwarding, local endpoints, CORS
-//   9. WebSocket   upgrade, wslay contexts bound on demand, envelopes
-//  10. Rooms       joins, leaves, broadcasts (encoded once, shared)
-//  11. Timers      pending deadlines, heartbeats, watchdog, shutdown
-//  12. Self-test   unit tests of the tables and the route matcher
-//  13. main
+//   7. Auth        JWT verification (HS256, RS256, ES256), claims
+//   8. Services    the Unix-socket link: frames, registration, dispatch
+//   9. HTTP        llhttp parsing, forwarding, local endpoints, CORS
+//  10. WebSocket   upgrade, wslay contexts bound on demand, envelopes
+//  11. Rooms       joins, leaves, broadcasts (encoded once, shared)
+//  12. Timers      pending deadlines, heartbeats, watchdog, shutdown, metrics
+//  13. Self-test   unit tests of the tables, routes, JSON and JWT checks
+//  14. main
 
 #include <uv.h>
 #include <llhttp.h>
@@ -32,6 +33,10 @@
 #include "linkd.pb.h"
 #include <mbedtls/sha1.h>
 #include <mbedtls/base64.h>
+#include <mbedtls/ecdsa.h>
+#include <mbedtls/md.h>
+#include <mbedtls/pk.h>
+#include <mbedtls/sha256.h>
 #define JSMN_STATIC
 #define JSMN_STRICT
 #include <jsmn.h>
@@ -454,6 +459,13 @@ bool str_ieq(const char* a, size_t an, const char* b) {
   return an == bn && strncasecmp(a, b, an) == 0;
 }
 
+// Skips the JSON value at token i; returns the index after it.
+int json_skip(const jsmntok_t* t, int n, int i) {
+  int end = t[i].end;
+  for (i++; i < n && t[i].start < end; i++) {}
+  return i;
+}
+
 // True if the comma-separated header value has the token (case-insensitive).
 bool header_has_token(const char* v, size_t n, const char* tok) {
   size_t tn = strlen(tok);
@@ -534,7 +546,7 @@ struct Conn {
   uint64_t ws_framed;     // bytes of frames whose header wslay has parsed
   wslay_event_context_ptr ws;  // bound only while mid-frame/closing/output queued
   Http* http;             // while HTTP (owner: this)
-  linkd_UserContext* user;     // null: anonymous (owner: this)
+  struct UserBlob* user;  // verified claims; null: anonymous (owner: this)
   uint64_t connected_ms;  // wall clock, for services
   uint64_t close_deadline;// loop ms: hard close if the peer does not answer
   double tokens;          // rate limiter bucket
@@ -1225,7 +1237,204 @@ bool route_match(const char* method, const char* path, size_t path_len, Match* m
 }
 
 // ============================================================================
-// 7. Services
+// 7. Auth
+// JWT from "Authorization: Bearer" or ?token=. HS256 with --jwt-secret;
+// RS256/ES256 with the public keys (PEM blocks) in --jwt-keys. "none" and
+// any other algorithm are refused; exp and nbf are checked. The claims a
+// connection keeps are packed into one small allocation (UserBlob) and
+// expanded into the protocol's UserContext only while a frame is encoded.
+// ============================================================================
+
+struct UserBlob {
+  uint8_t nroles;
+  uint16_t len;
+  char data[];            // user_id\0username\0tenant\0role\0role\0...
+};
+
+struct Keys {
+  mbedtls_pk_context pk[8];
+  int n;
+};
+Keys keys;
+
+// Loads every "-----BEGIN PUBLIC KEY-----" block of --jwt-keys.
+bool keys_load(char* err, size_t errn) {
+  if (!*cfg.jwt_keys) return true;
+  FILE* f = fopen(cfg.jwt_keys, "r");
+  if (!f) { snprintf(err, errn, "jwt-keys: cannot open %s", cfg.jwt_keys); return false; }
+  static char text[64 * 1024];
+  size_t n = fread(text, 1, sizeof text - 1, f);
+  fclose(f);
+  text[n] = 0;
+  const char* begin = "-----BEGIN PUBLIC KEY-----";
+  const char* end = "-----END PUBLIC KEY-----";
+  for (char* p = strstr(text, begin); p && keys.n < 8; p = strstr(p, begin)) {
+    char* e = strstr(p, end);
+    if (!e) break;
+    e += strlen(end);
+    char saved = *e;
+    *e = 0;
+    mbedtls_pk_init(&keys.pk[keys.n]);
+    int r = mbedtls_pk_parse_public_key(&keys.pk[keys.n], (const unsigned char*)p, (size_t)(e - p) + 1);
+    *e = saved;
+    if (r) { snprintf(err, errn, "jwt-keys: key %d in %s does not parse (mbedtls -0x%04x)", keys.n + 1, cfg.jwt_keys, -r); return false; }
+    keys.n++;
+    p = e;
+  }
+  if (!keys.n) { snprintf(err, errn, "jwt-keys: no PEM public key in %s", cfg.jwt_keys); return false; }
+  return true;
+}
+
+// base64url (no padding) → bytes. Returns length or -1.
+int b64url_decode(const char* s, size_t n, unsigned char* out, size_t outn) {
+  char tmp[4096];
+  if (n + 4 > sizeof tmp) return -1;
+  for (size_t i = 0; i < n; i++) tmp[i] = s[i] == '-' ? '+' : s[i] == '_' ? '/' : s[i];
+  size_t m = n;
+  while (m % 4) tmp[m++] = '=';
+  size_t olen;
+  if (mbedtls_base64_decode(out, outn, &olen, (const unsigned char*)tmp, m)) return -1;
+  return (int)olen;
+}
+
+bool tok_eq(const char* js, const jsmntok_t& t, const char* s) {
+  size_t n = strlen(s);
+  return t.type == JSMN_STRING && (size_t)(t.end - t.start) == n && !memcmp(js + t.start, s, n);
+}
+
+bool sig_verify(const char* alg, const unsigned char* signed_part, size_t sn, const unsigned char* sig, int sl) {
+  if (!strcmp(alg, "HS256")) {
+    if (!*cfg.jwt_secret) return false;
+    unsigned char mac[32];
+    mbedtls_md_hmac(mbedtls_md_info_from_type(MBEDTLS_MD_SHA256), (const unsigned char*)cfg.jwt_secret, strlen(cfg.jwt_secret),
+                    signed_part, sn, mac);
+    unsigned diff = sl != 32;
+    for (int i = 0; i < 32 && i < sl; i++) diff |= (unsigned)(mac[i] ^ sig[i]);   // constant time
+    return diff == 0;
+  }
+  unsigned char hash[32];
+  mbedtls_sha256_ret(signed_part, sn, hash, 0);
+  for (int k = 0; k < keys.n; k++) {
+    mbedtls_pk_type_t t = mbedtls_pk_get_type(&keys.pk[k]);
+    if (!strcmp(alg, "RS256") && t == MBEDTLS_PK_RSA) {
+      if (mbedtls_pk_verify(&keys.pk[k], MBEDTLS_MD_SHA256, hash, 32, sig, (size_t)sl) == 0) return true;
+    } else if (!strcmp(alg, "ES256") && (t == MBEDTLS_PK_ECKEY || t == MBEDTLS_PK_ECDSA) && sl == 64) {
+      // JWS carries r||s raw (RFC 7518 §3.4), not DER
+      mbedtls_ecp_keypair* kp = mbedtls_pk_ec(keys.pk[k]);
+      mbedtls_mpi r, s;
+      mbedtls_mpi_init(&r);
+      mbedtls_mpi_init(&s);
+      bool ok = kp->grp.id == MBEDTLS_ECP_DP_SECP256R1 && !mbedtls_mpi_read_binary(&r, sig, 32) && !mbedtls_mpi_read_binary(&s, sig + 32, 32) &&
+                mbedtls_ecdsa_verify(&kp->grp, hash, 32, &kp->Q, &r, &s) == 0;
+      mbedtls_mpi_free(&r);
+      mbedtls_mpi_free(&s);
+      if (ok) return true;
+    }
+  }
+  return false;
+}
+
+// Verifies a token and packs its claims. Null with *why set when invalid.
+UserBlob* jwt_verify(const char* tok, size_t n, const char** why) {
+  const char* d1 = (const char*)memchr(tok, '.', n);
+  const char* d2 = d1 ? (const char*)memchr(d1 + 1, '.', n - (size_t)(d1 + 1 - tok)) : nullptr;
+  if (!d2 || n > 8192) { *why = "token is not a JWT"; return nullptr; }
+  static unsigned char head[1024], body[4096], sig[1024];
+  int hl = b64url_decode(tok, (size_t)(d1 - tok), head, sizeof head - 1);
+  int bl = b64url_decode(d1 + 1, (size_t)(d2 - d1 - 1), body, sizeof body - 1);
+  int sl = b64url_decode(d2 + 1, n - (size_t)(d2 + 1 - tok), sig, sizeof sig);
+  if (hl < 0 || bl < 0 || sl < 0) { *why = "token is not base64url"; return nullptr; }
+  jsmntok_t t[128];
+  jsmn_parser jp;
+  jsmn_init(&jp);
+  int k = jsmn_parse(&jp, (const char*)head, (size_t)hl, t, 128);
+  if (k < 1 || t[0].type != JSMN_OBJECT) { *why = "token header is not JSON"; return nullptr; }
+  char alg[16] = "";
+  for (int i = 1; i + 1 < k; i = json_skip(t, k, i + 1))
+    if (tok_eq((const char*)head, t[i], "alg") && t[i + 1].type == JSMN_STRING)
+      snprintf(alg, sizeof alg, "%.*s", t[i + 1].end - t[i + 1].start, head + t[i + 1].start);
+  if (strcmp(alg, "HS256") && strcmp(alg, "RS256") && strcmp(alg, "ES256")) { *why = "token algorithm refused"; return nullptr; }
+  if (!sig_verify(alg, (const unsigned char*)tok, (size_t)(d2 - tok), sig, sl)) { *why = "token signature invalid"; return nullptr; }
+  jsmn_init(&jp);
+  k = jsmn_parse(&jp, (const char*)body, (size_t)bl, t, 128);
+  if (k < 1 || t[0].type != JSMN_OBJECT) { *why = "token claims are not JSON"; return nullptr; }
+  const char* js = (const char*)body;
+  Slice sub{}, name{}, tenant{};
+  int roles_at = -1;
+  double now = (double)wall_ms() / 1000.0;
+  for (int i = 1; i + 1 < k; i = json_skip(t, k, i + 1)) {
+    const jsmntok_t& v = t[i + 1];
+    Slice val{js + v.start, (size_t)(v.end - v.start)};
+    if (tok_eq(js, t[i], "exp") || tok_eq(js, t[i], "nbf")) {
+      if (v.type != JSMN_PRIMITIVE) { *why = "token exp/nbf is not a number"; return nullptr; }
+      double at = strtod(val.p, nullptr);   // stops at the ',' or '}' after the number
+      if (tok_eq(js, t[i], "exp") && now >= at) { *why = "token expired"; return nullptr; }
+      if (tok_eq(js, t[i], "nbf") && now < at) { *why = "token not valid yet"; return nullptr; }
+    } else if (tok_eq(js, t[i], "sub") && v.type == JSMN_STRING) sub = val;
+    else if ((tok_eq(js, t[i], "preferred_username") || (tok_eq(js, t[i], "username") && !name.p)) && v.type == JSMN_STRING) name = val;
+    else if (tok_eq(js, t[i], "tenant_id") && v.type == JSMN_STRING) tenant = val;
+    else if (tok_eq(js, t[i], "roles") && v.type == JSMN_ARRAY) roles_at = i + 1;
+  }
+  if (!sub.p) { *why = "token has no sub"; return nullptr; }
+  char packed[2048];
+  size_t len = 0;
+  uint8_t nroles = 0;
+  auto put = [&](Slice s, size_t max) {
+    size_t m = std::min(s.n, std::min(max - 1, sizeof packed - len - 1));
+    memcpy(packed + len, s.p, m);
+    len += m;
+    packed[len++] = 0;
+  };
+  put(sub, 128);
+  put(name, 128);
+  put(tenant, 128);
+  if (roles_at >= 0)
+    for (int i = roles_at + 1, r = 0; r < t[roles_at].size && i < k && nroles < 16 && len < sizeof packed - 80; r++, i = json_skip(t, k, i))
+      if (t[i].type == JSMN_STRING) { put(Slice{js + t[i].start, (size_t)(t[i].end - t[i].start)}, 64); nroles++; }
+  UserBlob* u = (UserBlob*)malloc(sizeof(UserBlob) + len);
+  if (!u) { *why = "out of memory"; return nullptr; }
+  u->nroles = nroles;
+  u->len = (uint16_t)len;
+  memcpy(u->data, packed, len);
+  return u;
+}
+
+void user_expand(const UserBlob* u, linkd_UserContext* out) {
+  *out = linkd_UserContext{};
+  if (!u) return;
+  const char* p = u->data;
+  snprintf(out->user_id, sizeof out->user_id, "%s", p);
+  p += strlen(p) + 1;
+  snprintf(out->username, sizeof out->username, "%s", p);
+  p += strlen(p) + 1;
+  snprintf(out->tenant_id, sizeof out->tenant_id, "%s", p);
+  p += strlen(p) + 1;
+  for (int i = 0; i < u->nroles && i < 16; i++, p += strlen(p) + 1) snprintf(out->roles[i], sizeof out->roles[i], "%s", p);
+  out->roles_count = (pb_size_t)std::min<int>(u->nroles, 16);
+  out->authenticated = true;
+}
+
+bool user_has_role(const UserBlob* u, const char* role) {
+  const char* p = u->data;
+  for (int i = 0; i < 3; i++) p += strlen(p) + 1;
+  for (int i = 0; i < u->nroles; i++, p += strlen(p) + 1) if (!strcmp(p, role)) return true;
+  return false;
+}
+
+// The token of a request: Authorization: Bearer, else ?token= in the query.
+Slice token_of(Slice authz, Slice query) {
+  if (authz.p && authz.n > 7 && !strncasecmp(authz.p, "Bearer ", 7)) return Slice{authz.p + 7, authz.n - 7};
+  for (size_t i = 0; i < query.n;) {
+    size_t s = i;
+    while (i < query.n && query.p[i] != '&') i++;
+    if (i - s > 6 && !memcmp(query.p + s, "token=", 6)) return Slice{query.p + s + 6, i - s - 6};
+    i++;
+  }
+  return Slice{nullptr, 0};
+}
+
+// ============================================================================
+// 8. Services
 // Each service instance holds one link on the Unix socket. Frames are a
 // varint length + one ServiceMessage; linkd reads the oneof's tag itself and
 // decodes only the member present, so no frame-sized struct is ever built.
@@ -1358,7 +1567,7 @@ void send_conn_event(Backend* b, Conn* c, linkd_WebSocketConnectionEvent_EventTy
   snprintf(e.service_name, sizeof e.service_name, "%s", gr->name);
   snprintf(e.path, sizeof e.path, "%s", gr->ws_path);
   e.has_user = true;
-  if (c->user) e.user = *c->user;
+  user_expand(c->user, &e.user);
   conn_remote(c, e.remote_address, sizeof e.remote_address);
   e.event_type = type;
   e.connected_at_ms = c->connected_ms;
@@ -1836,7 +2045,7 @@ void svc_connection_cb(uv_stream_t* server, int status) noexcept {
 }
 
 // ============================================================================
-// 8. HTTP
+// 9. HTTP
 // llhttp parses requests into the connection's Http record. One request at a
 // time per connection: on_message_complete pauses the parser, so pipelined
 // requests wait in Http::in and are answered strictly in order. A request
@@ -2061,7 +2270,7 @@ void http_preflight(Conn* c, Slice path) {
   buf_free(&hd);
 }
 
-bool send_http_request(Backend* b, Conn* c, const Match* m, uint64_t req_id) {
+bool send_http_request(Backend* b, Conn* c, const Match* m, uint64_t req_id, const UserBlob* user) {
   Http* h = c->http;
   linkd_HttpRequest r = {};
   r.request_id = req_id;
@@ -2078,7 +2287,7 @@ bool send_http_request(Backend* b, Conn* c, const Match* m, uint64_t req_id) {
   r.params.funcs.encode = enc_params;
   r.params.arg = (void*)m;
   r.has_user = true;
-  if (c->user) r.user = *c->user;
+  user_expand(user, &r.user);
   conn_remote(c, r.remote_address, sizeof r.remote_address);
   snprintf(r.route, sizeof r.route, "%s", g.routes[m->route].def.path);
   return backend_send_msg(b, TAG_HTTP_REQUEST, linkd_HttpRequest_fields, &r);
@@ -2113,14 +2322,23 @@ void http_dispatch(Conn* c) {
   Match m;
   if (!route_match(method, path.p, path.n, &m)) { http_error(c, 404, "no route for this path and method"); return; }
   const Route* r = &g.routes[m.route];
+  const char* why = "a valid token is required";
+  Slice tok = token_of(http_header(h, "authorization"), http_query(h));
+  UserBlob* user = tok.p ? jwt_verify(tok.p, tok.n, &why) : nullptr;
+  bool authz_ok = !r->def.roles_count;
+  for (pb_size_t i = 0; user && i < r->def.roles_count && !authz_ok; i++) authz_ok = user_has_role(user, r->def.roles[i]);
+  if ((r->def.auth || r->def.roles_count) && !user) { http_error(c, 401, why, "WWW-Authenticate: Bearer\r\n"); return; }
+  if (!authz_ok) { free(user); http_error(c, 403, "the token lacks a role this route requires"); return; }
   uint16_t bi = group_pick(r->group);
-  if (bi == NIL16) { http_error(c, 503, "service is not running"); return; }
+  if (bi == NIL16) { free(user); http_error(c, 503, "service is not running"); return; }
   uint32_t p = pend_alloc(c, PKind::Http, bi, (uint64_t)cfg.http_timeout);
-  if (p == NIL) { http_error(c, 503, "too many requests in flight"); return; }
+  if (p == NIL) { free(user); http_error(c, 503, "too many requests in flight"); return; }
   h->pending = p;
   pend_arm();
   uint64_t req_id = (uint64_t)conn_index(c) | (uint64_t)c->gen << 32;
-  if (!send_http_request(&g.backends[bi], c, &m, req_id)) {
+  bool sent = send_http_request(&g.backends[bi], c, &m, req_id, user);
+  free(user);
+  if (!sent) {
     http_error(c, 503, "service link is not accepting requests");
     return;
   }
@@ -2157,7 +2375,7 @@ void http_pump(Conn* c) {
 }
 
 // ============================================================================
-// 9. WebSocket
+// 10. WebSocket
 // After the RFC 6455 handshake a connection drops its Http record. wslay
 // parses frames (fragmentation, ping/pong, close handshake, UTF-8 checks,
 // the size limit), but a wslay context (~8.7 KiB) is bound to a connection
@@ -2290,13 +2508,6 @@ bool rate_take(Conn* c) {
   return true;
 }
 
-// Skips the JSON value at token i; returns the index after it.
-int json_skip(const jsmntok_t* t, int n, int i) {
-  int end = t[i].end;
-  for (i++; i < n && t[i].start < end; i++) {}
-  return i;
-}
-
 // One JSON value and nothing but white space after it. jsmn checks the
 // structure; primitives are checked here (jsmn only looks at their first
 // character). Values with more tokens than the shared array are checked
@@ -2343,7 +2554,7 @@ bool send_inbound(Backend* b, Conn* c, Slice type, Slice payload, Slice corr, bo
   m.payload.funcs.encode = enc_slice;
   m.payload.arg = &payload;
   m.has_user = true;
-  if (c->user) m.user = *c->user;
+  user_expand(c->user, &m.user);
   m.binary = binary;
   return backend_send_msg(b, TAG_WS_INBOUND, linkd_WebSocketInbound_fields, &m);
 }
@@ -2507,7 +2718,20 @@ bool ws_try_upgrade(Conn* c) {
   Slice origin = http_header(h, "origin");
   if (*cfg.allowed_origins && origin.p && !origin_allowed(origin, nullptr)) { http_error(c, 403, "origin not allowed", "", true); return true; }
   const Group* gr = &g.groups[gi];
-  if (gr->ws_auth && !c->user) { http_error(c, 401, "this WebSocket path needs a valid token", "", true); return true; }
+  const char* why = "this WebSocket path needs a valid token";
+  Slice tok = token_of(http_header(h, "authorization"), http_query(h));
+  UserBlob* user = tok.p ? jwt_verify(tok.p, tok.n, &why) : nullptr;
+  if (tok.p && !user) LOG_DEBUG("upgrade with an invalid token (%s)", why);
+  if (gr->ws_auth && !user) { http_error(c, 401, why, "WWW-Authenticate: Bearer\r\n", true); return true; }
+  if (user && gr->ws_max_per_user) {
+    uint32_t same = 0;
+    for (uint32_t i = 0; i < g.conn_hw; i++) {
+      const Conn* o = &g.conns[i];
+      if (o->state == CState::Ws && o->group == gi && o->user && !strcmp(o->user->data, user->data)) same++;
+    }
+    if (same >= gr->ws_max_per_user) { free(user); http_error(c, 429, "too many connections for this user", "", true); return true; }
+  }
+  c->user = user;   // freed by conn_close from here on
   if (g.ws_count >= (uint32_t)cfg.max_connections) { http_error(c, 503, "connection table full", "", true); return true; }
   if (cfg.max_connections_per_ip > 0) {
     int64_t same = 0;
@@ -2551,7 +2775,7 @@ bool ws_try_upgrade(Conn* c) {
 }
 
 // ============================================================================
-// 10. Rooms
+// 11. Rooms
 // What a service asks for its WebSocket clients. A push is built once (the
 // JSON envelope and the frame header), then the same Shared bytes are
 // written to each recipient; except_connections were marked with the
@@ -2614,7 +2838,7 @@ void ws_outbound(Backend* b, const linkd_WebSocketOutbound* m, Slice payload) {
 }
 
 // ============================================================================
-// 11. Timers
+// 12. Timers
 // One timer for all pending replies (the FIFO head), one 1 s housekeeping
 // tick (heartbeats, idle HTTP connections, close handshakes that stall,
 // shutdown progress), the systemd watchdog, and the signal handlers.
@@ -2906,7 +3130,7 @@ int listen_unix() {
 }
 
 // ============================================================================
-// 12. Self-test
+// 13. Self-test
 // `linkd --self-test` runs these unit tests of the tables and the route
 // matcher in-process (no sockets) and prints PASS:/FAIL: lines.
 // ============================================================================
@@ -3066,6 +3290,35 @@ void self_test_misc() {
   conn_free_slot(c);
 }
 
+void self_test_jwt() {
+  snprintf(cfg.jwt_secret, sizeof cfg.jwt_secret, "secret");
+  // {"alg":"HS256","typ":"JWT"} . {"sub":"u1","preferred_username":"ann","roles":["admin","dev"],"tenant_id":"t9"}
+  const char* good = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJ1MSIsInByZWZlcnJlZF91c2VybmFtZSI6ImFubiIsInJvbGVzIjpbImFkbWluIiwiZGV2Il0sInRlbmFudF9pZCI6InQ5In0.";
+  unsigned char mac[32];
+  const char* dot = strrchr(good, '.');
+  mbedtls_md_hmac(mbedtls_md_info_from_type(MBEDTLS_MD_SHA256), (const unsigned char*)"secret", 6, (const unsigned char*)good, (size_t)(dot - good), mac);
+  unsigned char b64[64];
+  size_t bl;
+  mbedtls_base64_encode(b64, sizeof b64, &bl, mac, 32);
+  char tok[512];
+  size_t tn = (size_t)snprintf(tok, sizeof tok, "%s", good);
+  for (size_t i = 0; i < bl && b64[i] != '='; i++) tok[tn++] = b64[i] == '+' ? '-' : b64[i] == '/' ? '_' : (char)b64[i];
+  tok[tn] = 0;
+  const char* why = nullptr;
+  UserBlob* u = jwt_verify(tok, tn, &why);
+  linkd_UserContext uc;
+  user_expand(u, &uc);
+  st_check(u && !strcmp(uc.user_id, "u1") && !strcmp(uc.username, "ann") && !strcmp(uc.tenant_id, "t9") && uc.roles_count == 2 &&
+           user_has_role(u, "dev") && !user_has_role(u, "root"), "HS256 token verified, claims packed");
+  free(u);
+  tok[tn - 2] = tok[tn - 2] == 'A' ? 'B' : 'A';
+  st_check(!jwt_verify(tok, tn, &why) && !strcmp(why, "token signature invalid"), "tampered token refused");
+  // {"alg":"none"} . {"sub":"u1"} .
+  const char* none = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ1MSJ9.";
+  st_check(!jwt_verify(none, strlen(none), &why) && !strcmp(why, "token algorithm refused"), "alg none refused");
+  cfg.jwt_secret[0] = 0;
+}
+
 int self_test() {
   cfg.max_connections = 100;
   cfg.max_http_connections = 10;
@@ -3076,6 +3329,7 @@ int self_test() {
   self_test_tables();
   self_test_routes();
   self_test_misc();
+  self_test_jwt();
   tables_free();
   printf("self-test: %d passed, %d failed\n", st_pass, st_fail);
   return st_fail ? 1 : 0;
@@ -3084,13 +3338,15 @@ int self_test() {
 }  // namespace
 
 // ============================================================================
-// 13. main
+// 14. main
 // ============================================================================
 
 int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
   CliMode mode = config_parse(argc, argv);
   if (mode.self_test) return self_test();
+  char kerr[512];
+  if (!keys_load(kerr, sizeof kerr)) config_die(kerr);
   if (mode.check) {
     printf("linkd: configuration ok%s%s\n", *cfg.config ? " (" : "", *cfg.config ? cfg.config : "");
     if (*cfg.config) printf(")\n");
