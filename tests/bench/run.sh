@@ -9,7 +9,7 @@
 #
 # Bounded in time (about 1-2 minutes; every step has its own bound), loopback
 # only, stops everything it started, never fails on a time. Knobs (env):
-#   BENCH_N=10000 BENCH_ECHO_C=50 BENCH_ECHO_D=8 BENCH_ECHO_T=8 BENCH_ROUNDS=5
+#   BENCH_N=10000 BENCH_ECHO_C=50 BENCH_ECHO_D=8 BENCH_ECHO_T=5 BENCH_ECHO_RUNS=3 BENCH_ROUNDS=7
 #   BENCH_WRK_T=5 BENCH_WRK_C=50 BENCH_SRC_IPS=1 BENCH_PEER=1 BENCH_LINKD=1
 #   LINKD_CMD (another linkd binary or an emulator line)
 set -u
@@ -20,8 +20,9 @@ read -r -a LINKD <<< "${LINKD_CMD:-$ROOT/linkd}"
 N=${BENCH_N:-10000}
 ECHO_C=${BENCH_ECHO_C:-50}
 ECHO_D=${BENCH_ECHO_D:-8}
-ECHO_T=${BENCH_ECHO_T:-8}
-ROUNDS=${BENCH_ROUNDS:-5}
+ECHO_T=${BENCH_ECHO_T:-5}
+ECHO_RUNS=${BENCH_ECHO_RUNS:-3}
+ROUNDS=${BENCH_ROUNDS:-7}
 WRK_T=${BENCH_WRK_T:-5}
 WRK_C=${BENCH_WRK_C:-50}
 SRC_IPS=${BENCH_SRC_IPS:-1}
@@ -72,6 +73,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null
 
 # ---------- helpers
 free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 wait_for() {  # wait_for SECONDS CMD...: polls every 50 ms
   local end=$(( $(date +%s) + $1 )); shift
@@ -85,25 +87,67 @@ fewer_than() { [ "$(established "$1")" -lt "$2" ]; }
 field() { grep -h '^RESULT' "$2" 2>/dev/null | tr ' ' '\n' | awk -F= -v k="$1" '$1==k {print $2}' | tail -n 1; }
 declare -A R   # R[target.figure]=value
 
-# run_target NAME PID HTTP_PORT : every test against one server
-run_target() {
-  local t=$1 pid=$2 port=$3 url="ws://127.0.0.1:$3$WSPATH"
-  local out=$TMP/$t
+# ---------- the servers: both run for the whole bench and the tests
+# alternate between them, so both see the same background load
+TARGETS=()
+declare -A PID PORT SVC
+if [ "${BENCH_LINKD:-1}" = 1 ]; then
+  PORT[linkd]=$(free_port)
+  LSOCK=$TMP/linkd.sock
+  say "linkd on 127.0.0.1:${PORT[linkd]}"
+  "${LINKD[@]}" --listen "127.0.0.1:${PORT[linkd]}" --socket "$LSOCK" \
+    --max-connections $((N + 2000)) --max-memberships $((N * 2 + 1000)) --max-rooms 1000 \
+    --max-connections-per-user 0 --max-connections-per-ip 0 --rate-limit 0 \
+    --log-level warn >"$TMP/linkd.log" 2>&1 &
+  PID[linkd]=$!
+  PIDS+=("${PID[linkd]}")
+  if wait_for 10 curl -sf -m 1 -o /dev/null "http://127.0.0.1:${PORT[linkd]}/health" && wait_for 5 test -S "$LSOCK"; then
+    "$B/benchsvc" "$LSOCK" "$WSPATH" >"$TMP/svc.out" 2>"$TMP/svc.err" &
+    SVC[linkd]=$!
+    PIDS+=("${SVC[linkd]}")
+    if wait_for 10 grep -q registered "$TMP/svc.out"; then
+      TARGETS+=(linkd)
+    else
+      say "bench service did not register: $(tail -n 3 "$TMP/svc.err" "$TMP/linkd.log" | tr '\n' ' ')"
+    fi
+  else
+    say "linkd did not start: $(tail -n 5 "$TMP/linkd.log" | tr '\n' ' ')"
+  fi
+fi
+if [ "$PEER" = 1 ]; then
+  PORT[peer]=$(free_port)
+  say "peer (node ws) on 127.0.0.1:${PORT[peer]}"
+  node "$HERE/peer.js" "${PORT[peer]}" "$WSPATH" >"$TMP/peer.out" 2>&1 &
+  PID[peer]=$!
+  PIDS+=("${PID[peer]}")
+  if wait_for 10 grep -q listening "$TMP/peer.out"; then
+    TARGETS+=(peer)
+  else
+    say "peer did not start: $(tail -n 3 "$TMP/peer.out")"
+  fi
+fi
+alive() {
+  kill -0 "${PID[$1]}" 2>/dev/null && return 0
+  say "$1 is gone"; [ "$1" = linkd ] && say "linkd log: $(tail -n 5 "$TMP/linkd.log" | tr '\n' ' ')"
+  return 1
+}
+sleep 0.5   # let both settle
+for t in "${TARGETS[@]}"; do R[$t.rss0]=$(rss_kib "${PID[$t]}"); done
 
-  # let the server settle, then its memory at 0 connections
-  sleep 0.5
-  R[$t.rss0]=$(rss_kib "$pid")
-
-  # N idle connections, then the fan-out on the same connections
+# ---------- memory at N idle connections, then fan-out on the same connections
+test_fanout() {
+  local t=$1 pid=${PID[$1]} port=${PORT[$1]} svc=${SVC[$1]:-} out=$TMP/$1
+  R[$t.load]=$(cut -d' ' -f1 /proc/loadavg)
   rm -f "$out.ready"
-  "$B/loadws" --url "$url" -n "$N" -r "$ROUNDS" --src-ips "$SRC_IPS" --ready "$out.ready" --timeout 90 -q \
-    fanout >"$out.fan" 2>"$out.fan.err" &
+  "$B/loadws" --url "ws://127.0.0.1:$port$WSPATH" -n "$N" -r "$ROUNDS" --src-ips "$SRC_IPS" \
+    --ready "$out.ready" --timeout 90 -q fanout >"$out.fan" 2>"$out.fan.err" &
   local lw=$!
   PIDS+=("$lw")
   if wait_for 60 test -s "$out.ready"; then
-    sleep 1   # let the server finish whatever each connection set off
+    sleep 1   # let the server finish what each connection set off
     R[$t.rss_n]=$(rss_kib "$pid")
     R[$t.conn]=$(field connected "$out.fan")
+    [ -n "$svc" ] && R[$t.svc_rss]=$(rss_kib "$svc")
     kill -USR1 "$lw" 2>/dev/null
   else
     say "$t: $N connections did not open within 60 s"
@@ -113,77 +157,64 @@ run_target() {
   R[$t.connect_s]=$(field connect_s "$out.fan")
   R[$t.fan]=$(field median_ms "$out.fan")
   R[$t.fan_each]=$(field each "$out.fan")
-  R[$t.fan_members]=$(field fanout_members "$out.fan")
   grep -q first_error "$out.fan" && say "$t fan-out: $(grep -h first_error "$out.fan")"
-  # wait until the server has seen the connections go
+  # until the server has seen the connections go
   wait_for 30 fewer_than "$port" 10
-  R[$t.rss_after_n]=$(rss_kib "$pid")
-
-  # echo
-  "$B/loadws" --url "$url" -c "$ECHO_C" -d "$ECHO_D" -t "$ECHO_T" --timeout 60 -q echo >"$out.echo" 2>"$out.echo.err"
-  R[$t.echo]=$(field msgs_per_s "$out.echo")
-  R[$t.p50]=$(field p50_ms "$out.echo")
-  R[$t.p99]=$(field p99_ms "$out.echo")
-  R[$t.echo_err]=$(field errors "$out.echo")
-  grep -q first_error "$out.echo" && say "$t echo: $(grep -h first_error "$out.echo")"
-  wait_for 10 fewer_than "$port" 5
-
-  # HTTP
-  if command -v wrk >/dev/null; then
-    local p
-    for p in health:/health route:/bench/hello; do
-      timeout $((WRK_T + 20)) wrk -t2 -c"$WRK_C" -d"${WRK_T}s" "http://127.0.0.1:$port${p#*:}" >"$out.wrk.${p%%:*}" 2>&1
-      R[$t.http_${p%%:*}]=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$out.wrk.${p%%:*}")
-      local bad
-      bad=$(awk '/Non-2xx or 3xx responses:/ {print $5}' "$out.wrk.${p%%:*}")
-      [ -n "$bad" ] && { say "$t GET ${p#*:}: $bad non-2xx responses"; R[$t.http_${p%%:*}]="${R[$t.http_${p%%:*}]}(${bad} non-2xx)"; }
-    done
-  fi
-  wait_for 10 fewer_than "$port" 5
-  sleep 0.5
-  R[$t.rss_end]=$(rss_kib "$pid")
 }
 
-# ---------- linkd
-if [ "${BENCH_LINKD:-1}" = 1 ]; then
-  LPORT=$(free_port)
-  LSOCK=$TMP/linkd.sock
-  say "linkd on 127.0.0.1:$LPORT"
-  "${LINKD[@]}" --listen "127.0.0.1:$LPORT" --socket "$LSOCK" \
-    --max-connections $((N + 2000)) --max-memberships $((N * 2 + 1000)) --max-rooms 1000 \
-    --max-connections-per-user 0 --max-connections-per-ip 0 --rate-limit 0 \
-    --log-level warn >"$TMP/linkd.log" 2>&1 &
-  LPID=$!
-  PIDS+=("$LPID")
-  if wait_for 10 curl -sf -m 1 -o /dev/null "http://127.0.0.1:$LPORT/health" && wait_for 5 test -S "$LSOCK"; then
-    "$B/benchsvc" "$LSOCK" "$WSPATH" >"$TMP/svc.out" 2>"$TMP/svc.err" &
-    PIDS+=("$!")
-    if wait_for 10 grep -q registered "$TMP/svc.out"; then
-      # linkd's process may be a wrapper (an emulator): take the real pid's memory
-      run_target linkd "$LPID" "$LPORT"
-    else
-      say "bench service did not register: $(tail -n 3 "$TMP/svc.err" "$TMP/linkd.log" | tr '\n' ' ')"
-    fi
-  else
-    say "linkd did not start: $(tail -n 5 "$TMP/linkd.log" | tr '\n' ' ')"
-  fi
-  kill -0 "$LPID" 2>/dev/null || say "linkd is gone: $(tail -n 5 "$TMP/linkd.log" | tr '\n' ' ')"
-  LINKD_PID_USED=$LPID
-fi
+# ---------- echo: one run; the server's CPU over the whole run (warm-up and drain included)
+test_echo() {
+  local t=$1 i=$2 pid=${PID[$1]} port=${PORT[$1]} svc=${SVC[$1]:-} out=$TMP/$1.echo.$2
+  local c0 s0=0 t0 c1 s1=0 t1 hz
+  hz=$(getconf CLK_TCK)
+  c0=$(cpu_ticks "$pid"); [ -n "$svc" ] && s0=$(cpu_ticks "$svc"); t0=$(now)
+  "$B/loadws" --url "ws://127.0.0.1:$port$WSPATH" -c "$ECHO_C" -d "$ECHO_D" -t "$ECHO_T" --timeout 60 -q \
+    echo >"$out" 2>"$out.err"
+  c1=$(cpu_ticks "$pid"); [ -n "$svc" ] && s1=$(cpu_ticks "$svc"); t1=$(now)
+  grep -q first_error "$out" && say "$t echo: $(grep -h first_error "$out")"
+  local m
+  m=$(field msgs_per_s "$out")
+  [ -n "$m" ] || return
+  # one line per run: msgs p50 p99 errors cpu svc_cpu
+  echo "$m $(field p50_ms "$out") $(field p99_ms "$out") $(field errors "$out") \
+$(awk -v a="$c0" -v b="$c1" -v s="$t0" -v e="$t1" -v hz="$hz" 'BEGIN{printf "%.0f", 100*(b-a)/hz/(e-s)}') \
+$(awk -v a="$s0" -v b="$s1" -v s="$t0" -v e="$t1" -v hz="$hz" 'BEGIN{printf "%.0f", 100*(b-a)/hz/(e-s)}')" >>"$TMP/$t.echo.runs"
+  wait_for 10 fewer_than "$port" 5
+}
+echo_median() {  # the run with the median msgs/s gives every echo figure
+  local t=$1 f=$TMP/$1.echo.runs line
+  [ -s "$f" ] || return
+  line=$(sort -n "$f" | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}')
+  read -r "R[$t.echo]" "R[$t.p50]" "R[$t.p99]" "R[$t.echo_err]" "R[$t.echo_cpu]" "R[$t.svc_cpu]" <<<"$line"
+  R[$t.echo_runs]=$(awk '{printf "%s%s", (NR>1?",":""), $1}' "$f")
+}
 
-# ---------- peer: Node ws
-if [ "$PEER" = 1 ]; then
-  PPORT=$(free_port)
-  say "peer (node ws) on 127.0.0.1:$PPORT"
-  node "$HERE/peer.js" "$PPORT" "$WSPATH" >"$TMP/peer.out" 2>&1 &
-  PPID_=$!
-  PIDS+=("$PPID_")
-  if wait_for 10 grep -q listening "$TMP/peer.out"; then
-    run_target peer "$PPID_" "$PPORT"
-  else
-    say "peer did not start: $(tail -n 3 "$TMP/peer.out")"
+# ---------- HTTP with wrk
+test_wrk() {
+  local t=$1 name=$2 path=$3 port=${PORT[$1]} out=$TMP/$1.wrk.$2
+  timeout $((WRK_T + 20)) wrk -t2 -c"$WRK_C" -d"${WRK_T}s" "http://127.0.0.1:$port$path" >"$out" 2>&1
+  R[$t.http_$name]=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$out")
+  local bad
+  bad=$(awk '/Non-2xx or 3xx responses:/ {print $5}' "$out")
+  if [ -n "$bad" ]; then
+    say "$t GET $path: $bad non-2xx responses"
+    R[$t.http_$name]="${R[$t.http_$name]}(${bad} non-2xx)"
   fi
+  wait_for 10 fewer_than "$port" 5
+}
+
+for t in "${TARGETS[@]}"; do alive "$t" && test_fanout "$t"; done
+for i in $(seq "$ECHO_RUNS"); do
+  for t in "${TARGETS[@]}"; do alive "$t" && test_echo "$t" "$i"; done
+done
+for t in "${TARGETS[@]}"; do echo_median "$t"; done
+if command -v wrk >/dev/null; then
+  for p in health:/health route:/bench/hello; do
+    for t in "${TARGETS[@]}"; do alive "$t" && test_wrk "$t" "${p%%:*}" "${p#*:}"; done
+  done
 fi
+sleep 0.5
+for t in "${TARGETS[@]}"; do alive "$t" && R[$t.rss_end]=$(rss_kib "${PID[$t]}"); done
 
 # ---------- the table
 v() { local x=${R[$1]:-}; echo "${x:-n/a}"; }
@@ -205,7 +236,7 @@ row() { printf '| %-44s | %14s | %14s | %10s |\n' "$1" "$(v "linkd.$2")" "$(v "p
 
 echo
 echo "Linkd benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -m); peer: Node $(node --version 2>/dev/null) + ws"
-echo "(N=$N connections; echo: $ECHO_C connections x $ECHO_D in flight for ${ECHO_T}s; fan-out: median of $ROUNDS; wrk -t2 -c$WRK_C -d${WRK_T}s)"
+echo "(N=$N connections; echo: $ECHO_C connections x $ECHO_D in flight for ${ECHO_T}s, median of $ECHO_RUNS runs; fan-out: median of $ROUNDS; wrk -t2 -c$WRK_C -d${WRK_T}s)"
 printf '| %-44s | %14s | %14s | %10s |\n' "figure" "linkd" "peer (ws)" "linkd/peer"
 printf '|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' $(seq 46))" "$(printf -- '-%.0s' $(seq 16))" "$(printf -- '-%.0s' $(seq 16))" "$(printf -- '-%.0s' $(seq 12))"
 row "RSS at 0 connections (KiB)" rss0
@@ -215,13 +246,16 @@ row "connections opened" conn
 row "time to open them (s)" connect_s
 row "fan-out to $N room members, median (ms)" fan
 row "echo msgs/s" echo
+row "echo: server CPU (% of one core)" echo_cpu
 row "echo p50 latency (ms)" p50
 row "echo p99 latency (ms)" p99
 row "HTTP GET /health req/s" http_health
 row "HTTP GET /bench/hello req/s (linkd: via svc)" http_route
 row "RSS after the run, idle (KiB)" rss_end
 echo
-echo "fan-out rounds (ms/members): linkd $(v linkd.fan_each); peer $(v peer.fan_each)"
-echo "linkd service: bench service (C++, nanopb) on the Unix socket; peer: one Node process serving everything itself."
+echo "fan-out rounds (ms/members reached): linkd $(v linkd.fan_each); peer $(v peer.fan_each)"
+echo "echo runs (msgs/s): linkd $(v linkd.echo_runs); peer $(v peer.echo_runs); errors in the median run: linkd $(v linkd.echo_err), peer $(v peer.echo_err)"
+echo "linkd's figures are linkd alone; the bench service (C++, nanopb, on the Unix socket) used $(v linkd.svc_cpu)% of a core during echo and $(v linkd.svc_rss) KiB at $N connections. The peer is one Node process serving everything itself."
+echo "load average (1 min) when each target started: linkd $(v linkd.load), peer $(v peer.load); other work on the machine skews the figures."
 awk -v s="$T_START" -v e="$(now)" 'BEGIN{printf "bench: done in %.0f s\n", e-s}' >&2
 exit 0
