@@ -153,6 +153,8 @@ tcp() { $PY "$TESTS/tcp.py" 127.0.0.1 "$LINKD_PORT" "$@"; }
 metric() {
   curl -s -m 5 "$LINKD_URL/metrics" | awk -v n="$1" '$1 == n { print $2; exit }'
 }
+# metric_in TEXT NAME : the same, from a /metrics text already fetched
+metric_in() { awk -v n="$2" '$1 == n { print $2; exit }' <<<"$1"; }
 # metric_is NAME VALUE : for wait_for
 metric_is() { [ "$(metric "$1")" = "$2" ]; }
 # svc_count_ge TAG REGEX N : at least N matching lines (for wait_for)

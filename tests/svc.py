@@ -124,7 +124,8 @@ class Svc:
         r = m.register_service
         r.name = a.name
         r.version = a.version
-        r.namespace = a.namespace
+        if a.namespace:
+            setattr(r, 'namespace_name' if hasattr(r, 'namespace_name') else 'namespace', a.namespace)
         r.instance_id = a.instance
         for spec in a.route:
             parts = spec.split()

@@ -22,7 +22,7 @@ expect_match "504 after the 1 s timeout, not long after (${ms} ms)" "$ms" '^(9[0
 
 # A late answer after a 504 is dropped; the connection keeps working in order
 R=$(printf 'GET /p/1?sleep=1500 HTTP/1.1\r\nHost: x\r\n\r\nGET /p/2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' | tcp --timeout 8)
-ST=$(printf '%s' "$R" | grep -aoE '^HTTP/1.1 [0-9]+' | tr '\n' ' ')
+ST=$(printf '%s' "$R" | grep -aoE 'HTTP/1.1 [0-9]{3}' | tr '\n' ' ')
 expect_eq "late answer after 504 dropped, next request answered" "$ST" 'HTTP/1.1 504 HTTP/1.1 200 '
 expect_match "the 200 that follows is the second request's" "$R" '"path":"/p/2"'
 check "late answer to a timed-out request does not crash linkd" linkd_alive
@@ -67,7 +67,7 @@ R=$(printf 'POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n' | tcp -
 expect_eq "invalid Content-Length: 400 and closed" "$rc|$(printf '%s' "$R" | head -n1 | tr -d '\r')" '0|HTTP/1.1 400 Bad Request'
 R=$(printf 'GET /p/1 HTTP/1.1\r\nHost: x\r\n\r\nNOT HTTP AT ALL\r\n\r\n' | tcp --timeout 5); rc=$?
 expect_eq "good request then garbage: 200 then 400, closed" \
-  "$rc|$(printf '%s' "$R" | grep -aoE '^HTTP/1.1 [0-9]+' | tr '\n' ' ')" '0|HTTP/1.1 200 HTTP/1.1 400 '
+  "$rc|$(printf '%s' "$R" | grep -aoE 'HTTP/1.1 [0-9]{3}' | tr '\n' ' ')" '0|HTTP/1.1 200 HTTP/1.1 400 '
 check "linkd alive after malformed input" linkd_alive
 
 # 503 at once when the service dies with requests pending
@@ -98,26 +98,30 @@ http GET /p/4
 expect_eq "service back: its route answers 200" "$HTTP_STATUS/$(echo "$HTTP_BODY" | json 'j["instance"]' 2>&1)" 200/alpha-2
 
 # Service exits by itself with several requests pending (pipelined on one connection and on others)
+CURLS=()
 for i in 1 2 3; do
   (curl -s -m 10 -o /dev/null -w '%{http_code}' "$LINKD_URL/p/q$i?noreply=1" >"$T_TMP/pend$i") &
+  CURLS+=($!)
 done
 wait_for 5 svc_count_ge a2 "^HTTP " 4 || fail "three pending requests reached the service" "$(cat "${SVC_OUTS[a2]}")"
 curl -s -m 5 -o /dev/null "$LINKD_URL/p/x?exit=1"
-wait
+wait "${CURLS[@]}"
 expect_eq "three pending requests all get 503 when the service exits" "$(cat "$T_TMP"/pend1 "$T_TMP"/pend2 "$T_TMP"/pend3)" 503503503
 
 # One of two instances dies mid-request: the pending request gets 503, the other instance keeps serving
 svc_start c1 --name gamma --instance gamma-1 --route 'GET /g/:n' || fail "gamma-1 registers"
 svc_start c2 --name gamma --instance gamma-2 --route 'GET /g/:n' || fail "gamma-2 registers"
 (curl -s -m 10 -o /dev/null -w '%{http_code}' "$LINKD_URL/g/1?noreply=1" >"$T_TMP/g1") &
+G1=$!
 (curl -s -m 10 -o /dev/null -w '%{http_code}' "$LINKD_URL/g/2?noreply=1" >"$T_TMP/g2") &
+G2=$!
 wait_for 5 svc_grep c1 '^HTTP' || fail "gamma-1 got a request"
 svc_kill c1 KILL
 : >"$T_TMP/ginst"
 for i in 1 2 3 4 5 6; do curl -s -m 5 "$LINKD_URL/g/$i" | json 'j["instance"]' >>"$T_TMP/ginst" 2>/dev/null; done
 expect_eq "after one instance dies every request goes to the other" "$(sort -u "$T_TMP/ginst" | tr '\n' ' ')" 'gamma-2 '
 svc_kill c2 KILL
-wait
+wait "$G1" "$G2"
 expect_eq "pending requests on both dead instances: 503" "$(cat "$T_TMP/g1" "$T_TMP/g2")" 503503
 
 n=$(metric 'linkd_http_requests_total{status="503"}')

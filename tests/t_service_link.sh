@@ -34,10 +34,15 @@ wait_for 5 svc_grep first1 '^LINK_CLOSED'
 check "first frame not RegisterService: link closed" svc_grep first1 '^LINK_CLOSED'
 svc_start same --name good --instance good-2 --route 'GET /good/:x' \
   || fail "a second instance of the same service (same routes) is accepted" "$(cat "$SVC_OUT")"
-expect_eq "metrics: linkd_services = 2 (refused links not counted)" "$(metric linkd_services)" 2
+expect_eq "metrics: linkd_services = 1 (one service, two instances; refused links not counted)" "$(metric linkd_services)" 1
 svc_kill same
+svc_start extra --name extra --instance extra-1 --route 'GET /extra' || fail "another service registers" "$(cat "$SVC_OUT")"
+expect_eq "metrics: linkd_services = 2 with another service" "$(metric linkd_services)" 2
+svc_kill extra
 wait_for 5 metric_is linkd_services 1
-expect_eq "metrics: linkd_services back to 1 after an instance leaves" "$(metric linkd_services)" 1
+expect_eq "metrics: linkd_services back to 1 after that service leaves" "$(metric linkd_services)" 1
+http GET /good/2
+expect_eq "the remaining instance serves after the other instance left" "$HTTP_STATUS/$(echo "$HTTP_BODY" | json 'j["instance"]' 2>&1)" 200/good-1
 
 # Bad frames close that link only, with nothing else affected
 for mode in garbage badvarint badproto oversize; do
