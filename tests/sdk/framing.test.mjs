@@ -75,7 +75,7 @@ const registerOk = encodeFrame({ registerResult: { ok: true, linkdVersion: "fake
 test("robustness: undecodable frames are skipped, the link and the process live on", async (t) => {
   const fake = await fakeLinkd();
   const logger = memoryLogger();
-  const svc = createService({ name: "robust", socketPath: fake.sockPath, logger });
+  const svc = createService({ name: "robust", version: "9.9.9", namespace: "ns1", socketPath: fake.sockPath, logger });
   svc.action("a", { route: "/a" }, () => ({ ok: 1 }));
   t.after(async () => {
     await svc.stop();
@@ -84,7 +84,9 @@ test("robustness: undecodable frames are skipped, the link and the process live 
   const started = svc.start();
   await waitFor(() => fake.links[0]?.frames.length === 1, 3000, "registration");
   assert.equal(fake.links[0].frames[0].message, "registerService");
-  assert.equal(fake.links[0].frames[0].registerService.routes[0].path, "/a");
+  const reg = fake.links[0].frames[0].registerService;
+  assert.equal(reg.routes[0].path, "/a");
+  assert.deepEqual([reg.name, reg.version, reg.namespaceName ?? reg.namespace], ["robust", "9.9.9", "ns1"]);
   fake.links[0].s.write(registerOk);
   await started;
   const link = fake.links[0];

@@ -263,6 +263,9 @@ export class Service extends EventEmitter implements Link {
     return {
       name: this.opts.name,
       version: this.opts.version ?? "",
+      // the proto field is namespace_name ("namespace" is a C++ keyword); both
+      // spellings are given, protobufjs uses the one the loaded proto has
+      namespaceName: this.opts.namespace ?? "",
       namespace: this.opts.namespace ?? "",
       instanceId: this.opts.instanceId ?? "",
       routes: [...this.actions.values()].map((a) => ({
