@@ -322,3 +322,20 @@ test("ws: raw path: frames reach onMessage as they are, sendRaw answers without 
   assert.ok(Buffer.isBuffer(bin), "binary frame back");
   assert.deepEqual([...bin], [0, 1, 2, 3]);
 });
+
+test("ws: websocket options reach linkd (maxConnectionsPerUser, authRequired)", async () => {
+  const capped = createService({
+    name: "capped",
+    socketPath: linkd.socket,
+    logger: memoryLogger(),
+    websocket: { enabled: true, path: "/ws/capped", maxConnectionsPerUser: 2, authRequired: true },
+  });
+  services.push(capped);
+  await capped.start();
+  await assert.rejects(client("/ws/capped"), (e) => e.status === 401, "no token: 401 (authRequired)");
+  const token = jwt(SECRET, { sub: "cap-user" });
+  await client("/ws/capped", token);
+  await client("/ws/capped", token);
+  await assert.rejects(client("/ws/capped", token), (e) => e.status === 429, "third connection of one user refused");
+  await client("/ws/capped", jwt(SECRET, { sub: "other-user" }));
+});
