@@ -16,6 +16,8 @@
 //         send until the last member received {"type":"fanout",...,"seq":S}
 //         is measured. Reports every round and the median.
 //
+// --done FILE: once the results are printed, write FILE and keep the
+// connections open until SIGUSR1/SIGTERM (30 s at most).
 // --ready FILE: once every connection is open (or failed), write
 // "connected=X failed=Y" to FILE and wait for SIGUSR1 (or --hold seconds)
 // before going on; lets a script read the server's memory at N idle
@@ -70,6 +72,7 @@ struct Options {
   double timeout = 120;     // overall bound
   std::string room = "bench";
   std::string ready_file;
+  std::string done_file;
   bool quiet = false;
 } opt;
 
@@ -605,6 +608,16 @@ void finish() {
   if (!first_error.empty()) printf("RESULT first_error=\"%s\"\n", first_error.c_str());
   fflush(stdout);
   fflush(stderr);
+  if (!opt.done_file.empty()) {
+    // keep the connections open until SIGUSR1/SIGTERM (at most 30 s more),
+    // so a script can read the server's memory after the traffic
+    FILE* f = fopen(opt.done_file.c_str(), "w");
+    if (f) { fputs("done\n", f); fclose(f); }
+    uv_timer_stop(&run_timer);
+    uv_timer_stop(&ramp_timer);
+    uv_timer_start(&deadline_timer, [](uv_timer_t*) { _exit(0); }, 30000, 0);
+    return;
+  }
   // the kernel closes every socket; no need to walk 10k handles
   _exit(0);
 }
@@ -622,6 +635,7 @@ void usage() {
           "  --concurrency K  handshakes in flight while ramping (200)\n"
           "  --src-ips K      spread connections over 127.0.0.1..127.0.0.K\n"
           "  --ready FILE     when connected, write FILE and wait for SIGUSR1 (or --hold)\n"
+          "  --done FILE      when finished, write FILE and keep the connections until SIGUSR1 (30 s at most)\n"
           "  --hold SEC       idle: hold this long (default: until SIGUSR1/SIGTERM)\n"
           "  --timeout SEC    overall bound (120)\n"
           "  -q               fewer messages on stderr\n");
@@ -660,6 +674,7 @@ int main(int argc, char** argv) {
     else if (a == "--concurrency") opt.concurrency = atoi(next());
     else if (a == "--src-ips") opt.src_ips = atoi(next());
     else if (a == "--ready") opt.ready_file = next();
+    else if (a == "--done") opt.done_file = next();
     else if (a == "--hold") opt.hold = atof(next());
     else if (a == "--timeout") opt.timeout = atof(next());
     else if (a == "-q") opt.quiet = true;
@@ -692,13 +707,14 @@ int main(int argc, char** argv) {
   uv_signal_init(loop, &sig_term);
   uv_signal_init(loop, &sig_int);
   uv_signal_start(&sig_usr1, [](uv_signal_t*, int) {
+    if (phase == P_DONE) _exit(0);
     if (phase == P_READY_WAIT) {
       if (opt.mode == "idle") finish();
       else start_phase_run();
     }
   }, SIGUSR1);
-  uv_signal_start(&sig_term, [](uv_signal_t*, int) { finish(); }, SIGTERM);
-  uv_signal_start(&sig_int, [](uv_signal_t*, int) { finish(); }, SIGINT);
+  uv_signal_start(&sig_term, [](uv_signal_t*, int) { if (phase == P_DONE) _exit(0); finish(); }, SIGTERM);
+  uv_signal_start(&sig_int, [](uv_signal_t*, int) { if (phase == P_DONE) _exit(0); finish(); }, SIGINT);
   uv_timer_start(&deadline_timer, [](uv_timer_t*) {
     fprintf(stderr, "loadws: overall timeout reached\n");
     note_error("overall timeout");
@@ -709,6 +725,7 @@ int main(int argc, char** argv) {
   t_connect_start = now_ns();
   uv_timer_start(&ramp_timer, [](uv_timer_t*) { ramp(); }, 0, 5);
   uv_run(loop, UV_RUN_DEFAULT);
+  opt.done_file.clear();
   finish();
   return 0;
 }

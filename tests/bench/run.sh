@@ -138,9 +138,9 @@ for t in "${TARGETS[@]}"; do R[$t.rss0]=$(rss_kib "${PID[$t]}"); done
 test_fanout() {
   local t=$1 pid=${PID[$1]} port=${PORT[$1]} svc=${SVC[$1]:-} out=$TMP/$1
   R[$t.load]=$(cut -d' ' -f1 /proc/loadavg)
-  rm -f "$out.ready"
+  rm -f "$out.ready" "$out.done"
   "$B/loadws" --url "ws://127.0.0.1:$port$WSPATH" -n "$N" -r "$ROUNDS" --src-ips "$SRC_IPS" \
-    --ready "$out.ready" --timeout 90 -q fanout >"$out.fan" 2>"$out.fan.err" &
+    --ready "$out.ready" --done "$out.done" --timeout 90 -q fanout >"$out.fan" 2>"$out.fan.err" &
   local lw=$!
   PIDS+=("$lw")
   if wait_for 60 test -s "$out.ready"; then
@@ -149,6 +149,12 @@ test_fanout() {
     R[$t.conn]=$(field connected "$out.fan")
     [ -n "$svc" ] && R[$t.svc_rss]=$(rss_kib "$svc")
     kill -USR1 "$lw" 2>/dev/null
+    # after the joins and the fan-out rounds, the same connections have carried traffic
+    if wait_for 100 test -s "$out.done"; then
+      sleep 0.5
+      R[$t.rss_used]=$(rss_kib "$pid")
+      kill -USR1 "$lw" 2>/dev/null
+    fi
   else
     say "$t: $N connections did not open within 60 s"
     kill -TERM "$lw" 2>/dev/null
@@ -250,6 +256,7 @@ printf '|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' $(seq 46))" "$(printf -- '-%.0s' $
 row "RSS at 0 connections (KiB)" rss0
 row "RSS at $N idle connections (KiB)" rss_n
 row "KiB per idle connection" kib_conn
+row "RSS at $N connections after fan-out (KiB)" rss_used
 row "connections opened" conn
 row "time to open them (s)" connect_s
 row "fan-out to $N room members, median (ms)" fan
