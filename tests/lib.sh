@@ -66,11 +66,15 @@ wait_for() {
     sleep 0.05
   done
 }
-# wait_exit PID TIMEOUT : waits for a child to exit; prints its status; 1 on timeout.
+# wait_exit PID TIMEOUT : waits for a child of this shell to exit and sets
+# WAIT_RC to its exit status (WAIT_RC=timeout and return 1 if it is still
+# running). Call it directly, not in $(...): a subshell cannot wait for it.
 wait_exit() {
   local pid=$1 t=$2
+  WAIT_RC=timeout
   wait_for "$t" _not_running "$pid" || return 1
-  wait "$pid" 2>/dev/null; echo $?
+  wait "$pid" 2>/dev/null; WAIT_RC=$?
+  return 0
 }
 _not_running() { ! kill -0 "$1" 2>/dev/null; }
 
@@ -105,7 +109,7 @@ linkd_start() {
 }
 _health_or_dead() { _health_ok || ! linkd_alive; }
 _health_ok() { curl -sf -m 1 -o /dev/null "$LINKD_URL/health"; }
-linkd_stop() { kill -TERM "$LINKD_PID" 2>/dev/null; wait_exit "$LINKD_PID" 10 >/dev/null || kill -KILL "$LINKD_PID" 2>/dev/null; }
+linkd_stop() { kill -TERM "$LINKD_PID" 2>/dev/null; wait_exit "$LINKD_PID" 10 || kill -KILL "$LINKD_PID" 2>/dev/null; }
 linkd_alive() { kill -0 "$LINKD_PID" 2>/dev/null; }
 
 # ---------- test service

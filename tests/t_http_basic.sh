@@ -142,3 +142,4 @@ bad=[l for l in sys.stdin.read().splitlines() if l and not l.startswith("#") and
 print(bad[:3]); sys.exit(1 if bad else 0)' <<<"$M"
 
 check "linkd still running" linkd_alive
+exit 0

@@ -127,3 +127,4 @@ expect_eq "pending requests on both dead instances: 503" "$(cat "$T_TMP/g1" "$T_
 n=$(metric 'linkd_http_requests_total{status="503"}')
 expect_match "metrics count 503s" "$n" '^([6-9]|[1-9][0-9]+)$'
 check "linkd still running" linkd_alive
+exit 0

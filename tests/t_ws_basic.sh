@@ -209,3 +209,4 @@ EOF
 rc=$?
 [ $rc -eq 0 ] || fail "ws basic script" "python exited $rc"
 check "linkd still running" linkd_alive
+exit 0

@@ -68,3 +68,4 @@ EOF
 rc=$?
 [ $rc -eq 0 ] || fail "ws raw script" "python exited $rc"
 check "linkd still running" linkd_alive
+exit 0

@@ -142,3 +142,4 @@ EOF
 rc=$?
 [ $rc -eq 0 ] || fail "ws restart script" "python exited $rc"
 check "linkd still running" linkd_alive
+exit 0

@@ -211,3 +211,4 @@ EOF
 rc=$?
 [ $rc -eq 0 ] || fail "ws full-tables script" "python exited $rc"
 check "linkd alive after full-table refusals" linkd_alive
+exit 0
