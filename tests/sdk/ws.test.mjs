@@ -38,6 +38,7 @@ function buildService(name = "wstest") {
   services.push(s);
   const ws = s.ws;
   ws.onConnect(async (ctx) => {
+    await new Promise((r) => setTimeout(r, 30)); // slow on purpose: messages must wait for it
     connected.push({ id: ctx.socket.id, remote: ctx.socket.remoteAddress, at: ctx.socket.connectedAt, auth: ctx.auth });
     await ctx.send("welcome", { id: ctx.socket.id });
   });
@@ -57,7 +58,7 @@ function buildService(name = "wstest") {
   });
   ws.use(["mw.wrap"], async (ctx, next) => ({ wrapped: await next() }));
   ws.on("echo", (ctx) => ctx.message);
-  ws.on("whoami", (ctx) => ({ id: ctx.socket.id, auth: ctx.auth, remote: ctx.socket.remoteAddress, type: ctx.messageType, cid: ctx.correlationId }));
+  ws.on("whoami", (ctx) => ({ id: ctx.socket.id, ready: connected.some((x) => x.id === ctx.socket.id), auth: ctx.auth, remote: ctx.socket.remoteAddress, type: ctx.messageType, cid: ctx.correlationId }));
   ws.on("fail", () => {
     throw new ForbiddenError("nope");
   });
@@ -338,4 +339,11 @@ test("ws: websocket options reach linkd (maxConnectionsPerUser, authRequired)", 
   await client("/ws/capped", token);
   await assert.rejects(client("/ws/capped", token), (e) => e.status === 429, "third connection of one user refused");
   await client("/ws/capped", jwt(SECRET, { sub: "other-user" }));
+});
+
+test("ws: a message sent right after connecting waits for onConnect to finish", async () => {
+  const c = await Client.connect(wsUrl());
+  clients.push(c);
+  const r = await c.request("whoami");
+  assert.equal(r.data.ready, true, "onConnect had finished when the handler ran");
 });

@@ -366,7 +366,9 @@ export class WebSocketApi implements WsRegistrar {
       rooms: new Set<string>(Array.isArray(ev.rooms) ? ev.rooms : []),
     };
     const type = Number(ev.eventType ?? 0);
+    const opening = this.connecting.get(id);
     if (type === 1) {
+      if (opening) await opening; // onDisconnect runs after onConnect finished
       // DISCONNECTED: keep what we knew (rooms from the event win)
       const known = this.sockets.get(id);
       this.sockets.delete(id);
@@ -377,8 +379,17 @@ export class WebSocketApi implements WsRegistrar {
     }
     this.sockets.set(id, info);
     const ctx = new WsContext(this, info);
-    await this.runLifecycle(type === 2 ? this.existingHandlers : this.connectHandlers, ctx, type === 2 ? "onExisting" : "onConnect");
+    const done = this.runLifecycle(type === 2 ? this.existingHandlers : this.connectHandlers, ctx, type === 2 ? "onExisting" : "onConnect");
+    this.connecting.set(id, done);
+    try {
+      await done;
+    } finally {
+      if (this.connecting.get(id) === done) this.connecting.delete(id);
+    }
   }
+
+  /** Connections whose onConnect/onExisting handlers are still running: their messages wait. */
+  private readonly connecting = new Map<string, Promise<void>>();
 
   private async runLifecycle(list: LifecycleHandler[], ctx: WsContext, what: string): Promise<void> {
     for (const h of list) {
@@ -401,6 +412,8 @@ export class WebSocketApi implements WsRegistrar {
     } else if (msg.user) {
       info.auth = authFromProto(msg.user);
     }
+    const opening = this.connecting.get(id);
+    if (opening) await opening; // a message never overtakes its connection's onConnect
     const correlationId: string = msg.correlationId ?? "";
     const type: string = msg.messageType ?? "";
     const payload: Buffer = Buffer.isBuffer(msg.payload) ? msg.payload : Buffer.from(msg.payload ?? []);
