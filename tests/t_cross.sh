@@ -49,11 +49,11 @@ bad_conf() {
 }
 bad_conf "unknown key: exit 2 with file:line" 'no_such_key' 3 \
   '# a comment\n\nno_such_key = 1\nmax_rooms = 10\n'
-bad_conf "bad value: exit 2 with file:line naming the key" 'max_connections' 4 \
+bad_conf "bad value: exit 2 with file:line naming the key" 'max[-_]connections' 4 \
   '# linkd\nlisten = 127.0.0.1:3000\n   # indented comment\nmax_connections = lots\n'
-bad_conf "bad duration: exit 2 with file:line" 'http_timeout' 2 \
+bad_conf "bad duration: exit 2 with file:line" 'http[-_]timeout' 2 \
   'log_level = debug\nhttp_timeout = 5 fortnights\n'
-bad_conf "bad enum: exit 2 with file:line" 'outbound_policy' 1 \
+bad_conf "bad enum: exit 2 with file:line" 'outbound[-_]policy' 1 \
   'outbound_policy = sometimes\n'
 bad_conf "line without '=': exit 2 with file:line" '' 2 \
   'max_rooms = 10\nthis line has no equals sign\n'
