@@ -31,6 +31,7 @@ type says what to do:
   do.send         {"to":id,"event":e,"data":d} push to one connection
   do.close        {"to":id (default self),"code":c,"reason":s}
   do.rooms        {"conn":id (default self)} RoomsQuery, reply with its answer
+  do.flood        {"n":N,"size":S[,"to":id]} N pushes of about S bytes each, then a reply
   do.fail         reply with error {"type":"FORBIDDEN","code":403}
   do.noreply      no reply at all
   do.exit         the service exits at once (os._exit)
@@ -291,6 +292,11 @@ class Svc:
             q.connection_id = d.get('conn', conn)
             self.pending_q[q.query_id] = (conn, corr)
             self.send_msg(m)
+        elif t == 'do.flood':
+            pad = 'f' * int(d.get('size', 1000))
+            for k in range(int(d.get('n', 100))):
+                self.outbound(conn, '', ('conn', d.get('to', conn)), d.get('event', 'flood'), {'k': k, 'pad': pad})
+            self.ws_reply(conn, corr, {'sent': int(d.get('n', 100))})
         elif t == 'do.fail':
             self.ws_reply(conn, corr, error={'code': 403, 'type': 'FORBIDDEN', 'message': 'not allowed'})
         elif t == 'do.noreply':

@@ -30,10 +30,13 @@ class Closed(Exception):
 
 
 class WS:
-    def __init__(self, url, headers=None, timeout=5):
+    def __init__(self, url, headers=None, timeout=5, rcvbuf=None):
         self.url = url
+        opts = {}
+        if rcvbuf:
+            opts['sockopt'] = ((socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf),)
         self.ws = websocket.create_connection(url, timeout=timeout, header=headers or [],
-                                              skip_utf8_validation=True)
+                                              skip_utf8_validation=True, **opts)
         self.inbox = []      # parsed JSON messages not yet consumed
         self.frames = []     # raw (opcode, bytes) of every data frame received, in order
         self.pongs = []
