@@ -1687,6 +1687,11 @@ const char* register_check(const linkd_RegisterService* m, uint16_t* gi_out, cha
                g.routes[other].def.method, g.routes[other].def.path, g.groups[g.routes[other].group].name);
       return why;
     }
+    for (uint32_t j = 0; j < i; j++)
+      if (route_same_shape(&g.reg_routes[j], r) && strcmp(g.reg_routes[j].def.path, r->def.path)) {
+        snprintf(why, whyn, "routes %s %s and %s conflict (same shape)", r->def.method, g.reg_routes[j].def.path, r->def.path);
+        return why;
+      }
     if (!route_exists(r, self)) fresh++;
   }
   if (g.nroutes + fresh > g.max_routes) return "route table full";
@@ -3105,7 +3110,15 @@ int listen_unix() {
   snprintf(dir, sizeof dir, "%s", cfg.socket_path);
   if (char* slash = strrchr(dir, '/')) {
     *slash = 0;
-    if (*dir && mkdir(dir, 0755) && errno != EEXIST) { LOG_ERROR("socket: cannot create %s: %s", dir, strerror(errno)); return UV_EACCES; }
+    // mkdir -p: each prefix in turn
+    for (char* p = dir + 1;; p++) {
+      if (*p != '/' && *p) continue;
+      char saved = *p;
+      *p = 0;
+      if (mkdir(dir, 0755) && errno != EEXIST) { LOG_ERROR("socket: cannot create %s: %s", dir, strerror(errno)); return UV_EACCES; }
+      *p = saved;
+      if (!saved) break;
+    }
   }
   struct stat st;
   if (lstat(cfg.socket_path, &st) == 0) {
