@@ -541,7 +541,7 @@ struct Conn {
   uint32_t rooms;         // head of this connection's membership list
   uint32_t pend;          // head of this connection's pending replies
   uint32_t except_mark;   // broadcast serial that skips this connection
-  uint32_t ip_hash;       // remote address hash (per-IP cap)
+  uint32_t close_queue;   // bytes still queued at the last close-deadline check
   uint64_t ws_fed;        // bytes handed to wslay
   uint64_t ws_framed;     // bytes of frames whose header wslay has parsed
   wslay_event_context_ptr ws;  // bound only while mid-frame/closing/output queued
@@ -2489,6 +2489,7 @@ bool ws_close(Conn* c, uint16_t code, const char* reason) {
   wslay_event_queue_close(c->ws, code, (const uint8_t*)reason, n);
   ws_flush(c);
   if (c->state == CState::Ws && !c->close_deadline) c->close_deadline = now_ms() + WS_CLOSE_GRACE_MS;
+  c->close_queue = UINT32_MAX;
   return true;
 }
 
@@ -2904,7 +2905,12 @@ void housekeeping(uint64_t now) {
     Conn* c = &g.conns[i];
     if (c->state == CState::Ws) {
       if (c->close_deadline) {
-        if (now >= c->close_deadline) conn_close(c, "close handshake timed out");
+        // A peer still draining what was queued before our close frame gets
+        // more time as long as the queue shrinks; a stuck one is cut off.
+        size_t q = c->tcp.write_queue_size;
+        if (now >= c->close_deadline && q && q < c->close_queue) c->close_deadline = now + 1000;
+        else if (now >= c->close_deadline) conn_close(c, "close handshake timed out");
+        c->close_queue = (uint32_t)std::min<size_t>(q, UINT32_MAX);
         continue;
       }
       if (now < c->next_ping) continue;
