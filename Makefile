@@ -82,7 +82,8 @@ linkd-asan: linkd.c++ Makefile $(BUILD)/linkd.pb.h $(BUILD)/asan/linkd.pb.o $(BU
 TEST_BIN := $(if $(ARCH),cross,$(if $(SAN),linkd-asan,linkd))
 TEST_LINKD_CMD ?= $(if $(SAN),$(CURDIR)/linkd-asan,$(if $(VALGRIND),valgrind -q --error-exitcode=99 --leak-check=full $(CURDIR)/linkd,$(CURDIR)/linkd))
 test: $(TEST_BIN) $(BUILD)/linkd_pb2.py
-	@LINKD_CMD="$(TEST_LINKD_CMD)" tests/run.sh
+	@UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	  LINKD_CMD="$(TEST_LINKD_CMD)" tests/run.sh
 
 # The gateway with the example chat service (examples/run.sh prints the URL).
 run: linkd
