@@ -58,12 +58,20 @@ CROSS_INSTALL_BIN := $(CROSS_BIN)
 TEST_LINKD_CMD := $(CROSS_QEMU_$(ARCH)) $(CURDIR)/$(CROSS_BIN)
 
 # Size: -Os, one section per function/object so the linker drops what linkd never
-# calls, link-time optimisation across linkd and its libraries, no unwind tables in
-# the C libraries (C code never throws), no .comment/build-id notes.
+# calls, link-time optimisation across linkd and its libraries, no unwind tables
+# (nothing throws), no .comment/build-id notes.
 CROSS_OPT      := -Os -flto=auto -ffunction-sections -fdata-sections -fno-ident $(CROSS_MFLAGS_$(ARCH))
 CROSS_CFLAGS   := $(CROSS_OPT) -fno-asynchronous-unwind-tables -fno-unwind-tables
-CROSS_CXXFLAGS := $(CROSS_OPT)
+# linkd.c++ uses neither exceptions nor RTTI (the native build says the same).
+CROSS_CXXFLAGS := $(CROSS_OPT) -fno-exceptions -fno-rtti -fno-asynchronous-unwind-tables
 CROSS_LDFLAGS  := -static -s -Wl,--gc-sections -Wl,--build-id=none -Wl,-O1 -Wl,--hash-style=gnu
+
+# Rebuild everything when the compiler flags change: $(CROSS_DIR)/.flags holds them
+# and is rewritten (so newer than every object) only when they differ.
+CROSS_FLAGSIG := $(CROSS_CC) $(CROSS_CFLAGS) / $(CROSS_CXXFLAGS) / $(CROSS_LDFLAGS)
+ifneq ($(CROSS_FLAGSIG),$(shell cat $(CROSS_DIR)/.flags 2>/dev/null))
+$(shell mkdir -p $(CROSS_DIR) && echo '$(CROSS_FLAGSIG)' > $(CROSS_DIR)/.flags)
+endif
 
 # ---- libuv 1.44.2 (the Linux source list of its CMakeLists.txt)
 CROSS_UV_SRC := $(addprefix src/,fs-poll.c idna.c inet.c random.c strscpy.c strtok.c threadpool.c \
@@ -109,7 +117,7 @@ CROSS_LIBFILES := $(foreach l,$(CROSS_LIBS),$(CROSS_DIR)/lib$(l).a)
 define CROSS_LIB_template
 # $(1)=archive name  $(2)=tree under third_party  $(3)=sources  $(4)=flags
 CROSS_OBJS_$(1) = $$(addprefix $(CROSS_DIR)/$(1)/,$$(patsubst %.c,%.o,$(3)))
-$(CROSS_DIR)/$(1)/%.o: $(CROSS_TP)/$(2)/%.c | $(CROSS_FETCHED) $(CROSS_DIR)/.deps
+$(CROSS_DIR)/$(1)/%.o: $(CROSS_TP)/$(2)/%.c $(CROSS_DIR)/.flags | $(CROSS_FETCHED) $(CROSS_DIR)/.deps
 	@mkdir -p $$(@D)
 	$$(CROSS_CC) -std=gnu11 $$(CROSS_CFLAGS) $(4) -c $$< -o $$@
 # (sources appear with the fetch; they are never intermediate files make may delete)
@@ -137,14 +145,14 @@ $(CROSS_DIR)/linkd.pb.c $(CROSS_DIR)/linkd.pb.h &: proto/linkd.proto proto/linkd
 	protoc --plugin=protoc-gen-nanopb=/usr/bin/protoc-gen-nanopb -Iproto \
 	  --nanopb_opt=-f$(CURDIR)/proto/linkd.options --nanopb_out=$(CROSS_DIR) proto/linkd.proto
 
-$(CROSS_DIR)/linkd.pb.o: $(CROSS_DIR)/linkd.pb.c $(CROSS_DIR)/libnanopb.a
+$(CROSS_DIR)/linkd.pb.o: $(CROSS_DIR)/linkd.pb.c $(CROSS_DIR)/libnanopb.a $(CROSS_DIR)/.flags
 	$(CROSS_CC) -std=gnu11 $(CROSS_CFLAGS) $(CROSS_PB_FLAGS) -I$(CROSS_DIR) -c $< -o $@
 
 CROSS_INCLUDES := -I$(CROSS_DIR) -I$(CROSS_DIR)/include -I$(CROSS_TP)/llhttp/include \
   -I$(CROSS_TP)/libuv/include -I$(CROSS_TP)/wslay/lib/includes -I$(CROSS_TP)/mbedtls/include \
   -I$(CROSS_TP)/nanopb -I$(CROSS_TP)/zlib
 
-$(CROSS_BIN): linkd.c++ $(CROSS_DIR)/linkd.pb.h $(CROSS_DIR)/linkd.pb.o $(CROSS_DIR)/include/jsmn.h $(CROSS_LIBFILES)
+$(CROSS_BIN): linkd.c++ $(CROSS_DIR)/.flags $(CROSS_DIR)/linkd.pb.h $(CROSS_DIR)/linkd.pb.o $(CROSS_DIR)/include/jsmn.h $(CROSS_LIBFILES)
 	$(CROSS_CXX) -std=c++20 $(CROSS_CXXFLAGS) -Wall -Wextra -DLINKD_VERSION='"$(CROSS_VERSION)"' $(CROSS_INCLUDES) \
 	  linkd.c++ $(CROSS_DIR)/linkd.pb.o $(CROSS_LDFLAGS) -L$(CROSS_DIR) \
 	  -Wl,--start-group $(addprefix -l,$(CROSS_LIBS)) -Wl,--end-group -pthread -o $@
