@@ -3403,9 +3403,16 @@ int main(int argc, char** argv) {
   snprintf(status, sizeof status, "READY=1\nSTATUS=listening on %s, services on %s", cfg.listen, cfg.socket_path);
   notify(status);
   uv_run(g.loop, UV_RUN_DEFAULT);
-  int leaked = uv_loop_close(g.loop);
-  if (leaked) LOG_ERROR("loop closed with handles still open");
+  // Every table must be empty now: anything left is a leak in linkd's
+  // bookkeeping, reported and turned into a failing exit status.
+  bool clean = uv_loop_close(g.loop) == 0 && g.ws_count == 0 && g.http_count == 0 && g.room_count == 0 &&
+               g.member_count == 0 && g.pend_count == 0;
+  for (uint32_t i = 0; i < g.conn_hw; i++) clean &= g.conns[i].state == CState::Free;
+  for (uint32_t i = 0; i < g.nbackends; i++) clean &= g.backends[i].state == BState::Free;
+  if (!clean)
+    LOG_ERROR("stopped with state left: ws %u http %u rooms %u memberships %u pending %u", g.ws_count, g.http_count,
+              g.room_count, g.member_count, g.pend_count);
   tables_free();
   LOG_INFO("stopped");
-  return 0;
+  return clean ? 0 : 70;
 }
