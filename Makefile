@@ -22,7 +22,7 @@ LIBS     := -luv -lwslay -lmbedcrypto -l:libprotobuf-nanopb.a -lz
 # Debian packages the build and the tests need (make deps installs them).
 DEBS := g++ make libuv1-dev libwslay-dev nanopb libnanopb-dev protobuf-compiler \
         python3-protobuf node-llhttp libmbedtls-dev libjsmn-dev zlib1g-dev \
-        python3 python3-websocket python3-websockets curl wrk valgrind nodejs \
+        python3 python3-websocket python3-websockets python3-cryptography curl wrk valgrind nodejs \
         chromium
 
 LLHTTP_OBJS := $(BUILD)/llhttp.o $(BUILD)/llhttp_api.o $(BUILD)/llhttp_http.o

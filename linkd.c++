@@ -36,6 +36,7 @@
 #include <mbedtls/ecdsa.h>
 #include <mbedtls/md.h>
 #include <mbedtls/pk.h>
+#include <mbedtls/rsa.h>
 #include <mbedtls/sha256.h>
 #define JSMN_STATIC
 #define JSMN_STRICT
@@ -1257,34 +1258,6 @@ struct Keys {
 };
 Keys keys;
 
-// Loads every "-----BEGIN PUBLIC KEY-----" block of --jwt-keys.
-bool keys_load(char* err, size_t errn) {
-  if (!*cfg.jwt_keys) return true;
-  FILE* f = fopen(cfg.jwt_keys, "r");
-  if (!f) { snprintf(err, errn, "jwt-keys: cannot open %s", cfg.jwt_keys); return false; }
-  static char text[64 * 1024];
-  size_t n = fread(text, 1, sizeof text - 1, f);
-  fclose(f);
-  text[n] = 0;
-  const char* begin = "-----BEGIN PUBLIC KEY-----";
-  const char* end = "-----END PUBLIC KEY-----";
-  for (char* p = strstr(text, begin); p && keys.n < 8; p = strstr(p, begin)) {
-    char* e = strstr(p, end);
-    if (!e) break;
-    e += strlen(end);
-    char saved = *e;
-    *e = 0;
-    mbedtls_pk_init(&keys.pk[keys.n]);
-    int r = mbedtls_pk_parse_public_key(&keys.pk[keys.n], (const unsigned char*)p, (size_t)(e - p) + 1);
-    *e = saved;
-    if (r) { snprintf(err, errn, "jwt-keys: key %d in %s does not parse (mbedtls -0x%04x)", keys.n + 1, cfg.jwt_keys, -r); return false; }
-    keys.n++;
-    p = e;
-  }
-  if (!keys.n) { snprintf(err, errn, "jwt-keys: no PEM public key in %s", cfg.jwt_keys); return false; }
-  return true;
-}
-
 // base64url (no padding) → bytes. Returns length or -1.
 int b64url_decode(const char* s, size_t n, unsigned char* out, size_t outn) {
   char tmp[4096];
@@ -1300,6 +1273,83 @@ int b64url_decode(const char* s, size_t n, unsigned char* out, size_t outn) {
 bool tok_eq(const char* js, const jsmntok_t& t, const char* s) {
   size_t n = strlen(s);
   return t.type == JSMN_STRING && (size_t)(t.end - t.start) == n && !memcmp(js + t.start, s, n);
+}
+
+// One JWKS key ({"kty":"RSA","n","e"} or {"kty":"EC","crv":"P-256","x","y"})
+// at token i of js into keys.pk[keys.n].
+bool jwk_load(const char* js, const jsmntok_t* t, int k, int i) {
+  Slice kty{}, n{}, e{}, crv{}, x{}, y{};
+  for (int j = i + 1, f = 0; f < t[i].size && j + 1 < k; f++, j = json_skip(t, k, j + 1)) {
+    Slice v{js + t[j + 1].start, (size_t)(t[j + 1].end - t[j + 1].start)};
+    if (tok_eq(js, t[j], "kty")) kty = v;
+    else if (tok_eq(js, t[j], "n")) n = v;
+    else if (tok_eq(js, t[j], "e")) e = v;
+    else if (tok_eq(js, t[j], "crv")) crv = v;
+    else if (tok_eq(js, t[j], "x")) x = v;
+    else if (tok_eq(js, t[j], "y")) y = v;
+  }
+  static unsigned char nb[1024], eb[16], xb[66], yb[66];
+  mbedtls_pk_context* pk = &keys.pk[keys.n];
+  mbedtls_pk_init(pk);
+  if (kty.n == 3 && !memcmp(kty.p, "RSA", 3)) {
+    int nl = b64url_decode(n.p, n.n, nb, sizeof nb), el = b64url_decode(e.p, e.n, eb, sizeof eb);
+    if (nl <= 0 || el <= 0 || mbedtls_pk_setup(pk, mbedtls_pk_info_from_type(MBEDTLS_PK_RSA))) return false;
+    mbedtls_rsa_context* rsa = mbedtls_pk_rsa(*pk);
+    if (mbedtls_rsa_import_raw(rsa, nb, (size_t)nl, nullptr, 0, nullptr, 0, nullptr, 0, eb, (size_t)el) || mbedtls_rsa_complete(rsa)) return false;
+  } else if (kty.n == 2 && !memcmp(kty.p, "EC", 2) && crv.n == 5 && !memcmp(crv.p, "P-256", 5)) {
+    int xl = b64url_decode(x.p, x.n, xb, sizeof xb), yl = b64url_decode(y.p, y.n, yb, sizeof yb);
+    if (xl != 32 || yl != 32 || mbedtls_pk_setup(pk, mbedtls_pk_info_from_type(MBEDTLS_PK_ECKEY))) return false;
+    mbedtls_ecp_keypair* kp = mbedtls_pk_ec(*pk);
+    if (mbedtls_ecp_group_load(&kp->grp, MBEDTLS_ECP_DP_SECP256R1) || mbedtls_mpi_read_binary(&kp->Q.X, xb, 32) ||
+        mbedtls_mpi_read_binary(&kp->Q.Y, yb, 32) || mbedtls_mpi_lset(&kp->Q.Z, 1) || mbedtls_ecp_check_pubkey(&kp->grp, &kp->Q)) return false;
+  } else {
+    return true;   // other key types are not ours to use: skipped
+  }
+  keys.n++;
+  return true;
+}
+
+// --jwt-keys: PEM "BEGIN PUBLIC KEY" blocks, or a JWKS document {"keys":[...]}.
+bool keys_load(char* err, size_t errn) {
+  if (!*cfg.jwt_keys) return true;
+  FILE* f = fopen(cfg.jwt_keys, "r");
+  if (!f) { snprintf(err, errn, "jwt-keys: cannot open %s", cfg.jwt_keys); return false; }
+  static char text[64 * 1024];
+  size_t n = fread(text, 1, sizeof text - 1, f);
+  fclose(f);
+  text[n] = 0;
+  const char* p0 = text;
+  while (*p0 == ' ' || *p0 == '\n' || *p0 == '\r' || *p0 == '\t') p0++;
+  if (*p0 == '{') {
+    static jsmntok_t t[2048];
+    jsmn_parser jp;
+    jsmn_init(&jp);
+    int k = jsmn_parse(&jp, text, n, t, 2048);
+    if (k < 1 || t[0].type != JSMN_OBJECT) { snprintf(err, errn, "jwt-keys: %s is not a JWKS JSON object", cfg.jwt_keys); return false; }
+    for (int i = 1; i + 1 < k; i = json_skip(t, k, i + 1)) {
+      if (!tok_eq(text, t[i], "keys") || t[i + 1].type != JSMN_ARRAY) continue;
+      for (int j = i + 2, m = 0; m < t[i + 1].size && j < k && keys.n < 8; m++, j = json_skip(t, k, j))
+        if (t[j].type != JSMN_OBJECT || !jwk_load(text, t, k, j)) { snprintf(err, errn, "jwt-keys: key %d in %s is not a valid JWK", m + 1, cfg.jwt_keys); return false; }
+    }
+  } else {
+    const char* begin = "-----BEGIN PUBLIC KEY-----";
+    const char* end = "-----END PUBLIC KEY-----";
+    for (char* p = strstr(text, begin); p && keys.n < 8; p = strstr(p, begin)) {
+      char* e = strstr(p, end);
+      if (!e) break;
+      e += strlen(end);
+      char saved = *e;
+      *e = 0;
+      mbedtls_pk_init(&keys.pk[keys.n]);
+      int r = mbedtls_pk_parse_public_key(&keys.pk[keys.n], (const unsigned char*)p, (size_t)(e - p) + 1);
+      *e = saved;
+      if (r) { snprintf(err, errn, "jwt-keys: key %d in %s does not parse (mbedtls -0x%04x)", keys.n + 1, cfg.jwt_keys, -r); return false; }
+      keys.n++;
+      p = e;
+    }
+  }
+  if (!keys.n) { snprintf(err, errn, "jwt-keys: no usable RS256/ES256 public key in %s", cfg.jwt_keys); return false; }
+  return true;
 }
 
 bool sig_verify(const char* alg, const unsigned char* signed_part, size_t sn, const unsigned char* sig, int sl) {
