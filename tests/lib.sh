@@ -18,6 +18,9 @@ T_FAILED=0
 
 _t_cleanup() {
   local p
+  # linkd first, while its services are still connected: it must exit 0 on
+  # SIGTERM with every table empty (linkd exits 70 when state is left over).
+  for p in "${LINKD_PIDS[@]}"; do _linkd_term "$p"; done
   for p in "${T_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
   for p in "${T_PIDS[@]}"; do
     for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
@@ -90,6 +93,8 @@ track() { T_PIDS+=("$1"); }
 # (override with LINKD_PORT= / LINKD_SOCK= before calling). Sets LINKD_PID,
 # LINKD_URL, LINKD_LOG. Returns 1 (after a FAIL line) if /health never answers.
 LINKD_N=0
+LINKD_PIDS=()
+declare -A LINKD_LOGS
 linkd_start() {
   LINKD_N=$((LINKD_N+1))
   LINKD_PORT=${LINKD_PORT:-$(free_port)}
@@ -99,6 +104,8 @@ linkd_start() {
   "${LINKD[@]}" --listen "127.0.0.1:$LINKD_PORT" --socket "$LINKD_SOCK" "$@" >"$LINKD_LOG" 2>&1 &
   LINKD_PID=$!
   track "$LINKD_PID"
+  LINKD_PIDS+=("$LINKD_PID")
+  LINKD_LOGS[$LINKD_PID]=$LINKD_LOG
   if ! wait_for 10 _health_or_dead || ! _health_ok; then
     fail "linkd starts ($*)" "$(linkd_alive && echo "no answer on /health within 10 s" || echo "linkd exited")"\
 "; log: $(tail -n 5 "$LINKD_LOG" | tr '\n' ' ' | cut -c1-400)"
@@ -109,7 +116,29 @@ linkd_start() {
 }
 _health_or_dead() { _health_ok || ! linkd_alive; }
 _health_ok() { curl -sf -m 1 -o /dev/null "$LINKD_URL/health"; }
-linkd_stop() { kill -TERM "$LINKD_PID" 2>/dev/null; wait_exit "$LINKD_PID" 10 || kill -KILL "$LINKD_PID" 2>/dev/null; }
+# linkd_stop : SIGTERM the current linkd and check it exits 0 (a PASS/FAIL line)
+linkd_stop() { _linkd_term "$LINKD_PID"; }
+# _linkd_term PID : SIGTERM a linkd started by linkd_start, unless the test
+# already stopped it; check its exit status is 0.
+_linkd_term() {
+  local pid=$1 n
+  [ -n "$pid" ] || return 0
+  if ! _is_live "$pid"; then wait "$pid" 2>/dev/null; return 0; fi
+  n=$(basename "${LINKD_LOGS[$pid]:-linkd.?.log}" .log)
+  kill -TERM "$pid" 2>/dev/null
+  if wait_exit "$pid" 15; then
+    if [ "$WAIT_RC" = 0 ]; then
+      pass "$n exits 0 on SIGTERM (no state left)"
+    else
+      fail "$n exits 0 on SIGTERM (no state left)" "exit status $WAIT_RC; log: $(grep -iE 'error|left|leak|runtime|sanitizer' "${LINKD_LOGS[$pid]:-/dev/null}" | tail -n 3 | tr '\n' ' ' | cut -c1-400)"
+    fi
+  else
+    fail "$n exits on SIGTERM" "still running after 15 s; killed"
+    kill -KILL "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+  fi
+}
+# _is_live PID : running and not a zombie
+_is_live() { [ -r "/proc/$1/stat" ] && ! grep -q '^[0-9]* (.*) Z ' "/proc/$1/stat" 2>/dev/null; }
 linkd_alive() { kill -0 "$LINKD_PID" 2>/dev/null; }
 
 # ---------- test service
