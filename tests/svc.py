@@ -147,6 +147,7 @@ class Svc:
             w.raw = a.raw
             w.max_message_size_bytes = a.max_msg
             w.auth_required = a.ws_auth
+            w.compression = a.compression
             w.max_connections_per_user = a.max_per_user
         self.send_msg(m)
 
@@ -423,6 +424,7 @@ def main():
     p.add_argument('--ws', default='', help='WebSocket path')
     p.add_argument('--raw', action='store_true')
     p.add_argument('--ws-auth', action='store_true')
+    p.add_argument('--compression', action='store_true', help='ask for permessage-deflate')
     p.add_argument('--max-msg', type=int, default=0)
     p.add_argument('--max-per-user', type=int, default=0)
     p.add_argument('--garbage', default='', choices=['', 'garbage', 'badvarint', 'oversize', 'badproto'])
