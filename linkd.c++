@@ -30,6 +30,7 @@
 #include <wslay/wslay.h>
 #include <pb_encode.h>
 #include <pb_decode.h>
+#include <zlib.h>
 #include "linkd.pb.h"
 #include <mbedtls/sha1.h>
 #include <mbedtls/base64.h>
@@ -51,6 +52,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <string_view>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -535,6 +537,7 @@ struct Conn {
   bool ws_closing;        // close frame queued: ignore further messages
   bool close_after_write; // close the socket once the write queue drains
   bool counted_ws;        // counted in g.ws_count (and per-ip)
+  bool deflate;           // permessage-deflate negotiated (no context takeover either way)
   uint16_t group;         // service (by name) whose WebSocket path this is on
   uint16_t backend;       // instance this connection is bound to, or NIL16
   uint16_t nrooms;        // memberships of this connection
@@ -583,6 +586,7 @@ struct Group {
   char ws_path[256];      // empty: no WebSocket
   bool ws_raw;
   bool ws_auth;
+  bool ws_compress;       // offer permessage-deflate to clients
   uint32_t ws_max_msg;    // bytes
   uint32_t ws_max_per_user;
   uint16_t live;          // instances registered and open
@@ -660,6 +664,10 @@ struct Global {
 
   wslay_event_context_ptr ctx_pool[CTX_POOL]; int nctx_pool;
   Conn* cur;              // connection whose wslay callbacks are running
+  bool in_recv;           // inside wslay_event_recv for g.cur: no nested sends
+  z_stream deflater, inflater;   // permessage-deflate, reset per message
+  bool deflater_ok, inflater_ok; // initialised on first use
+  Buf zbuf;               // inflated message / deflated payload (owner: g)
   const char* rd; size_t rdlen;  // bytes wslay may read now
   uint32_t except_serial;
   char readbuf[READ_BUF];
@@ -727,6 +735,10 @@ void tables_free() {
   table_release(g.toks, g.ntoks);
   for (int i = 0; i < g.nctx_pool; i++) wslay_event_context_free(g.ctx_pool[i]);
   g.nctx_pool = 0;
+  if (g.deflater_ok) deflateEnd(&g.deflater);
+  if (g.inflater_ok) inflateEnd(&g.inflater);
+  g.deflater_ok = g.inflater_ok = false;
+  buf_free(&g.zbuf);
 }
 
 // --- connection slots ---------------------------------------------------
@@ -1087,19 +1099,119 @@ Shared* ws_frame(uint8_t opcode, const char* a, size_t an, const char* b = nullp
   return s;
 }
 
+// --- permessage-deflate (RFC 7692) -----------------------------------------
+// Negotiated with no context takeover in both directions, so one deflate and
+// one inflate stream serve every connection (reset per message), and a
+// compressed broadcast frame is built once and shared like a plain one.
+
+constexpr size_t DEFLATE_MIN = 64;   // smaller payloads go out uncompressed
+
+// Compresses a payload into g.zbuf (without the 00 00 ff ff tail).
+bool ws_deflate(const char* p, size_t n) {
+  if (!g.deflater_ok) {
+    if (deflateInit2(&g.deflater, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY) != Z_OK) return false;
+    g.deflater_ok = true;
+  }
+  deflateReset(&g.deflater);
+  g.zbuf.len = 0;
+  buf_reserve(&g.zbuf, deflateBound(&g.deflater, (uLong)n) + 16);
+  g.deflater.next_in = (Bytef*)p;
+  g.deflater.avail_in = (uInt)n;
+  g.deflater.next_out = (Bytef*)g.zbuf.p;
+  g.deflater.avail_out = (uInt)g.zbuf.cap;
+  if (deflate(&g.deflater, Z_SYNC_FLUSH) != Z_OK || g.deflater.avail_in) return false;
+  g.zbuf.len = g.zbuf.cap - g.deflater.avail_out;
+  if (g.zbuf.len >= 4) g.zbuf.len -= 4;   // RFC 7692 §7.2.1: drop the empty stored block's tail
+  return true;
+}
+
+// Inflates a compressed message into g.zbuf. 0, 1009 (over limit) or 1007.
+int ws_inflate(const uint8_t* p, size_t n, size_t limit) {
+  if (!g.inflater_ok) {
+    if (inflateInit2(&g.inflater, -15) != Z_OK) return 1011;
+    g.inflater_ok = true;
+  }
+  inflateReset(&g.inflater);
+  static const uint8_t tail[4] = {0, 0, 0xff, 0xff};
+  g.zbuf.len = 0;
+  for (int part = 0; part < 2; part++) {
+    g.inflater.next_in = (Bytef*)(part ? tail : p);
+    g.inflater.avail_in = (uInt)(part ? 4 : n);
+    while (g.inflater.avail_in) {
+      buf_reserve(&g.zbuf, 16 * 1024);
+      g.inflater.next_out = (Bytef*)g.zbuf.p + g.zbuf.len;
+      g.inflater.avail_out = (uInt)(g.zbuf.cap - g.zbuf.len);
+      int r = inflate(&g.inflater, Z_SYNC_FLUSH);
+      g.zbuf.len = g.zbuf.cap - g.inflater.avail_out;
+      if (g.zbuf.len > limit) return 1009;
+      if (r == Z_STREAM_END) break;
+      if (r != Z_OK && r != Z_BUF_ERROR) return 1007;
+      if (r == Z_BUF_ERROR && g.inflater.avail_out) return 1007;
+    }
+  }
+  return 0;
+}
+
+// Strict UTF-8 (no overlongs, surrogates or code points past U+10FFFF).
+bool utf8_valid(const uint8_t* s, size_t n) {
+  for (size_t i = 0; i < n;) {
+    uint8_t c = s[i];
+    if (c < 0x80) { i++; continue; }
+    size_t len = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc2 ? 2 : 0;
+    if (!len || c > 0xf4 || i + len > n) return false;
+    for (size_t k = 1; k < len; k++) if ((s[i + k] & 0xc0) != 0x80) return false;
+    if (c == 0xe0 && s[i + 1] < 0xa0) return false;               // overlong
+    if (c == 0xed && s[i + 1] >= 0xa0) return false;              // surrogate
+    if (c == 0xf0 && s[i + 1] < 0x90) return false;               // overlong
+    if (c == 0xf4 && s[i + 1] >= 0x90) return false;              // past U+10FFFF
+    i += len;
+  }
+  return true;
+}
+
+// One message for one or many connections: the plain frame and, for
+// connections with permessage-deflate, the compressed one, each built at
+// its first recipient and shared by the rest.
+struct OutMsg {
+  uint8_t opcode;
+  const char* p;          // payload (owner: caller, alive until outmsg_free)
+  size_t n;
+  Shared* plain;
+  Shared* z;
+  bool z_failed;
+};
+
+void outmsg_free(OutMsg* m) {
+  shared_unref(m->plain);
+  shared_unref(m->z);
+  m->plain = m->z = nullptr;
+}
+
+Shared* outmsg_frame(OutMsg* m, bool deflate) {
+  if (deflate && m->n >= DEFLATE_MIN && !m->z_failed) {
+    if (!m->z) {
+      if (ws_deflate(m->p, m->n)) m->z = ws_frame((uint8_t)(m->opcode | 0x40), g.zbuf.p, g.zbuf.len);   // RSV1: compressed
+      else m->z_failed = true;
+    }
+    if (m->z) return m->z;
+  }
+  if (!m->plain) m->plain = ws_frame(m->opcode, m->p, m->n);
+  return m->plain;
+}
+
 // Sends one text/binary message to a WebSocket connection.
-bool ws_send_frame(Conn* c, Shared* frame, size_t payload_len) {
+bool ws_send_msg(Conn* c, OutMsg* m) {
   if (c->state != CState::Ws || c->ws_closing) return false;
-  if (!conn_send(c, frame)) return false;
+  if (!conn_send(c, outmsg_frame(m, c->deflate))) return false;
   g.ws_msgs_out++;
-  g.ws_bytes_out += payload_len;
+  g.ws_bytes_out += m->n;
   return true;
 }
 
 void ws_send_text(Conn* c, const char* p, size_t n) {
-  Shared* s = ws_frame(1, p, n);
-  ws_send_frame(c, s, n);
-  shared_unref(s);
+  OutMsg m{1, p, n, nullptr, nullptr, false};
+  ws_send_msg(c, &m);
+  outmsg_free(&m);
 }
 
 // {"id":..,"error":{"type":..,"message":..,"code":..}} (id omitted if none)
@@ -1805,6 +1917,7 @@ void on_register(Backend* b, pb_istream_t* s) {
     snprintf(gr->ws_path, sizeof gr->ws_path, "%s", m.websocket.path);
     gr->ws_raw = m.websocket.raw;
     gr->ws_auth = m.websocket.auth_required;
+    gr->ws_compress = m.websocket.compression;
     uint32_t mx = m.websocket.max_message_size_bytes;
     gr->ws_max_msg = (uint32_t)(mx && mx < cfg.max_message_size ? mx : cfg.max_message_size);
     gr->ws_max_per_user = m.websocket.max_connections_per_user ? m.websocket.max_connections_per_user : (uint32_t)cfg.max_connections_per_user;
@@ -2474,10 +2587,18 @@ void on_ws_frame_end(wslay_event_context_ptr, void*) noexcept { g.cur->frame_ope
 
 void ws_message(Conn* c, int opcode, const char* msg, size_t len);
 
+bool ws_close(Conn* c, uint16_t code, const char* reason);
+
 void on_ws_msg(wslay_event_context_ptr, const wslay_event_on_msg_recv_arg* a, void*) noexcept {
   Conn* c = g.cur;
-  if (a->opcode == WSLAY_TEXT_FRAME || a->opcode == WSLAY_BINARY_FRAME) ws_message(c, a->opcode, (const char*)a->msg, a->msg_length);
-  else if (a->opcode == WSLAY_CONNECTION_CLOSE) c->close_code = a->status_code ? a->status_code : 1005;
+  if (a->opcode == WSLAY_CONNECTION_CLOSE) { c->close_code = a->status_code ? a->status_code : 1005; return; }
+  if (a->opcode != WSLAY_TEXT_FRAME && a->opcode != WSLAY_BINARY_FRAME) return;
+  if (!(a->rsv & WSLAY_RSV1_BIT)) { ws_message(c, a->opcode, (const char*)a->msg, a->msg_length); return; }
+  // Compressed: wslay checked neither UTF-8 nor the inflated size.
+  int r = ws_inflate(a->msg, a->msg_length, g.groups[c->group].ws_max_msg);
+  if (r == 0 && a->opcode == WSLAY_TEXT_FRAME && !utf8_valid((const uint8_t*)g.zbuf.p, g.zbuf.len)) r = 1007;
+  if (r) { ws_close(c, (uint16_t)r, r == 1009 ? "message too big" : "invalid compressed data"); return; }
+  ws_message(c, a->opcode, g.zbuf.p, g.zbuf.len);
 }
 
 const wslay_event_callbacks ws_callbacks = {on_ws_recv, on_ws_send, nullptr, on_ws_frame_start, nullptr, on_ws_frame_end, on_ws_msg};
@@ -2487,6 +2608,7 @@ bool ws_bind(Conn* c) {
   if (g.nctx_pool) ctx = g.ctx_pool[--g.nctx_pool];
   else if (wslay_event_context_server_init(&ctx, &ws_callbacks, nullptr)) return false;
   wslay_event_config_set_max_recv_msg_length(ctx, g.groups[c->group].ws_max_msg);
+  wslay_event_config_set_allowed_rsv_bits(ctx, c->deflate ? WSLAY_RSV1_BIT : WSLAY_RSV_NONE);   // pooled contexts carry the last setting
   c->ws = ctx;
   return true;
 }
@@ -2502,6 +2624,7 @@ void ws_unbind(Conn* c) {
 // the context back when the connection is idle between messages.
 void ws_flush(Conn* c) {
   if (!c->ws || c->state != CState::Ws) return;
+  if (g.in_recv && g.cur == c) return;   // ws_feed flushes once wslay_event_recv returns
   g.cur = c;
   if (wslay_event_want_write(c->ws) && wslay_event_send(c->ws)) { conn_close(c, "write failed"); return; }
   if (c->state != CState::Ws) return;
@@ -2520,7 +2643,9 @@ void ws_feed(Conn* c, const char* p, size_t n) {
   g.cur = c;
   g.rd = p;
   g.rdlen = n;
+  g.in_recv = true;
   int r = wslay_event_recv(c->ws);
+  g.in_recv = false;
   g.rdlen = 0;
   if (c->state != CState::Ws) return;
   if (r) { conn_close(c, "WebSocket read failed"); return; }
@@ -2739,6 +2864,28 @@ void ws_accept_key(Slice key, char out[32]) {
   out[olen] = 0;
 }
 
+// Does any Sec-WebSocket-Extensions offer permessage-deflate in a form we
+// can take (our window is 15 bits, so no server_max_window_bits)?
+bool deflate_offered(const Http* h) {
+  for (int i = 0; i < h->nhdrs; i++) {
+    if (!str_ieq(h->head.p + h->hdrs[i].name_off, h->hdrs[i].name_len, "sec-websocket-extensions")) continue;
+    const char* v = h->head.p + h->hdrs[i].val_off;
+    size_t n = h->hdrs[i].val_len, k = 0;
+    while (k < n) {                       // offers are comma-separated
+      size_t s = k;
+      while (k < n && v[k] != ',') k++;
+      std::string_view offer(v + s, k - s);
+      k++;
+      size_t semi = offer.find(';');
+      std::string_view name = offer.substr(0, semi);
+      while (!name.empty() && name.front() == ' ') name.remove_prefix(1);
+      while (!name.empty() && name.back() == ' ') name.remove_suffix(1);
+      if (name == "permessage-deflate" && offer.find("server_max_window_bits") == std::string_view::npos) return true;
+    }
+  }
+  return false;
+}
+
 uint16_t group_by_ws_path(Slice path) {
   for (uint32_t i = 0; i < g.ngroups; i++)
     if (g.groups[i].used && g.groups[i].ws_path[0] && strlen(g.groups[i].ws_path) == path.n && !memcmp(g.groups[i].ws_path, path.p, path.n))
@@ -2799,8 +2946,10 @@ bool ws_try_upgrade(Conn* c) {
   }
   char accept[32];
   ws_accept_key(key, accept);
-  char resp[256];
-  int rn = snprintf(resp, sizeof resp, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n", accept);
+  bool deflate = gr->ws_compress && deflate_offered(h);
+  char resp[320];
+  int rn = snprintf(resp, sizeof resp, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n%s\r\n",
+                    accept, deflate ? "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n" : "");
   g.http_status[101]++;
   // The connection becomes a WebSocket: bytes after the request are frames.
   Buf rest = h->in;
@@ -2815,6 +2964,7 @@ bool ws_try_upgrade(Conn* c) {
   g.ws_count++;
   g.ws_accepted++;
   c->group = gi;
+  c->deflate = deflate;
   c->connected_ms = wall_ms();
   c->tokens = (double)cfg.rate_burst;
   c->tokens_at = now_ms();
@@ -2840,11 +2990,10 @@ bool ws_try_upgrade(Conn* c) {
 
 void ws_outbound(Backend* b, const linkd_WebSocketOutbound* m, Slice payload) {
   const Group* gr = &g.groups[b->group];
-  Shared* f;
-  size_t plen;
+  Buf e;                  // the envelope; frames are built from it on first use
+  OutMsg msg{1, payload.p, payload.n, nullptr, nullptr, false};
   if (gr->ws_raw) {
-    f = ws_frame(m->binary ? 2 : 1, payload.p, payload.n);
-    plen = payload.n;
+    msg.opcode = m->binary ? 2 : 1;
   } else {
     if (!m->event[0]) { command_result(b, m->op_id, "BAD_MESSAGE", "event (envelope type) is empty", 400); return; }
     if (payload.n && !json_valid(payload.p, payload.n)) {
@@ -2852,22 +3001,20 @@ void ws_outbound(Backend* b, const linkd_WebSocketOutbound* m, Slice payload) {
       command_result(b, m->op_id, "BAD_MESSAGE", "payload is not valid JSON", 400);
       return;
     }
-    Buf e;
     buf_puts(&e, "{\"type\":\"");
     buf_json_escape(&e, m->event, strlen(m->event));
     buf_puts(&e, "\",\"data\":");
     if (payload.n) buf_put(&e, payload.p, payload.n); else buf_puts(&e, "null");
     buf_puts(&e, "}");
-    f = ws_frame(1, e.p, e.len);
-    plen = e.len;
-    buf_free(&e);
+    msg.p = e.p;
+    msg.n = e.len;
   }
   uint32_t serial = g.except_serial;
   if (m->connection_id[0]) {
     Conn* c = conn_lookup(m->connection_id);
     if (!c || c->group != b->group) command_result(b, m->op_id, "NOT_FOUND", "no such connection", 404);
     else {
-      if (c->except_mark != serial) ws_send_frame(c, f, plen);
+      if (c->except_mark != serial) ws_send_msg(c, &msg);
       command_result(b, m->op_id, nullptr, nullptr, 0);
     }
   } else if (m->room[0]) {
@@ -2877,20 +3024,21 @@ void ws_outbound(Backend* b, const linkd_WebSocketOutbound* m, Slice payload) {
     for (uint32_t i = r == NIL ? NIL : g.rooms[r].head; i != NIL;) {
       uint32_t next = g.members[i].rnext;
       Conn* c = &g.conns[g.members[i].conn];
-      if (c->except_mark != serial) ws_send_frame(c, f, plen);
+      if (c->except_mark != serial) ws_send_msg(c, &msg);
       i = next;
     }
     command_result(b, m->op_id, nullptr, nullptr, 0);
   } else if (m->broadcast_all) {
     for (uint32_t i = 0; i < g.conn_hw; i++) {
       Conn* c = &g.conns[i];
-      if (c->state == CState::Ws && c->group == b->group && c->except_mark != serial) ws_send_frame(c, f, plen);
+      if (c->state == CState::Ws && c->group == b->group && c->except_mark != serial) ws_send_msg(c, &msg);
     }
     command_result(b, m->op_id, nullptr, nullptr, 0);
   } else {
     command_result(b, m->op_id, "BAD_MESSAGE", "no target: set connection_id, room or broadcast_all", 400);
   }
-  shared_unref(f);
+  outmsg_free(&msg);
+  buf_free(&e);
 }
 
 // ============================================================================
@@ -3346,6 +3494,21 @@ void self_test_misc() {
   st_check(json_valid("{\"a\":[1,2]}", 11) && !json_valid("{\"a\":", 5) && !json_valid("nope", 4), "JSON validity");
   st_check(json_valid(" null ", 6) && json_valid("-1.5e3", 6) && json_valid("\"s\"", 3) && !json_valid("{\"a\":tru}", 10) &&
            !json_valid("[1] x", 5) && !json_valid("", 0), "JSON validity: primitives and trailing data");
+  st_check(utf8_valid((const uint8_t*)"h\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", 10) && !utf8_valid((const uint8_t*)"\xc0\xaf", 2) &&
+           !utf8_valid((const uint8_t*)"\xed\xa0\x80", 3) && !utf8_valid((const uint8_t*)"\xf4\x90\x80\x80", 4) && !utf8_valid((const uint8_t*)"\xe2\x82", 2),
+           "UTF-8 validation (overlong, surrogate, past U+10FFFF, truncated)");
+  {
+    char text[2000];
+    for (size_t i = 0; i < sizeof text; i++) text[i] = (char)('a' + i % 7);
+    bool ok = ws_deflate(text, sizeof text) && g.zbuf.len < sizeof text / 4;
+    Buf z;
+    buf_put(&z, g.zbuf.p, g.zbuf.len);
+    ok = ok && ws_inflate((const uint8_t*)z.p, z.len, 4096) == 0 && g.zbuf.len == sizeof text && !memcmp(g.zbuf.p, text, sizeof text);
+    st_check(ok, "permessage-deflate round trip");
+    st_check(ws_inflate((const uint8_t*)z.p, z.len, 1000) == 1009, "inflated size over the limit: 1009");
+    st_check(ws_inflate((const uint8_t*)"\xff\xff\xff", 3, 1000) == 1007, "garbage compressed data: 1007");
+    buf_free(&z);
+  }
   // pending FIFO stays ordered by deadline
   Conn* c = st_conn(0);
   uint32_t p1 = pend_alloc(c, PKind::Ws, 0, 500);
