@@ -159,6 +159,8 @@ $(CROSS_BIN): linkd.c++ $(CROSS_DIR)/.flags $(CROSS_DIR)/linkd.pb.h $(CROSS_DIR)
 	@echo "$@: $$(stat -c %s $@) bytes ($$(file -b $@ | cut -d, -f1-2))"
 
 cross: $(CROSS_BIN)
+# The fetch needs dpkg-source (dpkg-dev): install the packages first.
+cross-fetch: | $(CROSS_DIR)/.deps
 # make test ARCH=...: the suite runs against the cross binary (the top Makefile passes
 # TEST_LINKD_CMD to tests/run.sh as LINKD_CMD).
 test: cross
