@@ -3,6 +3,7 @@
 #   make cross ARCH=aarch64      -> ./linkd-aarch64   (static, stripped)
 #   make cross ARCH=armhf        -> ./linkd-armhf
 #   make cross                   -> both
+#   make cross ARCH=x86_64       -> ./linkd-x86_64    (the same static build for the host)
 #   make test ARCH=aarch64       -> the whole suite against ./linkd-aarch64 under qemu-aarch64-static
 #   make install DESTDIR=/tmp/root PREFIX=/usr/local [ARCH=aarch64]
 #   make cross-sizes             -> stripped sizes of ./linkd, ./linkd-aarch64, ./linkd-armhf
@@ -21,11 +22,14 @@ CROSS_VERSION  := $(if $(VERSION),$(VERSION),0.1.0)
 
 CROSS_TRIPLE_aarch64 := aarch64-linux-gnu
 CROSS_TRIPLE_armhf   := arm-linux-gnueabihf
+# The same static build for the host (x86_64 boxes; measures a static linkd without qemu).
+CROSS_TRIPLE_x86_64  := x86_64-linux-gnu
 CROSS_QEMU_aarch64   := qemu-aarch64-static
 CROSS_QEMU_armhf     := qemu-arm-static
 # Per-architecture code generation: armhf in Thumb-2 (Debian's default, said explicitly).
 CROSS_MFLAGS_aarch64 :=
 CROSS_MFLAGS_armhf   := -mthumb
+CROSS_MFLAGS_x86_64  :=
 
 # Installation layout.
 PREFIX         ?= /usr/local
@@ -45,7 +49,7 @@ else
 # ---------------------------------------------------------------- one ARCH
 CROSS_TRIPLE := $(CROSS_TRIPLE_$(ARCH))
 ifeq ($(CROSS_TRIPLE),)
-$(error ARCH=$(ARCH): cross builds know ARCH=aarch64 and ARCH=armhf)
+$(error ARCH=$(ARCH): cross builds know ARCH=aarch64, ARCH=armhf (and ARCH=x86_64, static native))
 endif
 CROSS_CC    := $(CROSS_TRIPLE)-gcc
 CROSS_CXX   := $(CROSS_TRIPLE)-g++
@@ -55,7 +59,7 @@ CROSS_DIR   := $(BUILD)/cross-$(ARCH)
 CROSS_BIN   := linkd-$(ARCH)
 CROSS_INSTALL_BIN := $(CROSS_BIN)
 # The test harness starts linkd through the emulator (binfmt is not mounted here).
-TEST_LINKD_CMD := $(CROSS_QEMU_$(ARCH)) $(CURDIR)/$(CROSS_BIN)
+TEST_LINKD_CMD := $(strip $(CROSS_QEMU_$(ARCH)) $(CURDIR)/$(CROSS_BIN))
 
 # Size: -Os, one section per function/object so the linker drops what linkd never
 # calls, link-time optimisation across linkd and its libraries, no unwind tables

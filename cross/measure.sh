@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measures what README reports: stripped binary sizes and idle RSS.
-#   make && make cross && cross/measure.sh
+#   make && make cross && make cross ARCH=x86_64 && cross/measure.sh
 # Idle RSS = VmRSS of a linkd with default settings once /health answers (tables
 # are allocated up front, so this is the steady idle footprint). Under qemu-user
 # VmRSS includes the emulator itself, so the same emulator running a static
@@ -17,7 +17,7 @@ free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("12
 rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
 
 echo "== stripped sizes"
-for f in linkd linkd-aarch64 linkd-armhf; do
+for f in linkd linkd-x86_64 linkd-aarch64 linkd-armhf; do
   [ -f "$f" ] || { echo "$f: not built"; continue; }
   s=$f
   if [ "$f" = linkd ]; then strip -o "$TMP/linkd.stripped" linkd; s=$TMP/linkd.stripped; fi
@@ -50,7 +50,8 @@ baseline() {
 }
 
 echo "== idle RSS (default settings, after /health answers)"
-[ -x linkd ] && echo "native linkd:            $(idle native ./linkd) KiB"
+[ -x linkd ] && echo "native linkd (dynamic):          $(idle native ./linkd) KiB"
+[ -x linkd-x86_64 ] && echo "linkd-x86_64 (static, no qemu):  $(idle x86_64 ./linkd-x86_64) KiB"
 for a in aarch64:qemu-aarch64-static:aarch64-linux-gnu armhf:qemu-arm-static:arm-linux-gnueabihf; do
   IFS=: read -r arch qemu triple <<<"$a"
   [ -x "linkd-$arch" ] || continue
