@@ -587,6 +587,7 @@ struct Group {
   bool ws_raw;
   bool ws_auth;
   bool ws_compress;       // offer permessage-deflate to clients
+  uint32_t ws_heartbeat_ms;  // ping interval for its connections
   uint32_t ws_max_msg;    // bytes
   uint32_t ws_max_per_user;
   uint16_t live;          // instances registered and open
@@ -1918,6 +1919,9 @@ void on_register(Backend* b, pb_istream_t* s) {
     gr->ws_raw = m.websocket.raw;
     gr->ws_auth = m.websocket.auth_required;
     gr->ws_compress = m.websocket.compression;
+    // A service may choose its clients' ping interval, down to the 1 s tick.
+    uint32_t hb = m.websocket.heartbeat_interval_ms;
+    gr->ws_heartbeat_ms = hb ? std::max<uint32_t>(hb, 1000) : (uint32_t)cfg.heartbeat_interval;
     uint32_t mx = m.websocket.max_message_size_bytes;
     gr->ws_max_msg = (uint32_t)(mx && mx < cfg.max_message_size ? mx : cfg.max_message_size);
     gr->ws_max_per_user = m.websocket.max_connections_per_user ? m.websocket.max_connections_per_user : (uint32_t)cfg.max_connections_per_user;
@@ -2968,7 +2972,7 @@ bool ws_try_upgrade(Conn* c) {
   c->connected_ms = wall_ms();
   c->tokens = (double)cfg.rate_burst;
   c->tokens_at = now_ms();
-  c->next_ping = now_ms() + (uint64_t)cfg.heartbeat_interval;
+  c->next_ping = now_ms() + gr->ws_heartbeat_ms;
   conn_send_bytes(c, resp, (size_t)rn);
   if (c->state != CState::Ws) { buf_free(&rest); return true; }
   uint16_t bi = group_pick(gi);
@@ -3114,7 +3118,7 @@ void housekeeping(uint64_t now) {
       if (now < c->next_ping) continue;
       if (c->missed >= 2) { conn_close(c, "missed two heartbeats"); continue; }
       c->missed++;
-      c->next_ping = now + (uint64_t)cfg.heartbeat_interval;
+      c->next_ping = now + g.groups[c->group].ws_heartbeat_ms;
       if (int r = stream_send((uv_stream_t*)&c->tcp, ping)) conn_close(c, uv_strerror(r));
     } else if (c->state == CState::Http && c->http && !c->http->complete) {
       Http* h = c->http;
