@@ -6,7 +6,8 @@
 #   make cross ARCH=x86_64       -> ./linkd-x86_64    (the same static build for the host)
 #   make test ARCH=aarch64       -> the whole suite against ./linkd-aarch64 under qemu-aarch64-static
 #   make install DESTDIR=/tmp/root PREFIX=/usr/local [ARCH=aarch64]
-#   make cross-sizes             -> stripped sizes of ./linkd, ./linkd-aarch64, ./linkd-armhf
+#   make cross-sizes             -> stripped sizes of ./linkd and the static builds
+#   cross/measure.sh             -> the same, plus idle RSS
 #
 # Every dependency (libuv, wslay, mbedTLS, nanopb, zlib, llhttp) is compiled from the
 # Debian sources that third_party/fetch.sh fetches and verifies, with the cross compiler,
@@ -54,7 +55,6 @@ endif
 CROSS_CC    := $(CROSS_TRIPLE)-gcc
 CROSS_CXX   := $(CROSS_TRIPLE)-g++
 CROSS_AR    := $(CROSS_TRIPLE)-gcc-ar
-CROSS_STRIP := $(CROSS_TRIPLE)-strip
 CROSS_DIR   := $(BUILD)/cross-$(ARCH)
 CROSS_BIN   := linkd-$(ARCH)
 CROSS_INSTALL_BIN := $(CROSS_BIN)
@@ -160,7 +160,7 @@ $(CROSS_BIN): linkd.c++ $(CROSS_DIR)/.flags $(CROSS_DIR)/linkd.pb.h $(CROSS_DIR)
 	$(CROSS_CXX) -std=c++20 $(CROSS_CXXFLAGS) -Wall -Wextra -DLINKD_VERSION='"$(CROSS_VERSION)"' $(CROSS_INCLUDES) \
 	  linkd.c++ $(CROSS_DIR)/linkd.pb.o $(CROSS_LDFLAGS) -L$(CROSS_DIR) \
 	  -Wl,--start-group $(addprefix -l,$(CROSS_LIBS)) -Wl,--end-group -pthread -o $@
-	@echo "$@: $$(stat -c %s $@) bytes ($$(file -b $@ | cut -d, -f1-2))"
+	@echo "$@: $$(stat -c %s $@) bytes, static, stripped ($$(readelf -h $@ | sed -n 's/^ *Machine: *//p'))"
 
 cross: $(CROSS_BIN)
 # The fetch needs dpkg-source (dpkg-dev): install the packages first.
@@ -187,14 +187,15 @@ cross-fetch:
 	@$(CROSS_TP)/fetch.sh
 
 cross-sizes:
-	@for f in linkd linkd-aarch64 linkd-armhf; do \
+	@for f in linkd linkd-x86_64 linkd-aarch64 linkd-armhf; do \
 	  [ -f $$f ] || continue; s=$$f; \
 	  if [ $$f = linkd ]; then strip -o $(BUILD)/linkd.stripped linkd && s=$(BUILD)/linkd.stripped; fi; \
-	  printf '%-14s %8d bytes  %6.1f KiB  %s\n' $$f $$(stat -c %s $$s) $$(awk "BEGIN{print $$(stat -c %s $$s)/1024}") "$$(file -b $$f | cut -d, -f1-2,5)"; \
+	  k=static; readelf -l $$f | grep -q INTERP && k=dynamic; \
+	  printf '%-14s %8d bytes  %7.1f KiB  %s\n' $$f $$(stat -c %s $$s) $$(awk "BEGIN{print $$(stat -c %s $$s)/1024}") $$k; \
 	done
 
 cross-clean:
-	rm -rf $(BUILD)/cross-* linkd-aarch64 linkd-armhf
+	rm -rf $(BUILD)/cross-* linkd-aarch64 linkd-armhf linkd-x86_64
 
 # make install DESTDIR=... PREFIX=/usr/local [ARCH=aarch64|armhf]
 install: $(CROSS_INSTALL_BIN)
