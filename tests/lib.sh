@@ -9,7 +9,7 @@ export TESTS_DIR=$TESTS                # for the Python parts: sys.path.insert(0
 PY=/usr/bin/python3                   # Debian's python: sees python3-protobuf, python3-websocket(s)
 read -r -a LINKD <<< "${LINKD_CMD:-$ROOT/linkd}"
 # Startup waits get longer under an emulator (qemu-*-static).
-case "${LINKD_CMD:-}" in *qemu*) T_SLOW=5 ;; *) T_SLOW=1 ;; esac
+case "${LINKD_CMD:-}" in *qemu*|*valgrind*) T_SLOW=5 ;; *) T_SLOW=1 ;; esac
 
 T_NAME=$(basename "$0" .sh)
 T_TMP=$(mktemp -d "/tmp/linkd-$T_NAME.XXXXXX")
