@@ -14,6 +14,7 @@ per event on stdout (flushed), for tests to grep:
   HEARTBEAT {"reply":b}
   SENT-GARBAGE <mode>
   LINK_CLOSED                                     linkd closed the link (exit 0)
+  DECODE_ERROR <why>                              a frame from linkd did not parse (exit 4)
 
 HTTP behaviour (every registered route): echo JSON of the request. Query
 parameters steer it: sleep=MS answers after MS ms; noreply=1 never answers;
@@ -109,7 +110,11 @@ class Svc:
             if not ok or len(self.buf) - i < n:
                 break
             m = pb.ServiceMessage()
-            m.ParseFromString(self.buf[i:i + n])
+            try:
+                m.ParseFromString(self.buf[i:i + n])
+            except Exception as e:  # e.g. invalid UTF-8 in a proto3 string field
+                out('DECODE_ERROR', '%s: %s; frame %r' % (type(e).__name__, e, self.buf[i:i + min(n, 200)]))
+                sys.exit(4)
             self.buf = self.buf[i + n:]
             frames.append(m)
         return frames
