@@ -47,6 +47,7 @@
 #include <cerrno>
 #include <cinttypes>
 #include <csignal>
+#include <cctype>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
@@ -522,6 +523,7 @@ struct Http {
   bool pumping;           // inside http_pump: answers do not re-enter it
   bool eof;               // the client half-closed: answer what is buffered, then close
   int too_large;          // 413 or 431 decided while parsing, else 0
+  const char* bad;        // why a callback refused the request (400)
   uint32_t pending;       // Pending entry while a service owes the answer
   uint64_t since;         // loop ms: request start or last answer (idle timer)
 };
@@ -666,6 +668,7 @@ struct Global {
   wslay_event_context_ptr ctx_pool[CTX_POOL]; int nctx_pool;
   Conn* cur;              // connection whose wslay callbacks are running
   bool in_recv;           // inside wslay_event_recv for g.cur: no nested sends
+  wslay_event_context_ptr ctx_doomed;  // freed when wslay_event_recv returns
   z_stream deflater, inflater;   // permessage-deflate, reset per message
   bool deflater_ok, inflater_ok; // initialised on first use
   Buf zbuf;               // inflated message / deflated payload (owner: g)
@@ -1544,7 +1547,7 @@ UserBlob* jwt_verify(const char* tok, size_t n, const char** why) {
   uint8_t nroles = 0;
   auto put = [&](Slice s, size_t max) {
     size_t m = std::min(s.n, std::min(max - 1, sizeof packed - len - 1));
-    memcpy(packed + len, s.p, m);
+    if (m) memcpy(packed + len, s.p, m);
     len += m;
     packed[len++] = 0;
   };
@@ -2172,10 +2175,13 @@ void backend_close(Backend* b, const char* why) {
   g.svc_errors += strcmp(why, "link closed by the service") != 0;
   b->state = BState::Closed;
   // What this instance owed is answered now: 503 / SERVICE_UNAVAILABLE.
+  // Answering may close a connection, which frees its other entries: when
+  // the saved next entry was freed that way, start again from the head.
   for (uint32_t p = g.pend_head; p != NIL;) {
     uint32_t next = g.pend[p].next;
-    if (g.pend[p].backend == bi && g.pend[p].kind != PKind::Free) pend_expire(p, false);
-    p = next;
+    bool ours = g.pend[p].backend == bi;
+    if (ours) pend_expire(p, false);
+    p = ours && next != NIL && g.pend[next].kind == PKind::Free ? g.pend_head : next;
   }
   // Its WebSocket connections wait for the next instance (conn_backend).
   for (uint32_t i = 0; i < g.conn_hw; i++)
@@ -2255,6 +2261,7 @@ int on_message_begin(llhttp_t* p) noexcept {
   h->url_len = 0;
   h->in_value = false;
   h->too_large = 0;
+  h->bad = nullptr;
   h->since = now_ms();
   return 0;
 }
@@ -2280,6 +2287,9 @@ int on_header_field(llhttp_t* p, const char* at, size_t n) noexcept {
     h->hdrs[h->nhdrs++] = HdrRef{(uint32_t)h->head.len, 0, 0, 0};
     h->in_value = false;
   }
+  // RFC 9110 token characters only ("Host : x" must be refused, §5.1).
+  for (size_t i = 0; i < n; i++)
+    if (!strchr("!#$%&'*+-.^_`|~", at[i]) && !isalnum((unsigned char)at[i])) { h->bad = "invalid character in a header name"; return -1; }
   buf_put(&h->head, at, n);
   h->hdrs[h->nhdrs - 1].name_len += (uint32_t)n;
   return 0;
@@ -2404,7 +2414,10 @@ void http_respond(Conn* c, unsigned status, const char* headers, size_t headers_
   h->complete = false;
   h->since = now_ms();
   if (!keep) { conn_close_after_flush(c); return; }
-  llhttp_resume(&h->parser);
+  // A request that asked for another protocol (h2c, ...) was answered as
+  // plain HTTP: the connection goes on as HTTP/1.1.
+  if (llhttp_get_errno(&h->parser) == HPE_PAUSED_UPGRADE) llhttp_resume_after_upgrade(&h->parser);
+  else llhttp_resume(&h->parser);
   if (!h->pumping) http_pump(c);
 }
 
@@ -2493,6 +2506,10 @@ void http_dispatch(Conn* c) {
   }
   Match m;
   if (!route_match(method, path.p, path.n, &m)) { http_error(c, 404, "no route for this path and method"); return; }
+  // Services get the target and headers as protobuf strings, which must be
+  // UTF-8: anything else is refused here rather than breaking the link.
+  bool utf8 = utf8_valid((const uint8_t*)h->head.p, h->head.len);
+  if (!utf8) { http_error(c, 400, "request target and headers must be UTF-8"); return; }
   const Route* r = &g.routes[m.route];
   const char* why = "a valid token is required";
   Slice tok = token_of(http_header(h, "authorization"), http_query(h));
@@ -2527,7 +2544,8 @@ void http_pump(Conn* c) {
     if (e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) used = (size_t)(llhttp_get_error_pos(&h->parser) - h->in.p);
     else if (e != HPE_OK) {
       unsigned status = h->too_large ? (unsigned)h->too_large : 400;
-      const char* why = status == 431 ? "request headers too large" : status == 413 ? "request body too large" : llhttp_get_error_reason(&h->parser);
+      const char* why = status == 431 ? "request headers too large" : status == 413 ? "request body too large"
+                      : h->bad ? h->bad : llhttp_get_error_reason(&h->parser);
       h->in.len = 0;
       h->complete = true;   // the error answers this request
       g.http_bytes_in += h->head.len;
@@ -2537,6 +2555,7 @@ void http_pump(Conn* c) {
     }
     buf_consume(&h->in, used);
     if (h->complete) http_dispatch(c);
+    else if (e != HPE_OK) { h->pumping = false; http_error(c, 400, "malformed request", "", true); return; }   // paused without a request: never spin
   }
   if (c->state == CState::Http && c->http == h) {
     h->pumping = false;
@@ -2558,7 +2577,7 @@ void http_pump(Conn* c) {
 // ============================================================================
 
 ssize_t on_ws_recv(wslay_event_context_ptr ctx, uint8_t* buf, size_t len, int, void*) noexcept {
-  if (g.rdlen == 0) { wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK); return -1; }
+  if (g.rdlen == 0 || g.cur->state != CState::Ws) { wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK); return -1; }
   size_t n = std::min(len, g.rdlen);
   memcpy(buf, g.rd, n);
   g.rd += n;
@@ -2651,6 +2670,7 @@ void ws_feed(Conn* c, const char* p, size_t n) {
   int r = wslay_event_recv(c->ws);
   g.in_recv = false;
   g.rdlen = 0;
+  if (g.ctx_doomed) { wslay_event_context_free(g.ctx_doomed); g.ctx_doomed = nullptr; }
   if (c->state != CState::Ws) return;
   if (r) { conn_close(c, "WebSocket read failed"); return; }
   ws_flush(c);
@@ -2680,7 +2700,13 @@ void ws_detach(Conn* c) {
   if (c->backend != NIL16 && g.backends[c->backend].state == BState::Ready)
     send_conn_event(&g.backends[c->backend], c, linkd_WebSocketConnectionEvent_EventType_DISCONNECTED);
   conn_leave_all(c);
-  if (c->ws) { wslay_event_context_free(c->ws); c->ws = nullptr; }
+  if (c->ws) {
+    // Closed from inside one of its own wslay callbacks: wslay_event_recv
+    // still uses the context, so ws_feed frees it once that returns.
+    if (g.in_recv && g.cur == c) g.ctx_doomed = c->ws;
+    else wslay_event_context_free(c->ws);
+    c->ws = nullptr;
+  }
 }
 
 bool rate_take(Conn* c) {
@@ -2709,9 +2735,14 @@ bool json_primitive_ok(const char* s, size_t len) {
 }
 
 // Primitives inside parsed tokens: jsmn looks only at their first character.
+// Strings: no raw control characters (RFC 8259 wants them escaped).
 bool json_tokens_ok(const char* p, const jsmntok_t* t, int k) {
-  for (int i = 0; i < k; i++)
+  for (int i = 0; i < k; i++) {
     if (t[i].type == JSMN_PRIMITIVE && !json_primitive_ok(p + t[i].start, (size_t)(t[i].end - t[i].start))) return false;
+    if (t[i].type == JSMN_STRING)
+      for (int j = t[i].start; j < t[i].end; j++)
+        if ((unsigned char)p[j] < 0x20) return false;
+  }
   return true;
 }
 
@@ -2764,12 +2795,14 @@ void ws_message(Conn* c, int opcode, const char* msg, size_t len) {
   jsmn_init(&jp);
   int n = jsmn_parse(&jp, msg, len, g.toks, g.ntoks);
   const jsmntok_t* t = g.toks;
-  if (n < 1 || t[0].type != JSMN_OBJECT || !json_tokens_ok(msg, t, n)) { ws_send_error(c, nullptr, 0, false, "INVALID_MESSAGE", "message is not a JSON object", 400); return; }
+  // jsmn stops at a NUL byte as if the text ended there: refuse any first.
+  if ((len && memchr(msg, 0, len)) || n < 1 || t[0].type != JSMN_OBJECT || !json_tokens_ok(msg, t, n)) { ws_send_error(c, nullptr, 0, false, "INVALID_MESSAGE", "message is not a JSON object", 400); return; }
   for (size_t k = (size_t)t[0].end; k < len; k++)
     if (!strchr(" \t\r\n", msg[k])) { ws_send_error(c, nullptr, 0, false, "INVALID_MESSAGE", "trailing data after the JSON object", 400); return; }
   Slice type{}, id{}, data{"null", 4};
   bool id_quoted = false, type_ok = false;
-  for (int i = 1, k = 0; k < t[0].size && i < n; k++) {
+  for (int i = 1, k = 0; k < t[0].size; k++) {
+    if (i + 1 >= n) { ws_send_error(c, nullptr, 0, false, "INVALID_MESSAGE", "message is not a JSON object", 400); return; }
     const jsmntok_t& key = t[i];
     const jsmntok_t& val = t[i + 1];
     Slice ks{msg + key.start, (size_t)(key.end - key.start)};
@@ -2838,8 +2871,12 @@ void ws_service_reply(Conn* c, const char* corr, const linkd_WebSocketResponse* 
     buf_puts(&b, "}}");
   } else if (data.n && !json_valid(data.p, data.n)) {
     LOG_WARN("service '%s' replied with invalid JSON; client told BAD_GATEWAY", g.groups[c->group].name);
-    ws_send_error(c, e->id, e->id_len, e->id_quoted, "BAD_GATEWAY", "service replied with invalid JSON", 502);
-    pend_release_ws(c, p);
+    char id[sizeof e->id];
+    uint16_t id_len = e->id_len;
+    bool quoted = e->id_quoted;
+    memcpy(id, e->id, id_len);
+    pend_release_ws(c, p);   // before the write: a failed write frees the connection's pending replies
+    ws_send_error(c, id, id_len, quoted, "BAD_GATEWAY", "service replied with invalid JSON", 502);
     buf_free(&b);
     return;
   } else {
@@ -3058,19 +3095,22 @@ void pend_expire(uint32_t p, bool timeout) {
   bool live = c->gen == e->gen;
   if (e->kind == PKind::Http) {
     if (live && c->state == CState::Http && c->http && c->http->pending == p) {
-      http_error(c, timeout ? 504 : 503, timeout ? "service did not answer in time" : "service went away");
+      http_error(c, timeout ? 504 : 503, timeout ? "service did not answer in time" : "service went away");   // frees p
       return;
     }
     pend_free(p);
-  } else {
-    if (live && c->state == CState::Ws) {
-      ws_send_error(c, e->id, e->id_len, e->id_quoted, timeout ? "TIMEOUT" : "SERVICE_UNAVAILABLE",
-                    timeout ? "service did not reply in time" : "service went away", timeout ? 504 : 503);
-      pend_release_ws(c, p);
-    } else {
-      pend_free(p);
-    }
+    return;
   }
+  if (!live || c->state != CState::Ws) { pend_free(p); return; }
+  // Free the entry before writing: a failed write closes the connection,
+  // and closing frees whatever the connection still has pending.
+  char id[sizeof e->id];
+  uint16_t id_len = e->id_len;
+  bool quoted = e->id_quoted;
+  memcpy(id, e->id, id_len);
+  pend_release_ws(c, p);
+  ws_send_error(c, id, id_len, quoted, timeout ? "TIMEOUT" : "SERVICE_UNAVAILABLE",
+                timeout ? "service did not reply in time" : "service went away", timeout ? 504 : 503);
 }
 
 void pend_timer_cb(uv_timer_t*) noexcept {
