@@ -14,7 +14,7 @@
 //   2. Utilities   logging, byte buffers, shared frames, JSON escaping
 //   3. Types       the tables' records and the single global state `g`
 //   4. Tables      connection slots, rooms, memberships, pending replies
-//   5. Output      writing to clients: shared buffers, backpressure
+//   5. Output      writing to clients: shared frames, backpressure, deflate
 //   6. Routes      the HTTP route table (method + pattern, static beats :param)
 //   7. Auth        JWT verification (HS256, RS256, ES256), claims
 //   8. Services    the Unix-socket link: frames, registration, dispatch
@@ -519,7 +519,6 @@ struct Http {
   uint32_t url_len;       // url is head[0, url_len)
   bool in_value;          // llhttp: the last header callback was a value
   bool complete;          // a whole request is parsed, not yet answered
-  bool upgrade;           // llhttp saw Upgrade
   bool pumping;           // inside http_pump: answers do not re-enter it
   bool eof;               // the client half-closed: answer what is buffered, then close
   int too_large;          // 413 or 431 decided while parsing, else 0
@@ -978,7 +977,8 @@ void pend_arm();
 // Every write goes through stream_send: uv_try_write first (most writes
 // finish at once on a healthy socket and need no request), and only the
 // rest is queued with a uv_write request that holds a reference to the
-// shared bytes. A broadcast frame is one Shared written to every member.
+// shared bytes. A broadcast frame is one Shared written to every member
+// (OutMsg: plain and permessage-deflate variants, each built once).
 // Connections close through one path: conn_close (idempotent); the slot
 // returns to the free list only in conn_closed_cb.
 // ============================================================================
@@ -2321,7 +2321,6 @@ int on_body(llhttp_t* p, const char* at, size_t n) noexcept {
 int on_message_complete(llhttp_t* p) noexcept {
   Http* h = parser_http(p);
   h->complete = true;
-  h->upgrade = p->upgrade;
   return HPE_PAUSED;
 }
 
@@ -2934,66 +2933,68 @@ uint16_t group_by_ws_path(Slice path) {
   return NIL16;
 }
 
-// Takes the request if it is a WebSocket upgrade or aims at a WebSocket
-// path: upgrades it or answers the error. False: not ours, go on.
-bool ws_try_upgrade(Conn* c) {
+// Counts WebSocket connections matching pred (per-user and per-IP caps).
+template <class Pred>
+uint32_t ws_count_where(Pred pred) {
+  uint32_t n = 0;
+  for (uint32_t i = 0; i < g.conn_hw; i++)
+    if (g.conns[i].state == CState::Ws && pred(&g.conns[i])) n++;
+  return n;
+}
+
+// RFC 6455 §4.2.1 checks, then Origin, token (claims kept in c->user) and
+// the caps. Answers a refusal itself and returns false.
+bool ws_handshake_ok(Conn* c, uint16_t gi, bool wants) {
   Http* h = c->http;
-  Slice path = http_path(h);
-  Slice up = http_header(h, "upgrade");
-  bool wants = up.p && header_has_token(up.p, up.n, "websocket");
-  uint16_t gi = group_by_ws_path(path);
-  if (gi == NIL16) {
-    if (wants) { http_error(c, 404, "no WebSocket service on this path", "", true); return true; }
-    return false;
-  }
-  if (h->parser.method != HTTP_GET) { http_error(c, 400, "a WebSocket handshake is a GET request", "", true); return true; }
-  if (!wants) { http_error(c, 426, "this path needs a WebSocket upgrade", "Upgrade: websocket\r\n"); return true; }
+  if (h->parser.method != HTTP_GET) { http_error(c, 400, "a WebSocket handshake is a GET request", "", true); return false; }
+  if (!wants) { http_error(c, 426, "this path needs a WebSocket upgrade", "Upgrade: websocket\r\n"); return false; }
   Slice conn_hdr = http_header(h, "connection");
-  if (!conn_hdr.p || !header_has_token(conn_hdr.p, conn_hdr.n, "upgrade")) { http_error(c, 400, "Connection header must include Upgrade", "", true); return true; }
+  if (!conn_hdr.p || !header_has_token(conn_hdr.p, conn_hdr.n, "upgrade")) { http_error(c, 400, "Connection header must include Upgrade", "", true); return false; }
   Slice ver = http_header(h, "sec-websocket-version");
-  if (!ver.p || ver.n != 2 || memcmp(ver.p, "13", 2)) { http_error(c, 426, "only WebSocket version 13 is supported", "Sec-WebSocket-Version: 13\r\n", true); return true; }
+  if (!ver.p || ver.n != 2 || memcmp(ver.p, "13", 2)) { http_error(c, 426, "only WebSocket version 13 is supported", "Sec-WebSocket-Version: 13\r\n", true); return false; }
   Slice key = http_header(h, "sec-websocket-key");
   unsigned char raw[32];
   size_t rawn = 0;
   if (!key.p || key.n != 24 || mbedtls_base64_decode(raw, sizeof raw, &rawn, (const unsigned char*)key.p, key.n) || rawn != 16) {
     http_error(c, 400, "Sec-WebSocket-Key must be 16 bytes in base64", "", true);
-    return true;
+    return false;
   }
   Slice origin = http_header(h, "origin");
-  if (*cfg.allowed_origins && origin.p && !origin_allowed(origin, nullptr)) { http_error(c, 403, "origin not allowed", "", true); return true; }
+  if (*cfg.allowed_origins && origin.p && !origin_allowed(origin, nullptr)) { http_error(c, 403, "origin not allowed", "", true); return false; }
   const Group* gr = &g.groups[gi];
   const char* why = "this WebSocket path needs a valid token";
   Slice tok = token_of(http_header(h, "authorization"), http_query(h));
   UserBlob* user = tok.p ? jwt_verify(tok.p, tok.n, &why) : nullptr;
   if (tok.p && !user) LOG_DEBUG("upgrade with an invalid token (%s)", why);
-  if (gr->ws_auth && !user) { http_error(c, 401, why, "WWW-Authenticate: Bearer\r\n", true); return true; }
-  if (user && gr->ws_max_per_user) {
-    uint32_t same = 0;
-    for (uint32_t i = 0; i < g.conn_hw; i++) {
-      const Conn* o = &g.conns[i];
-      if (o->state == CState::Ws && o->group == gi && o->user && !strcmp(o->user->data, user->data)) same++;
-    }
-    if (same >= gr->ws_max_per_user) { free(user); http_error(c, 429, "too many connections for this user", "", true); return true; }
+  c->user = user;   // freed by conn_close from here on, whatever happens
+  if (gr->ws_auth && !user) { http_error(c, 401, why, "WWW-Authenticate: Bearer\r\n", true); return false; }
+  if (user && gr->ws_max_per_user &&
+      ws_count_where([&](const Conn* o) { return o->group == gi && o->user && !strcmp(o->user->data, user->data); }) >= gr->ws_max_per_user) {
+    http_error(c, 429, "too many connections for this user", "", true);
+    return false;
   }
-  c->user = user;   // freed by conn_close from here on
-  if (g.ws_count >= (uint32_t)cfg.max_connections) { http_error(c, 503, "connection table full", "", true); return true; }
-  if (cfg.max_connections_per_ip > 0) {
-    int64_t same = 0;
-    for (uint32_t i = 0; i < g.conn_hw; i++) {
-      const Conn* o = &g.conns[i];
-      if (o->state == CState::Ws && o->family == c->family && !memcmp(o->addr, c->addr, 16)) same++;
-    }
-    if (same >= cfg.max_connections_per_ip) { http_error(c, 429, "too many connections from this address", "", true); return true; }
+  if (g.ws_count >= (uint32_t)cfg.max_connections) { http_error(c, 503, "connection table full", "", true); return false; }
+  if (cfg.max_connections_per_ip > 0 &&
+      ws_count_where([&](const Conn* o) { return o->family == c->family && !memcmp(o->addr, c->addr, 16); }) >= (uint64_t)cfg.max_connections_per_ip) {
+    http_error(c, 429, "too many connections from this address", "", true);
+    return false;
   }
+  return true;
+}
+
+// Switches the connection to WebSocket: answers 101, drops the Http
+// record, tells the service, and feeds wslay what came after the request.
+void ws_accept(Conn* c, uint16_t gi) {
+  Http* h = c->http;
+  const Group* gr = &g.groups[gi];
   char accept[32];
-  ws_accept_key(key, accept);
+  ws_accept_key(http_header(h, "sec-websocket-key"), accept);
   bool deflate = gr->ws_compress && deflate_offered(h);
   char resp[320];
   int rn = snprintf(resp, sizeof resp, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n%s\r\n",
                     accept, deflate ? "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n" : "");
   g.http_status[101]++;
-  // The connection becomes a WebSocket: bytes after the request are frames.
-  Buf rest = h->in;
+  Buf rest = h->in;   // bytes after the request are frames
   h->in = Buf{};
   buf_free(&h->head);
   buf_free(&h->body);
@@ -3011,13 +3012,27 @@ bool ws_try_upgrade(Conn* c) {
   c->tokens_at = now_ms();
   c->next_ping = now_ms() + gr->ws_heartbeat_ms;
   conn_send_bytes(c, resp, (size_t)rn);
-  if (c->state != CState::Ws) { buf_free(&rest); return true; }
+  if (c->state != CState::Ws) { buf_free(&rest); return; }
   uint16_t bi = group_pick(gi);
   c->backend = bi;
   if (bi != NIL16) send_conn_event(&g.backends[bi], c, linkd_WebSocketConnectionEvent_EventType_CONNECTED);
   uv_read_start((uv_stream_t*)&c->tcp, alloc_cb, conn_read_cb);
   ws_feed(c, rest.p, rest.len);
   buf_free(&rest);
+}
+
+// Takes the request if it is a WebSocket upgrade or aims at a WebSocket
+// path: upgrades it or answers the error. False: not ours, go on.
+bool ws_try_upgrade(Conn* c) {
+  Http* h = c->http;
+  Slice up = http_header(h, "upgrade");
+  bool wants = up.p && header_has_token(up.p, up.n, "websocket");
+  uint16_t gi = group_by_ws_path(http_path(h));
+  if (gi == NIL16) {
+    if (wants) { http_error(c, 404, "no WebSocket service on this path", "", true); return true; }
+    return false;
+  }
+  if (ws_handshake_ok(c, gi, wants)) ws_accept(c, gi);
   return true;
 }
 
