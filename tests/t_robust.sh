@@ -13,7 +13,7 @@
 SEED=${ROBUST_SEED:-1}
 FLAGS=(--max-message-size 16k --max-body-size 64k --handler-timeout 400ms --max-outbound 256k
        --heartbeat-interval 30s --log-level warn)
-GROUPS_RUN=(http_random http_split http_lengths ws_frames ws_envelope ws_vanish ws_stall svc_garbage svc_mutate svc_flood)
+GROUPS_RUN=(http_random http_split http_lengths http_backpressure ws_frames ws_envelope ws_vanish ws_stall svc_garbage svc_mutate svc_flood)
 [ -n "${ROBUST_GROUPS:-}" ] && read -r -a GROUPS_RUN <<<"$ROBUST_GROUPS"
 
 SVC_N=0
