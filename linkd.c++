@@ -502,6 +502,7 @@ constexpr int CTX_POOL = 32;            // idle wslay contexts kept for reuse
 constexpr uint64_t WS_CLOSE_GRACE_MS = 3000;  // wait for the peer's close frame
 constexpr uint64_t HTTP_IDLE_MS = 60000;      // keep-alive connection idle limit
 constexpr uint64_t HTTP_HEAD_MS = 30000;      // whole request must arrive within
+constexpr size_t HTTP_OUT_CAP = 256 * 1024;   // unread answers queued before pipelined parsing pauses
 
 enum class CState : uint8_t { Free, Http, Ws, Closed };
 
@@ -521,6 +522,7 @@ struct Http {
   bool complete;          // a whole request is parsed, not yet answered
   bool pumping;           // inside http_pump: answers do not re-enter it
   bool eof;               // the client half-closed: answer what is buffered, then close
+  bool blocked;           // answers not read by the client pile up: parsing paused
   int too_large;          // 413 or 431 decided while parsing, else 0
   const char* bad;        // why a callback refused the request (400)
   uint32_t pending;       // Pending entry while a service owes the answer
@@ -666,7 +668,7 @@ struct Global {
 
   wslay_event_context_ptr ctx_pool[CTX_POOL]; int nctx_pool;
   Conn* cur;              // connection whose wslay callbacks are running
-  bool in_recv;           // inside wslay_event_recv for g.cur: no nested sends
+  Conn* recv_conn;        // inside wslay_event_recv for this connection: no nested sends
   wslay_event_context_ptr ctx_doomed;  // freed when wslay_event_recv returns
   z_stream deflater, inflater;   // permessage-deflate, reset per message
   bool deflater_ok, inflater_ok; // initialised on first use
@@ -990,6 +992,7 @@ struct WriteReq {
 
 void conn_close(Conn* c, const char* why);
 void backend_close(Backend* b, const char* why);
+void http_pump(Conn* c);
 
 void write_done_cb(uv_write_t* req, int status) noexcept {
   WriteReq* w = (WriteReq*)req;
@@ -1001,6 +1004,10 @@ void write_done_cb(uv_write_t* req, int status) noexcept {
     if (c->state == CState::Closed || c->state == CState::Free) return;
     if (status < 0) { conn_close(c, uv_strerror(status)); return; }
     if (c->close_after_write && stream->write_queue_size == 0) conn_close(c, "response sent");
+    else if (c->state == CState::Http && c->http && c->http->blocked && stream->write_queue_size <= HTTP_OUT_CAP / 2) {
+      c->http->blocked = false;
+      http_pump(c);
+    }
   } else {
     Backend* b = (Backend*)stream->data;
     if (b->state == BState::Closed || b->state == BState::Free) return;
@@ -1830,6 +1837,26 @@ bool valid_name(const char* s) {
 
 bool reserved_path(const char* p) { return !strcmp(p, "/health") || !strcmp(p, "/metrics"); }
 
+// A service with no instance and no connection is forgotten (its routes
+// go) when its slot is needed for a new name. NIL16 if none is idle.
+uint16_t group_reclaim() {
+  for (uint32_t i = 0; i < g.ngroups; i++) {
+    Group* gr = &g.groups[i];
+    if (!gr->used || gr->live) continue;
+    bool has_conns = false;
+    for (uint32_t k = 0; k < g.conn_hw && !has_conns; k++) has_conns = g.conns[k].state == CState::Ws && g.conns[k].group == i;
+    if (has_conns) continue;
+    uint32_t kept = 0;
+    for (uint32_t r = 0; r < g.nroutes; r++)
+      if (g.routes[r].group != i) g.routes[kept++] = g.routes[r];
+    g.nroutes = kept;
+    LOG_INFO("service '%s' forgotten (no instance, no connection) to make room", gr->name);
+    gr->used = false;
+    return (uint16_t)i;
+  }
+  return NIL16;
+}
+
 // Checks a registration against the tables; null if acceptable, else why.
 const char* register_check(const linkd_RegisterService* m, uint16_t* gi_out, char* why, size_t whyn) {
   if (!valid_name(m->name)) return "service name must be 1-63 characters of [A-Za-z0-9._-]";
@@ -1839,6 +1866,7 @@ const char* register_check(const linkd_RegisterService* m, uint16_t* gi_out, cha
     if (g.groups[i].used && !strcmp(g.groups[i].name, m->name)) { gi = (uint16_t)i; break; }
     if (!g.groups[i].used && free_gi == NIL16) free_gi = (uint16_t)i;
   }
+  if (gi == NIL16 && free_gi == NIL16) free_gi = group_reclaim();
   if (gi == NIL16 && free_gi == NIL16) return "service table full (--max-services)";
   uint16_t self = gi != NIL16 ? gi : free_gi;
   uint32_t fresh = 0;
@@ -2136,14 +2164,26 @@ void backend_consume(Backend* b, const uint8_t* p, size_t n) {
   }
 }
 
+// True when p holds a whole frame, or a header backend_consume must refuse.
+bool frame_ready(const uint8_t* p, size_t n) {
+  uint64_t len = 0;
+  for (size_t k = 0; k < n && k < 10; k++) {
+    len |= (uint64_t)(p[k] & 0x7f) << (7 * k);
+    if (!(p[k] & 0x80)) return len > (uint64_t)cfg.max_frame_size || n >= k + 1 + len;
+  }
+  return n >= 10;
+}
+
 void backend_read_cb(uv_stream_t* st, ssize_t nread, const uv_buf_t* buf) noexcept {
   Backend* b = (Backend*)st->data;
   (void)buf;
   if (nread == 0) return;
   if (nread < 0) { backend_close(b, nread == UV_EOF ? "link closed by the service" : uv_strerror((int)nread)); return; }
   if (b->in.len == 0) { backend_consume(b, (const uint8_t*)g.readbuf, (size_t)nread); return; }
-  // A frame was split across reads: join, then consume from the joined copy.
+  // A frame was split across reads: gather it in b->in (no re-copying while
+  // it is incomplete), then consume from the joined copy.
   buf_put(&b->in, g.readbuf, (size_t)nread);
+  if (!frame_ready((const uint8_t*)b->in.p, b->in.len)) return;
   Buf joined = b->in;
   b->in = Buf{};
   backend_consume(b, (const uint8_t*)joined.p, joined.len);
@@ -2175,14 +2215,10 @@ void backend_close(Backend* b, const char* why) {
   g.svc_errors += strcmp(why, "link closed by the service") != 0;
   b->state = BState::Closed;
   // What this instance owed is answered now: 503 / SERVICE_UNAVAILABLE.
-  // Answering may close a connection, which frees its other entries: when
-  // the saved next entry was freed that way, start again from the head.
-  for (uint32_t p = g.pend_head; p != NIL;) {
-    uint32_t next = g.pend[p].next;
-    bool ours = g.pend[p].backend == bi;
-    if (ours) pend_expire(p, false);
-    p = ours && next != NIL && g.pend[next].kind == PKind::Free ? g.pend_head : next;
-  }
+  // By table index, not along the FIFO: answering may close a connection,
+  // which frees (and a new request may reuse) other entries.
+  for (uint32_t p = 0; p < g.pend_hw; p++)
+    if (g.pend[p].kind != PKind::Free && g.pend[p].backend == bi) pend_expire(p, false);
   // Its WebSocket connections wait for the next instance (conn_backend).
   for (uint32_t i = 0; i < g.conn_hw; i++)
     if (g.conns[i].state == CState::Ws && g.conns[i].backend == bi) g.conns[i].backend = NIL16;
@@ -2393,8 +2429,12 @@ void http_respond(Conn* c, unsigned status, const char* headers, size_t headers_
   const Route* route = nullptr;
   if (h->pending != NIL) { pend_free(h->pending); h->pending = NIL; }
   Buf out;
-  buf_printf(&out, "HTTP/1.1 %u %s\r\nContent-Length: %zu\r\nConnection: %s\r\n", status, status_text(status), body_len,
-             keep ? "keep-alive" : "close");
+  // 204 and 304 carry no body (RFC 9110 §6.4.1), and 204 no Content-Length.
+  bool bodiless = status == 204 || status == 304;
+  if (bodiless) body_len = 0;
+  buf_printf(&out, "HTTP/1.1 %u %s\r\n", status, status_text(status));
+  if (status != 204) buf_printf(&out, "Content-Length: %zu\r\n", body_len);
+  buf_printf(&out, "Connection: %s\r\n", keep ? "keep-alive" : "close");
   Match m;
   if (h->nhdrs && route_match(llhttp_method_name((llhttp_method_t)h->parser.method), http_path(h).p, http_path(h).n, &m))
     route = &g.routes[m.route];
@@ -2434,6 +2474,9 @@ void http_error(Conn* c, unsigned status, const char* msg, const char* headers =
 }
 
 void http_service_answer(Conn* c, uint32_t status, Buf* headers, Slice body) {
+  // 1xx would tell the client another answer follows (101: a protocol
+  // switch linkd never made): not something a service may send.
+  if (status < 200) { http_error(c, 502, "service answered with an informational status"); return; }
   http_respond(c, status, headers->p, headers->len, body.p, body.n);
 }
 
@@ -2537,7 +2580,8 @@ void http_dispatch(Conn* c) {
 void http_pump(Conn* c) {
   Http* h = c->http;
   h->pumping = true;
-  while (c->state == CState::Http && h == c->http && !h->complete && h->in.len) {
+  while (c->state == CState::Http && h == c->http && !h->complete && h->in.len && !c->close_after_write) {
+    if (c->tcp.write_queue_size > HTTP_OUT_CAP) { h->blocked = true; break; }   // resumed by write_done_cb
     llhttp_errno_t e = llhttp_execute(&h->parser, h->in.p, h->in.len);
     size_t used = h->in.len;
     if (e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) used = (size_t)(llhttp_get_error_pos(&h->parser) - h->in.p);
@@ -2560,8 +2604,10 @@ void http_pump(Conn* c) {
     h->pumping = false;
     if (h->eof && !h->complete) { conn_close_after_flush(c); return; }
   }
-  if (c->state == CState::Http && c->http && !c->http->complete && !c->close_after_write)
-    uv_read_start((uv_stream_t*)&c->tcp, alloc_cb, conn_read_cb);
+  if (c->state == CState::Http && c->http && !c->http->complete && !c->close_after_write) {
+    if (c->http->blocked) uv_read_stop((uv_stream_t*)&c->tcp);
+    else uv_read_start((uv_stream_t*)&c->tcp, alloc_cb, conn_read_cb);
+  }
 }
 
 // ============================================================================
@@ -2644,10 +2690,18 @@ void ws_unbind(Conn* c) {
 
 // Sends what wslay queued; closes when the close handshake is over; gives
 // the context back when the connection is idle between messages.
+// wslay's callbacks find their connection in g.cur; work on another
+// connection from inside a callback must put it back.
+struct CurScope {
+  Conn* saved;
+  explicit CurScope(Conn* c) : saved(g.cur) { g.cur = c; }
+  ~CurScope() { g.cur = saved; }
+};
+
 void ws_flush(Conn* c) {
   if (!c->ws || c->state != CState::Ws) return;
-  if (g.in_recv && g.cur == c) return;   // ws_feed flushes once wslay_event_recv returns
-  g.cur = c;
+  if (g.recv_conn == c) return;   // ws_feed flushes once wslay_event_recv returns
+  CurScope scope(c);
   if (wslay_event_want_write(c->ws) && wslay_event_send(c->ws)) { conn_close(c, "write failed"); return; }
   if (c->state != CState::Ws) return;
   if (!wslay_event_want_read(c->ws) && !wslay_event_want_write(c->ws)) { conn_close_after_flush(c); return; }
@@ -2662,13 +2716,16 @@ void ws_flush(Conn* c) {
 void ws_feed(Conn* c, const char* p, size_t n) {
   if (!n) return;
   if (!c->ws && !ws_bind(c)) { conn_close(c, "out of memory for a WebSocket context"); return; }
-  g.cur = c;
-  g.rd = p;
-  g.rdlen = n;
-  g.in_recv = true;
-  int r = wslay_event_recv(c->ws);
-  g.in_recv = false;
-  g.rdlen = 0;
+  int r;
+  {
+    CurScope scope(c);
+    g.rd = p;
+    g.rdlen = n;
+    g.recv_conn = c;
+    r = wslay_event_recv(c->ws);
+    g.recv_conn = nullptr;
+    g.rdlen = 0;
+  }
   if (g.ctx_doomed) { wslay_event_context_free(g.ctx_doomed); g.ctx_doomed = nullptr; }
   if (c->state != CState::Ws) return;
   if (r) { conn_close(c, "WebSocket read failed"); return; }
@@ -2682,7 +2739,7 @@ bool ws_close(Conn* c, uint16_t code, const char* reason) {
   if (!c->ws && !ws_bind(c)) { conn_close(c, "out of memory"); return false; }
   c->ws_closing = true;
   c->close_code = code;
-  g.cur = c;
+  CurScope scope(c);
   size_t n = reason ? std::min(strlen(reason), (size_t)123) : 0;
   wslay_event_queue_close(c->ws, code, (const uint8_t*)reason, n);
   ws_flush(c);
@@ -2702,7 +2759,7 @@ void ws_detach(Conn* c) {
   if (c->ws) {
     // Closed from inside one of its own wslay callbacks: wslay_event_recv
     // still uses the context, so ws_feed frees it once that returns.
-    if (g.in_recv && g.cur == c) g.ctx_doomed = c->ws;
+    if (g.recv_conn == c) g.ctx_doomed = c->ws;
     else wslay_event_context_free(c->ws);
     c->ws = nullptr;
   }
