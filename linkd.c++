@@ -907,6 +907,7 @@ void member_remove(uint32_t m) {
   if (mb->cnext != NIL) g.members[mb->cnext].cprev = mb->cprev;
   c->nrooms--;
   if (--room->count == 0) room_free(mb->room);
+  mb->room = mb->conn = NIL;   // a broadcast walking the room sees it is gone
   mb->rnext = g.member_free;
   g.member_free = m;
   g.member_count--;
@@ -3131,13 +3132,20 @@ void ws_outbound(Backend* b, const linkd_WebSocketOutbound* m, Slice payload) {
       command_result(b, m->op_id, nullptr, nullptr, 0);
     }
   } else if (m->room[0]) {
-    uint32_t r = room_find(b->group, m->room, strlen(m->room));
-    // A member that closes while we write leaves only its own memberships,
-    // so the saved next link stays valid.
+    size_t rn = strlen(m->room);
+    uint32_t r = room_find(b->group, m->room, rn);
+    // Each member written to is marked like an excepted one. A failed write
+    // can close other connections too (through a service link that breaks):
+    // if the saved next member went away, start again from the room's head,
+    // and the marks skip who already has the message.
     for (uint32_t i = r == NIL ? NIL : g.rooms[r].head; i != NIL;) {
       uint32_t next = g.members[i].rnext;
       Conn* c = &g.conns[g.members[i].conn];
-      if (c->except_mark != serial) ws_send_msg(c, &msg);
+      if (c->except_mark != serial) { c->except_mark = serial; ws_send_msg(c, &msg); }
+      if (next != NIL && g.members[next].room != r) {
+        r = room_find(b->group, m->room, rn);
+        next = r == NIL ? NIL : g.rooms[r].head;
+      }
       i = next;
     }
     command_result(b, m->op_id, nullptr, nullptr, 0);
