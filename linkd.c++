@@ -526,6 +526,7 @@ struct Http {
   int too_large;          // 413 or 431 decided while parsing, else 0
   const char* bad;        // why a callback refused the request (400)
   uint32_t pending;       // Pending entry while a service owes the answer
+  uint32_t req_seq;       // high half of that request's id (g.req_seq when sent)
   uint64_t since;         // loop ms: request start or last answer (idle timer)
 };
 
@@ -577,6 +578,8 @@ struct Backend {
   Buf in;                 // partial frame carried between reads (owner: this)
   uint64_t last_rx;       // loop ms of the last frame received
   const char* close_why;  // set: close once the write queue drains
+  Buf out;                // frames not yet written this loop iteration (owner: this)
+  bool dirty;             // listed in g.dirty
 };
 
 // A service by name: owns routes and a WebSocket path, and outlives its
@@ -649,6 +652,8 @@ struct Global {
   uv_timer_t tick;        // 1 s housekeeping: heartbeats, idle HTTP, close deadlines
   uv_timer_t pend_timer;  // the head of the pending FIFO
   uv_timer_t watchdog;    // systemd WATCHDOG=1
+  uv_check_t flush;       // after each poll: write what services were sent (backend_flush)
+  uint16_t* dirty; uint32_t ndirty;  // backends with frames in their out buffer
   uv_signal_t sigterm, sigint;
   bool listening, svc_listening;
   bool shutting_down;
@@ -675,6 +680,7 @@ struct Global {
   Buf zbuf;               // inflated message / deflated payload (owner: g)
   const char* rd; size_t rdlen;  // bytes wslay may read now
   uint32_t except_serial;
+  uint32_t req_seq;       // HTTP request ids: slot | seq << 32
   char readbuf[READ_BUF];
 
   // metrics
@@ -700,6 +706,8 @@ void tables_init() {
   g.backends = table_alloc<Backend>(g.nbackends);
   g.backend_free = NIL;
   for (uint32_t i = g.nbackends; i-- > 0;) { g.backends[i].next_free = g.backend_free; g.backend_free = i; }
+  g.dirty = table_alloc<uint16_t>(g.nbackends);
+  g.ndirty = 0;
   g.ngroups = (uint32_t)cfg.max_services;
   g.groups = table_alloc<Group>(g.ngroups);
   g.max_routes = 1024;
@@ -730,6 +738,7 @@ void tables_init() {
 void tables_free() {
   table_release(g.conns, g.nconns);
   table_release(g.backends, g.nbackends);
+  table_release(g.dirty, g.nbackends);
   table_release(g.groups, g.ngroups);
   table_release(g.routes, g.max_routes);
   table_release(g.reg_routes, MAX_REG_ROUTES);
@@ -1668,49 +1677,55 @@ bool enc_rooms(pb_ostream_t* s, const pb_field_t* f, void* const* arg) noexcept 
   return true;
 }
 
-// One delimited ServiceMessage whose oneof member `tag` is msg.
-Shared* frame_encode(uint32_t tag, const pb_msgdesc_t* fields, const void* msg) {
-  size_t sub;
-  if (!pb_get_encoded_size(&sub, fields, msg)) { LOG_ERROR("cannot size frame %u", tag); return nullptr; }
-  size_t inner = varint_size(tag << 3 | 2) + varint_size(sub) + sub;
-  uint8_t hdr[32];
-  pb_ostream_t hs = pb_ostream_from_buffer(hdr, sizeof hdr);
-  pb_encode_varint(&hs, inner);
-  pb_encode_tag(&hs, PB_WT_STRING, tag);
-  pb_encode_varint(&hs, sub);
-  Shared* s = shared_new(hs.bytes_written + sub);
-  memcpy(s->data, hdr, hs.bytes_written);
-  pb_ostream_t os = pb_ostream_from_buffer((pb_byte_t*)s->data + hs.bytes_written, sub);
-  if (!pb_encode(&os, fields, msg)) {
-    LOG_ERROR("cannot encode frame %u: %s", tag, PB_GET_ERROR(&os));
-    shared_unref(s);
-    return nullptr;
-  }
-  return s;
-}
-
 uint16_t backend_index(const Backend* b) { return (uint16_t)(b - g.backends); }
 
-// Queues a frame to a service. False if the link is gone or too far behind.
-bool backend_send(Backend* b, Shared* s) {
-  if (!s) return false;
-  bool ok = false;
-  if (b->state == BState::Ready || b->state == BState::Open) {
-    uv_stream_t* st = (uv_stream_t*)&b->pipe;
-    if (st->write_queue_size > (size_t)cfg.max_frame_size * 4) {
-      LOG_WARN("service link %u is %zu bytes behind: refusing more", backend_index(b), st->write_queue_size);
-    } else {
-      int r = stream_send(st, s);
-      if (r) backend_close(b, uv_strerror(r));
-      else { ok = true; g.svc_frames_out++; }
-    }
-  }
-  shared_unref(s);
-  return ok;
+// Frames to a service are encoded straight into b->out and written once per
+// loop iteration (backend_flush, from the check handle), so a burst of
+// client messages costs the service link one write, not one per message.
+void backend_flush(Backend* b) {
+  b->dirty = false;
+  if (!b->out.len || (b->state != BState::Ready && b->state != BState::Open)) { b->out.len = 0; return; }
+  uv_stream_t* st = (uv_stream_t*)&b->pipe;
+  uv_buf_t ub = uv_buf_init(b->out.p, (unsigned)b->out.len);
+  int r = uv_try_write(st, &ub, 1);
+  if (r == (int)b->out.len) { b->out.len = 0; return; }
+  if (r < 0 && r != UV_EAGAIN) { b->out.len = 0; backend_close(b, uv_strerror(r)); return; }
+  size_t done = r > 0 ? (size_t)r : 0;
+  Shared* rest = shared_new(b->out.len - done);   // the kernel is behind: queue a copy of the rest
+  memcpy(rest->data, b->out.p + done, b->out.len - done);
+  b->out.len = 0;
+  if (b->out.cap > 1024 * 1024) buf_free(&b->out);   // a one-off burst does not keep its memory
+  r = stream_send(st, rest);
+  shared_unref(rest);
+  if (r) backend_close(b, uv_strerror(r));
 }
 
+void backends_flush_cb(uv_check_t*) noexcept {
+  for (uint32_t i = 0; i < g.ndirty; i++) backend_flush(&g.backends[g.dirty[i]]);
+  g.ndirty = 0;
+}
+
+// Appends one delimited ServiceMessage whose oneof member `tag` is msg.
+// False if the link is gone or too far behind (the caller answers 503).
 bool backend_send_msg(Backend* b, uint32_t tag, const pb_msgdesc_t* fields, const void* msg) {
-  return backend_send(b, frame_encode(tag, fields, msg));
+  if (b->state != BState::Ready && b->state != BState::Open) return false;
+  if (b->pipe.write_queue_size + b->out.len > (size_t)cfg.max_frame_size * 4) {
+    LOG_WARN("service link %u is %zu bytes behind: refusing more", backend_index(b), b->pipe.write_queue_size + b->out.len);
+    return false;
+  }
+  size_t sub;
+  if (!pb_get_encoded_size(&sub, fields, msg)) { LOG_ERROR("cannot size frame %u", tag); return false; }
+  size_t inner = varint_size(tag << 3 | 2) + varint_size(sub) + sub;
+  buf_reserve(&b->out, 32 + sub);
+  pb_ostream_t os = pb_ostream_from_buffer((pb_byte_t*)b->out.p + b->out.len, 32 + sub);
+  if (!pb_encode_varint(&os, inner) || !pb_encode_tag(&os, PB_WT_STRING, tag) || !pb_encode_varint(&os, sub) || !pb_encode(&os, fields, msg)) {
+    LOG_ERROR("cannot encode frame %u: %s", tag, PB_GET_ERROR(&os));
+    return false;
+  }
+  b->out.len += os.bytes_written;
+  if (!b->dirty) { b->dirty = true; g.dirty[g.ndirty++] = backend_index(b); }
+  g.svc_frames_out++;
+  return true;
 }
 
 void conn_remote(const Conn* c, char* out, size_t n) {
@@ -1999,9 +2014,9 @@ void on_http_response(Backend* b, pb_istream_t* s) {
     backend_close(b, "HttpResponse does not decode (or carries a bad header)");
     return;
   }
-  uint32_t slot = (uint32_t)m.request_id, gen = (uint32_t)(m.request_id >> 32);
+  uint32_t slot = (uint32_t)m.request_id, seq = (uint32_t)(m.request_id >> 32);
   Conn* c = slot < g.conn_hw ? &g.conns[slot] : nullptr;
-  if (!c || c->gen != gen || c->state != CState::Http || !c->http || c->http->pending == NIL ||
+  if (!c || c->state != CState::Http || !c->http || c->http->pending == NIL || c->http->req_seq != seq ||
       g.pend[c->http->pending].backend != backend_index(b)) {
     LOG_DEBUG("late or unknown HTTP response %" PRIu64 " dropped", m.request_id);
   } else {
@@ -2223,6 +2238,11 @@ void backend_close(Backend* b, const char* why) {
   // Its WebSocket connections wait for the next instance (conn_backend).
   for (uint32_t i = 0; i < g.conn_hw; i++)
     if (g.conns[i].state == CState::Ws && g.conns[i].backend == bi) g.conns[i].backend = NIL16;
+  if (b->out.len) {   // best effort for what was encoded this iteration (e.g. the SHUTDOWN notice)
+    uv_buf_t ub = uv_buf_init(b->out.p, (unsigned)b->out.len);
+    uv_try_write((uv_stream_t*)&b->pipe, &ub, 1);
+  }
+  buf_free(&b->out);
   buf_free(&b->in);
   uv_close((uv_handle_t*)&b->pipe, backend_closed_cb);
 }
@@ -2230,6 +2250,8 @@ void backend_close(Backend* b, const char* why) {
 // Stops reading and closes once what was queued (e.g. a refusal) is out.
 void backend_close_after_flush(Backend* b, const char* why) {
   uv_read_stop((uv_stream_t*)&b->pipe);
+  backend_flush(b);
+  if (b->state == BState::Closed) return;
   if (b->pipe.write_queue_size == 0) backend_close(b, why);
   else b->close_why = why;
 }
@@ -2265,7 +2287,8 @@ void svc_connection_cb(uv_stream_t* server, int status) noexcept {
 // time per connection: on_message_complete pauses the parser, so pipelined
 // requests wait in Http::in and are answered strictly in order. A request
 // goes to linkd's own endpoints (/health, /metrics), to the WebSocket
-// upgrade, or to a route's service with a request id "slot | gen << 32".
+// upgrade, or to a route's service with a request id "slot | seq << 32"
+// (seq counts requests, so a late answer never meets a newer request).
 // ============================================================================
 
 llhttp_settings_t http_settings;
@@ -2567,7 +2590,8 @@ void http_dispatch(Conn* c) {
   if (p == NIL) { free(user); http_error(c, 503, "too many requests in flight"); return; }
   h->pending = p;
   pend_arm();
-  uint64_t req_id = (uint64_t)conn_index(c) | (uint64_t)c->gen << 32;
+  h->req_seq = ++g.req_seq;   // a late answer to an earlier request on this slot never matches
+  uint64_t req_id = (uint64_t)conn_index(c) | (uint64_t)h->req_seq << 32;
   bool sent = send_http_request(&g.backends[bi], c, &m, req_id, user);
   free(user);
   if (!sent) {
@@ -3297,6 +3321,7 @@ void shutdown_finish() {
   uv_close((uv_handle_t*)&g.tick, nullptr);
   uv_close((uv_handle_t*)&g.pend_timer, nullptr);
   uv_close((uv_handle_t*)&g.watchdog, nullptr);
+  uv_close((uv_handle_t*)&g.flush, nullptr);
   uv_close((uv_handle_t*)&g.sigterm, nullptr);
   uv_close((uv_handle_t*)&g.sigint, nullptr);
 }
@@ -3723,6 +3748,8 @@ int main(int argc, char** argv) {
   uv_timer_init(g.loop, &g.tick);
   uv_timer_init(g.loop, &g.pend_timer);
   uv_timer_init(g.loop, &g.watchdog);
+  uv_check_init(g.loop, &g.flush);
+  uv_check_start(&g.flush, backends_flush_cb);
   uint64_t tick = std::min<uint64_t>(1000, (uint64_t)cfg.heartbeat_interval / 2);
   uv_timer_start(&g.tick, tick_cb, tick, tick);
   uv_signal_init(g.loop, &g.sigterm);
