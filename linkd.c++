@@ -1403,6 +1403,68 @@ int b64url_decode(const char* s, size_t n, unsigned char* out, size_t outn) {
   return (int)olen;
 }
 
+// The text of a JSON string token with its escapes decoded (\n, \u00e9,
+// surrogate pairs) into at most `room` bytes of UTF-8; a code point that
+// does not fit is dropped whole. Returns the bytes written.
+size_t json_unescape(Slice s, char* out, size_t room) {
+  size_t o = 0;
+  auto hex4 = [&](size_t i) -> long {
+    if (i + 4 > s.n) return -1;
+    char h[5] = {s.p[i], s.p[i + 1], s.p[i + 2], s.p[i + 3], 0};
+    char* end;
+    long v = strtol(h, &end, 16);
+    return *end ? -1 : v;
+  };
+  for (size_t i = 0; i < s.n;) {
+    char ch = s.p[i++];
+    uint32_t cp = (unsigned char)ch;
+    if (ch == '\\' && i < s.n) {
+      char e = s.p[i++];
+      switch (e) {
+        case 'n': cp = '\n'; break;
+        case 't': cp = '\t'; break;
+        case 'r': cp = '\r'; break;
+        case 'b': cp = '\b'; break;
+        case 'f': cp = '\f'; break;
+        case 'u': {
+          long v = hex4(i);
+          if (v < 0) return o;
+          i += 4;
+          cp = (uint32_t)v;
+          if (cp >= 0xd800 && cp < 0xdc00 && i + 6 <= s.n && s.p[i] == '\\' && s.p[i + 1] == 'u') {
+            long lo = hex4(i + 2);
+            if (lo >= 0xdc00 && lo < 0xe000) { cp = 0x10000 + ((cp - 0xd800) << 10) + (uint32_t)(lo - 0xdc00); i += 6; }
+          }
+          if (cp >= 0xd800 && cp < 0xe000) cp = 0xfffd;   // a lone surrogate is not UTF-8
+          break;
+        }
+        default: cp = (unsigned char)e; break;      // \" \\ \/
+      }
+      char u[4];
+      size_t n = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+      if (n == 1) u[0] = (char)cp;
+      else if (n == 2) { u[0] = (char)(0xc0 | cp >> 6); u[1] = (char)(0x80 | (cp & 0x3f)); }
+      else if (n == 3) { u[0] = (char)(0xe0 | cp >> 12); u[1] = (char)(0x80 | ((cp >> 6) & 0x3f)); u[2] = (char)(0x80 | (cp & 0x3f)); }
+      else { u[0] = (char)(0xf0 | cp >> 18); u[1] = (char)(0x80 | ((cp >> 12) & 0x3f)); u[2] = (char)(0x80 | ((cp >> 6) & 0x3f)); u[3] = (char)(0x80 | (cp & 0x3f)); }
+      if (o + n > room) break;
+      memcpy(out + o, u, n);
+      o += n;
+      continue;
+    }
+    if (o + 1 > room) break;
+    out[o++] = ch;
+  }
+  // Cut short in the middle of a multi-byte character: drop its start too.
+  size_t k = o;
+  while (k > 0 && ((unsigned char)out[k - 1] & 0xc0) == 0x80) k--;
+  if (k > 0 && (unsigned char)out[k - 1] >= 0xc0) {
+    unsigned char lead = (unsigned char)out[k - 1];
+    size_t want = lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : 2;
+    if (o - (k - 1) < want) o = k - 1;
+  }
+  return o;
+}
+
 bool tok_eq(const char* js, const jsmntok_t& t, const char* s) {
   size_t n = strlen(s);
   return t.type == JSMN_STRING && (size_t)(t.end - t.start) == n && !memcmp(js + t.start, s, n);
@@ -1540,7 +1602,7 @@ UserBlob* jwt_verify(const char* tok, size_t n, const char** why) {
   if (!sig_verify(alg, (const unsigned char*)tok, (size_t)(d2 - tok), sig, sl)) { *why = "token signature invalid"; return nullptr; }
   jsmn_init(&jp);
   k = jsmn_parse(&jp, (const char*)body, (size_t)bl, t, 128);
-  if (k < 1 || t[0].type != JSMN_OBJECT) { *why = "token claims are not JSON"; return nullptr; }
+  if (k < 1 || t[0].type != JSMN_OBJECT || !utf8_valid(body, (size_t)bl)) { *why = "token claims are not JSON in UTF-8"; return nullptr; }
   const char* js = (const char*)body;
   Slice sub{}, name{}, tenant{};
   int roles_at = -1;
@@ -1563,9 +1625,8 @@ UserBlob* jwt_verify(const char* tok, size_t n, const char** why) {
   size_t len = 0;
   uint8_t nroles = 0;
   auto put = [&](Slice s, size_t max) {
-    size_t m = std::min(s.n, std::min(max - 1, sizeof packed - len - 1));
-    if (m) memcpy(packed + len, s.p, m);
-    len += m;
+    size_t room = std::min(max - 1, sizeof packed - len - 1);
+    len += json_unescape(s, packed + len, room);
     packed[len++] = 0;
   };
   put(sub, 128);
@@ -2817,8 +2878,19 @@ bool json_primitive_ok(const char* s, size_t len) {
 
 // Primitives inside parsed tokens: jsmn looks only at their first character.
 // Strings: no raw control characters (RFC 8259 wants them escaped).
+// Nesting: at most MAX_JSON_DEPTH, so no recursive parser downstream (a
+// service's, a browser's) is handed a stack bomb through linkd.
+constexpr int MAX_JSON_DEPTH = 128;
+
 bool json_tokens_ok(const char* p, const jsmntok_t* t, int k) {
+  int open_end[MAX_JSON_DEPTH + 1];   // end offsets of the containers we are inside
+  int depth = 0;
   for (int i = 0; i < k; i++) {
+    while (depth && t[i].start >= open_end[depth - 1]) depth--;
+    if (t[i].type == JSMN_OBJECT || t[i].type == JSMN_ARRAY) {
+      if (depth == MAX_JSON_DEPTH) return false;
+      open_end[depth++] = t[i].end;
+    }
     if (t[i].type == JSMN_PRIMITIVE && !json_primitive_ok(p + t[i].start, (size_t)(t[i].end - t[i].start))) return false;
     if (t[i].type == JSMN_STRING)
       for (int j = t[i].start; j < t[i].end; j++)
@@ -3641,6 +3713,11 @@ void self_test_misc() {
   ws_accept_key(Slice{"dGhlIHNhbXBsZSBub25jZQ==", 24}, acc);
   st_check(!strcmp(acc, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "RFC 6455 accept key example");
   st_check(json_valid("{\"a\":[1,2]}", 11) && !json_valid("{\"a\":", 5) && !json_valid("nope", 4), "JSON validity");
+  {
+    char deep[600];
+    for (int i = 0; i < 300; i++) { deep[i] = '['; deep[599 - i] = ']'; }
+    st_check(json_valid(deep, 256) == false && json_valid(deep + 172, 256) && !json_valid(deep, 600), "JSON nesting capped at 128");
+  }
   st_check(json_valid(" null ", 6) && json_valid("-1.5e3", 6) && json_valid("\"s\"", 3) && !json_valid("{\"a\":tru}", 10) &&
            !json_valid("[1] x", 5) && !json_valid("", 0), "JSON validity: primitives and trailing data");
   st_check(utf8_valid((const uint8_t*)"h\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", 10) && !utf8_valid((const uint8_t*)"\xc0\xaf", 2) &&
@@ -3695,6 +3772,11 @@ void self_test_jwt() {
   tok[tn - 2] = tok[tn - 2] == 'A' ? 'B' : 'A';
   st_check(!jwt_verify(tok, tn, &why) && !strcmp(why, "token signature invalid"), "tampered token refused");
   // {"alg":"none"} . {"sub":"u1"} .
+  char uname[16];
+  size_t un = json_unescape(Slice{"Jos\\u00e9 \\ud83d\\ude00\\n", 24}, uname, sizeof uname);
+  st_check(un == 11 && !memcmp(uname, "Jos\xc3\xa9 \xf0\x9f\x98\x80\n", 11), "JSON string escapes decoded (\\u00e9, surrogate pair, \\n)");
+  un = json_unescape(Slice{"ab\\u00e9", 8}, uname, 3);
+  st_check(un == 2, "a character that does not fit is dropped whole");
   const char* none = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ1MSJ9.";
   st_check(!jwt_verify(none, strlen(none), &why) && !strcmp(why, "token algorithm refused"), "alg none refused");
   cfg.jwt_secret[0] = 0;
