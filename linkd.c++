@@ -645,6 +645,12 @@ struct Pending {
   char id[128];           // correlation id as the client wrote it
 };
 
+// An open-addressing hash index over a table (section 4).
+struct Index {
+  uint32_t* slot;
+  uint32_t mask;          // capacity - 1 (a power of two, >= 2 x entries)
+};
+
 struct Global {
   uv_loop_t* loop;
   uv_tcp_t listener;
@@ -665,7 +671,8 @@ struct Global {
   Group* groups; uint32_t ngroups;
   Route* routes; uint32_t nroutes, max_routes;
   Room* rooms; uint32_t nrooms, room_free, room_count, room_hw;
-  uint32_t* room_index; uint32_t room_mask;        // open addressing, linear probing
+  Index room_index;   // (service, name) -> room
+  Index member_index; // (connection, room) -> membership
   Member* members; uint32_t nmembers, member_free, member_count, member_hw;
   Pending* pend; uint32_t npend, pend_free, pend_head, pend_tail, pend_count, pend_hw;
   jsmntok_t* toks; uint32_t ntoks;
@@ -697,6 +704,50 @@ Global g;
 // cost no resident memory; free lists make alloc/free O(1).
 // ============================================================================
 
+// --- hash indexes ------------------------------------------------------------
+// Open addressing with linear probing and backward-shift deletion (no
+// tombstones). A slot holds value + 1, so the zero pages mmap gives are an
+// empty index that costs no resident memory until entries land in it.
+
+void index_init(Index* x, uint32_t entries) {
+  uint32_t cap = 16;
+  while (cap < entries * 2) cap *= 2;
+  x->mask = cap - 1;
+  x->slot = table_alloc<uint32_t>(cap);
+}
+
+void index_release(Index* x) { table_release(x->slot, (size_t)x->mask + 1); }
+
+// First value in h's probe chain for which is(v) holds, or NIL.
+template <class Is>
+uint32_t index_find(const Index* x, uint32_t h, Is is) {
+  for (uint32_t i = h & x->mask; x->slot[i]; i = (i + 1) & x->mask)
+    if (is(x->slot[i] - 1)) return x->slot[i] - 1;
+  return NIL;
+}
+
+void index_insert(Index* x, uint32_t h, uint32_t v) {
+  uint32_t i = h & x->mask;
+  while (x->slot[i]) i = (i + 1) & x->mask;
+  x->slot[i] = v + 1;
+}
+
+// hash_of(v) gives the hash each stored value was inserted with.
+template <class HashOf>
+void index_remove(Index* x, uint32_t h, uint32_t v, HashOf hash_of) {
+  uint32_t i = h & x->mask;
+  while (x->slot[i] != v + 1) i = (i + 1) & x->mask;
+  for (uint32_t j = i;;) {
+    j = (j + 1) & x->mask;
+    if (!x->slot[j]) break;
+    uint32_t home = hash_of(x->slot[j] - 1) & x->mask;
+    // move the entry at j into the hole at i unless its home lies in (i, j]
+    bool between = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+    if (!between) { x->slot[i] = x->slot[j]; i = j; }
+  }
+  x->slot[i] = 0;
+}
+
 void tables_init() {
   g.nconns = (uint32_t)(cfg.max_connections + cfg.max_http_connections);
   g.conns = table_alloc<Conn>(g.nconns);
@@ -717,13 +768,10 @@ void tables_init() {
   g.rooms = table_alloc<Room>(g.nrooms);
   g.room_free = NIL;
   g.room_count = g.room_hw = 0;
-  uint32_t cap = 16;
-  while (cap < g.nrooms * 2) cap *= 2;
-  g.room_mask = cap - 1;
-  g.room_index = table_alloc<uint32_t>(cap);
-  memset(g.room_index, 0xff, sizeof(uint32_t) * cap);  // all NIL (touches cap*4 bytes)
+  index_init(&g.room_index, g.nrooms);
   g.nmembers = (uint32_t)cfg.max_memberships;
   g.members = table_alloc<Member>(g.nmembers);
+  index_init(&g.member_index, g.nmembers);
   g.member_free = NIL;
   g.member_count = g.member_hw = 0;
   g.npend = (uint32_t)(cfg.max_connections * 4 + cfg.max_http_connections);
@@ -743,7 +791,8 @@ void tables_free() {
   table_release(g.routes, g.max_routes);
   table_release(g.reg_routes, MAX_REG_ROUTES);
   table_release(g.rooms, g.nrooms);
-  table_release(g.room_index, (size_t)g.room_mask + 1);
+  index_release(&g.room_index);
+  index_release(&g.member_index);
   table_release(g.members, g.nmembers);
   table_release(g.pend, g.npend);
   table_release(g.toks, g.ntoks);
@@ -806,8 +855,7 @@ int conn_id(const Conn* c, char* out, size_t n) {
 }
 
 // --- rooms -----------------------------------------------------------------
-// Keyed by (service, name). The index is open addressing with linear
-// probing and backward-shift deletion, so no tombstones accumulate.
+// Keyed by (service, name) in g.room_index.
 
 uint32_t room_hash(uint16_t group, const char* name, size_t n) {
   return hash_str(name, n, 2166136261u ^ (group * 0x9e3779b9u));
@@ -815,12 +863,10 @@ uint32_t room_hash(uint16_t group, const char* name, size_t n) {
 
 uint32_t room_find(uint16_t group, const char* name, size_t n) {
   uint32_t h = room_hash(group, name, n);
-  for (uint32_t i = h & g.room_mask;; i = (i + 1) & g.room_mask) {
-    uint32_t r = g.room_index[i];
-    if (r == NIL) return NIL;
-    Room* room = &g.rooms[r];
-    if (room->hash == h && room->group == group && room->name_len == n && !memcmp(room->name, name, n)) return r;
-  }
+  return index_find(&g.room_index, h, [&](uint32_t r) {
+    const Room* room = &g.rooms[r];
+    return room->hash == h && room->group == group && room->name_len == n && !memcmp(room->name, name, n);
+  });
 }
 
 // Finds or creates; NIL when the table is full or the name is too long.
@@ -840,29 +886,14 @@ uint32_t room_get(uint16_t group, const char* name, size_t n) {
   room->name[n] = 0;
   room->head = NIL;
   room->count = 0;
-  uint32_t i = room->hash & g.room_mask;
-  while (g.room_index[i] != NIL) i = (i + 1) & g.room_mask;
-  g.room_index[i] = r;
+  index_insert(&g.room_index, room->hash, r);
   g.room_count++;
   return r;
 }
 
 void room_free(uint32_t r) {
   Room* room = &g.rooms[r];
-  uint32_t i = room->hash & g.room_mask;
-  while (g.room_index[i] != r) i = (i + 1) & g.room_mask;
-  // backward-shift deletion
-  uint32_t j = i;
-  for (;;) {
-    j = (j + 1) & g.room_mask;
-    uint32_t x = g.room_index[j];
-    if (x == NIL) break;
-    uint32_t home = g.rooms[x].hash & g.room_mask;
-    // move x into the hole at i if its home is not in (i, j]
-    bool between = i <= j ? (home > i && home <= j) : (home > i || home <= j);
-    if (!between) { g.room_index[i] = x; i = j; }
-  }
-  g.room_index[i] = NIL;
+  index_remove(&g.room_index, room->hash, r, [](uint32_t x) { return g.rooms[x].hash; });
   room->used = false;
   room->next_free = g.room_free;
   g.room_free = r;
@@ -870,11 +901,14 @@ void room_free(uint32_t r) {
 }
 
 // --- memberships -------------------------------------------------------------
+// Keyed by (connection slot, room) in g.member_index, so join and leave are
+// O(1); each membership is also on its room's and its connection's lists.
+
+uint32_t member_hash(uint32_t conn, uint32_t room) { return (conn * 0x9e3779b1u) ^ (room * 0x85ebca6bu) ^ (room >> 7); }
 
 uint32_t member_find(const Conn* c, uint32_t room) {
-  for (uint32_t m = c->rooms; m != NIL; m = g.members[m].cnext)
-    if (g.members[m].room == room) return m;
-  return NIL;
+  uint32_t ci = conn_index(c);
+  return index_find(&g.member_index, member_hash(ci, room), [&](uint32_t m) { return g.members[m].conn == ci && g.members[m].room == room; });
 }
 
 enum class JoinResult { Ok, Already, RoomsFull, MembersFull, BadName };
@@ -892,6 +926,7 @@ JoinResult room_join(Conn* c, const char* name, size_t n) {
   Room* room = &g.rooms[r];
   mb->room = r;
   mb->conn = conn_index(c);
+  index_insert(&g.member_index, member_hash(mb->conn, r), m);
   mb->rprev = NIL;
   mb->rnext = room->head;
   if (room->head != NIL) g.members[room->head].rprev = m;
@@ -908,6 +943,8 @@ JoinResult room_join(Conn* c, const char* name, size_t n) {
 
 void member_remove(uint32_t m) {
   Member* mb = &g.members[m];
+  index_remove(&g.member_index, member_hash(mb->conn, mb->room), m,
+               [](uint32_t x) { return member_hash(g.members[x].conn, g.members[x].room); });
   Room* room = &g.rooms[mb->room];
   Conn* c = &g.conns[mb->conn];
   if (mb->rprev != NIL) g.members[mb->rprev].rnext = mb->rnext; else room->head = mb->rnext;
@@ -3649,6 +3686,26 @@ void self_test_tables() {
   st_check(g.room_count == 0 && g.member_count == 0, "tables empty again");
   conn_free_slot(c1);
   conn_free_slot(c2);
+
+  // membership index: find every live (connection, room), none of the gone
+  Conn* mc[6];
+  for (int i = 0; i < 6; i++) mc[i] = st_conn(0);
+  for (int i = 0; i < 6; i++)
+    for (int k = 0; k < 9; k++) { char n[8]; int l = snprintf(n, sizeof n, "m%d", k); room_join(mc[i], n, (size_t)l); }
+  for (int i = 0; i < 6; i++)
+    for (int k = (i & 1); k < 9; k += 2) { char n[8]; int l = snprintf(n, sizeof n, "m%d", k); room_leave(mc[i], n, (size_t)l); }
+  bool idx_ok = g.member_count == 27;
+  for (int i = 0; i < 6; i++)
+    for (int k = 0; k < 9; k++) {
+      char n[8];
+      int l = snprintf(n, sizeof n, "m%d", k);
+      uint32_t r = room_find(0, n, (size_t)l);
+      bool want = (k & 1) != (i & 1);
+      idx_ok &= r != NIL && (member_find(mc[i], r) != NIL) == want;
+    }
+  st_check(idx_ok, "membership index after interleaved joins and leaves");
+  for (int i = 0; i < 6; i++) { conn_leave_all(mc[i]); conn_free_slot(mc[i]); }
+  st_check(g.member_count == 0 && g.room_count == 0, "membership index empty again");
 
   // membership table full
   uint32_t conns_needed = g.nmembers + 1;
