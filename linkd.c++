@@ -20,8 +20,8 @@
 //   8. Services    the Unix-socket link: frames, registration, dispatch
 //   9. HTTP        llhttp parsing, forwarding, local endpoints, CORS
 //  10. WebSocket   upgrade, wslay contexts bound on demand, envelopes
-//  11. Rooms       joins, leaves, broadcasts (encoded once, shared)
-//  12. Timers      pending deadlines, heartbeats, watchdog, shutdown, metrics
+//  11. Pushes      to a connection, a room or everyone (encoded once, shared)
+//  12. Lifecycle   timers, heartbeats, watchdog, shutdown, metrics, accept, listen
 //  13. Self-test   unit tests of the tables, routes, JSON and JWT checks
 //  14. main
 
@@ -3228,9 +3228,10 @@ bool ws_try_upgrade(Conn* c) {
 }
 
 // ============================================================================
-// 11. Rooms
-// What a service asks for its WebSocket clients. A push is built once (the
-// JSON envelope and the frame header), then the same Shared bytes are
+// 11. Pushes
+// What a service sends its WebSocket clients: to one connection, a room
+// (membership lists from section 4) or everyone on its path. A push is
+// built once (the JSON envelope and the frame header), then the same bytes are
 // written to each recipient; except_connections were marked with the
 // current serial while the frame was decoded, so skipping them is O(1).
 // ============================================================================
@@ -3296,10 +3297,11 @@ void ws_outbound(Backend* b, const linkd_WebSocketOutbound* m, Slice payload) {
 }
 
 // ============================================================================
-// 12. Timers
-// One timer for all pending replies (the FIFO head), one 1 s housekeeping
-// tick (heartbeats, idle HTTP connections, close handshakes that stall,
-// shutdown progress), the systemd watchdog, and the signal handlers.
+// 12. Lifecycle
+// Timers: one for all pending replies (the FIFO head), a 1 s housekeeping
+// tick (heartbeats, idle HTTP connections, stalled close handshakes,
+// shutdown progress), the systemd watchdog. Then signals and shutdown,
+// /metrics, accepting and reading client connections, and the listeners.
 // ============================================================================
 
 void pend_expire(uint32_t p, bool timeout) {
