@@ -502,6 +502,7 @@ constexpr int CTX_POOL = 32;            // idle wslay contexts kept for reuse
 constexpr uint64_t WS_CLOSE_GRACE_MS = 3000;  // wait for the peer's close frame
 constexpr uint64_t HTTP_IDLE_MS = 60000;      // keep-alive connection idle limit
 constexpr uint64_t HTTP_HEAD_MS = 30000;      // whole request must arrive within
+constexpr uint64_t SERVICE_TELL_MS = 2000;    // at stop, a backed-up service's time to read its notice
 constexpr size_t HTTP_OUT_CAP = 256 * 1024;   // unread answers queued before pipelined parsing pauses
 
 enum class CState : uint8_t { Free, Http, Ws, Closed };
@@ -664,6 +665,8 @@ struct Global {
   bool listening, svc_listening;
   bool shutting_down;
   uint64_t shutdown_deadline;
+  bool services_told;     // SHUTDOWN notices queued; links close as they drain
+  uint64_t services_deadline;
 
   Conn* conns; uint32_t nconns, conn_free, conn_hw;  // hw: slots ever used
   uint32_t ws_count, http_count;
@@ -1442,15 +1445,20 @@ int b64url_decode(const char* s, size_t n, unsigned char* out, size_t outn) {
 
 // The text of a JSON string token with its escapes decoded (\n, \u00e9,
 // surrogate pairs) into at most `room` bytes of UTF-8; a code point that
-// does not fit is dropped whole. Returns the bytes written.
+// does not fit is dropped whole. Returns the bytes written, or SIZE_MAX for
+// a malformed escape or an escaped NUL (refused: claims are NUL-separated).
 size_t json_unescape(Slice s, char* out, size_t room) {
   size_t o = 0;
-  auto hex4 = [&](size_t i) -> long {
+  auto hex4 = [&](size_t i) -> long {   // exactly four hex digits, else -1
     if (i + 4 > s.n) return -1;
-    char h[5] = {s.p[i], s.p[i + 1], s.p[i + 2], s.p[i + 3], 0};
-    char* end;
-    long v = strtol(h, &end, 16);
-    return *end ? -1 : v;
+    long v = 0;
+    for (size_t k = i; k < i + 4; k++) {
+      char d = s.p[k];
+      int x = d >= '0' && d <= '9' ? d - '0' : d >= 'a' && d <= 'f' ? d - 'a' + 10 : d >= 'A' && d <= 'F' ? d - 'A' + 10 : -1;
+      if (x < 0) return -1;
+      v = v * 16 + x;
+    }
+    return v;
   };
   for (size_t i = 0; i < s.n;) {
     char ch = s.p[i++];
@@ -1465,7 +1473,7 @@ size_t json_unescape(Slice s, char* out, size_t room) {
         case 'f': cp = '\f'; break;
         case 'u': {
           long v = hex4(i);
-          if (v < 0) return o;
+          if (v <= 0) return SIZE_MAX;   // malformed, or \u0000: a NUL would split the packed claims
           i += 4;
           cp = (uint32_t)v;
           if (cp >= 0xd800 && cp < 0xdc00 && i + 6 <= s.n && s.p[i] == '\\' && s.p[i + 1] == 'u') {
@@ -1661,9 +1669,12 @@ UserBlob* jwt_verify(const char* tok, size_t n, const char** why) {
   char packed[2048];
   size_t len = 0;
   uint8_t nroles = 0;
+  bool bad_escape = false;
   auto put = [&](Slice s, size_t max) {
     size_t room = std::min(max - 1, sizeof packed - len - 1);
-    len += json_unescape(s, packed + len, room);
+    size_t w = json_unescape(s, packed + len, room);
+    if (w == SIZE_MAX) { bad_escape = true; w = 0; }
+    len += w;
     packed[len++] = 0;
   };
   put(sub, 128);
@@ -1672,6 +1683,7 @@ UserBlob* jwt_verify(const char* tok, size_t n, const char** why) {
   if (roles_at >= 0)
     for (int i = roles_at + 1, r = 0; r < t[roles_at].size && i < k && nroles < 16 && len < sizeof packed - 80; r++, i = json_skip(t, k, i))
       if (t[i].type == JSMN_STRING) { put(Slice{js + t[i].start, (size_t)(t[i].end - t[i].start)}, 64); nroles++; }
+  if (bad_escape) { *why = "token claims have a malformed or NUL escape"; return nullptr; }
   UserBlob* u = (UserBlob*)malloc(sizeof(UserBlob) + len);
   if (!u) { *why = "out of memory"; return nullptr; }
   u->nroles = nroles;
@@ -1804,10 +1816,11 @@ void backends_flush_cb(uv_check_t*) noexcept {
 }
 
 // Appends one delimited ServiceMessage whose oneof member `tag` is msg.
-// False if the link is gone or too far behind (the caller answers 503).
-bool backend_send_msg(Backend* b, uint32_t tag, const pb_msgdesc_t* fields, const void* msg) {
+// False if the link is gone or too far behind (the caller answers 503);
+// past_cap: queue it anyway (the SHUTDOWN notice).
+bool backend_send_msg(Backend* b, uint32_t tag, const pb_msgdesc_t* fields, const void* msg, bool past_cap = false) {
   if (b->state != BState::Ready && b->state != BState::Open) return false;
-  if (b->pipe.write_queue_size + b->out.len > (size_t)cfg.max_frame_size * 4) {
+  if (!past_cap && b->pipe.write_queue_size + b->out.len > (size_t)cfg.max_frame_size * 4) {
     LOG_WARN("service link %u is %zu bytes behind: refusing more", backend_index(b), b->pipe.write_queue_size + b->out.len);
     return false;
   }
@@ -2562,11 +2575,12 @@ void http_respond(Conn* c, unsigned status, const char* headers, size_t headers_
   const Route* route = nullptr;
   if (h->pending != NIL) { pend_free(h->pending); h->pending = NIL; }
   Buf out;
-  // 204 and 304 carry no body (RFC 9110 §6.4.1), and 204 no Content-Length.
+  // 204 and 304 carry no body (RFC 9110 §6.4.1) and, from linkd, no
+  // Content-Length (a 304's would have to be the 200's length).
   bool bodiless = status == 204 || status == 304;
   if (bodiless) body_len = 0;
   buf_printf(&out, "HTTP/1.1 %u %s\r\n", status, status_text(status));
-  if (status != 204) buf_printf(&out, "Content-Length: %zu\r\n", body_len);
+  if (!bodiless) buf_printf(&out, "Content-Length: %zu\r\n", body_len);
   buf_printf(&out, "Connection: %s\r\n", keep ? "keep-alive" : "close");
   Match m;
   if (h->nhdrs && route_match(llhttp_method_name((llhttp_method_t)h->parser.method), http_path(h).p, http_path(h).n, &m))
@@ -3106,8 +3120,24 @@ void ws_accept_key(Slice key, char out[32]) {
   out[olen] = 0;
 }
 
+// RFC 7692 §5.1: an offer with a parameter we do not know is declined, and
+// server_max_window_bits too (our window is 15 bits, shared by everyone).
+bool deflate_params_ok(std::string_view params) {
+  while (!params.empty()) {
+    params.remove_prefix(1);   // the ';'
+    size_t next = params.find(';');
+    std::string_view p = params.substr(0, next);
+    params = next == std::string_view::npos ? std::string_view() : params.substr(next);
+    while (!p.empty() && p.front() == ' ') p.remove_prefix(1);
+    std::string_view key = p.substr(0, p.find('='));
+    while (!key.empty() && key.back() == ' ') key.remove_suffix(1);
+    if (key != "client_max_window_bits" && key != "client_no_context_takeover" && key != "server_no_context_takeover") return false;
+  }
+  return true;
+}
+
 // Does any Sec-WebSocket-Extensions offer permessage-deflate in a form we
-// can take (our window is 15 bits, so no server_max_window_bits)?
+// can take?
 bool deflate_offered(const Http* h) {
   for (int i = 0; i < h->nhdrs; i++) {
     if (!str_ieq(h->head.p + h->hdrs[i].name_off, h->hdrs[i].name_len, "sec-websocket-extensions")) continue;
@@ -3122,7 +3152,7 @@ bool deflate_offered(const Http* h) {
       std::string_view name = offer.substr(0, semi);
       while (!name.empty() && name.front() == ' ') name.remove_prefix(1);
       while (!name.empty() && name.back() == ' ') name.remove_suffix(1);
-      if (name == "permessage-deflate" && offer.find("server_max_window_bits") == std::string_view::npos) return true;
+      if (name == "permessage-deflate" && deflate_params_ok(offer.substr(semi == std::string_view::npos ? offer.size() : semi))) return true;
     }
   }
   return false;
@@ -3395,12 +3425,16 @@ void housekeeping(uint64_t now) {
   }
 }
 
+void shutdown_tell_services();
+uint32_t backends_open();
 void shutdown_finish();
 
 void tick_cb(uv_timer_t*) noexcept {
   uint64_t now = now_ms();
   housekeeping(now);
-  if (g.shutting_down && ((g.ws_count == 0 && g.http_count == 0) || now >= g.shutdown_deadline)) shutdown_finish();
+  if (g.shutting_down && !g.services_told && ((g.ws_count == 0 && g.http_count == 0) || now >= g.shutdown_deadline))
+    shutdown_tell_services();
+  if (g.services_told && (backends_open() == 0 || now >= g.services_deadline)) shutdown_finish();
 }
 
 void watchdog_cb(uv_timer_t*) noexcept { notify("WATCHDOG=1"); }
@@ -3428,7 +3462,12 @@ void shutdown_begin(const char* why) {
 
 // Everything clients had is done (or the deadline passed): close the rest,
 // tell the services, and let the loop run out.
-void shutdown_finish() {
+// Clients are done (or out of time): close what is left of them, then give
+// each service its SHUTDOWN notice behind whatever it has not read yet, and
+// close its link once that is written (or SERVICE_TELL_MS later).
+void shutdown_tell_services() {
+  g.services_told = true;
+  g.services_deadline = now_ms() + SERVICE_TELL_MS;
   for (uint32_t i = 0; i < g.conn_hw; i++) conn_close(&g.conns[i], "shutdown deadline");
   for (uint32_t i = 0; i < g.nbackends; i++) {
     Backend* b = &g.backends[i];
@@ -3437,9 +3476,20 @@ void shutdown_finish() {
     e.code = 503;
     snprintf(e.type, sizeof e.type, "SHUTDOWN");
     snprintf(e.message, sizeof e.message, "linkd is stopping");
-    backend_send_msg(b, TAG_ERROR, linkd_ErrorResponse_fields, &e);
-    backend_close(b, "linkd is stopping");
+    backend_send_msg(b, TAG_ERROR, linkd_ErrorResponse_fields, &e, true);
+    backend_close_after_flush(b, "linkd is stopping");
   }
+}
+
+uint32_t backends_open() {
+  uint32_t n = 0;
+  for (uint32_t i = 0; i < g.nbackends; i++) n += g.backends[i].state == BState::Ready || g.backends[i].state == BState::Open;
+  return n;
+}
+
+// Everything is told: close the last links and handles; the loop runs out.
+void shutdown_finish() {
+  for (uint32_t i = 0; i < g.nbackends; i++) backend_close(&g.backends[i], "linkd is stopping");
   uv_close((uv_handle_t*)&g.tick, nullptr);
   uv_close((uv_handle_t*)&g.pend_timer, nullptr);
   uv_close((uv_handle_t*)&g.watchdog, nullptr);
@@ -3845,6 +3895,8 @@ void self_test_jwt() {
   char uname[16];
   size_t un = json_unescape(Slice{"Jos\\u00e9 \\ud83d\\ude00\\n", 24}, uname, sizeof uname);
   st_check(un == 11 && !memcmp(uname, "Jos\xc3\xa9 \xf0\x9f\x98\x80\n", 11), "JSON string escapes decoded (\\u00e9, surrogate pair, \\n)");
+  st_check(json_unescape(Slice{"a\\u0000b", 8}, uname, sizeof uname) == SIZE_MAX &&
+           json_unescape(Slice{"\\u+041", 6}, uname, sizeof uname) == SIZE_MAX, "escaped NUL and malformed \\u refused");
   un = json_unescape(Slice{"ab\\u00e9", 8}, uname, 3);
   st_check(un == 2, "a character that does not fit is dropped whole");
   const char* none = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ1MSJ9.";

@@ -103,7 +103,8 @@ def cmd_jwt(url, secret):
         u = json.loads(body)['user']
     except Exception:
         u = {}
-    check('jwt: \\u0000 in sub does not shift username/tenant/roles', st == 401 or (u.get('roles') == ['user'] and u.get('tenant_id') == ''),
+    check('jwt: \\u0000 in sub does not shift username/tenant/roles (refused: anonymous on an open route)',
+          st == 401 or (u.get('roles') == ['user'] and u.get('tenant_id') == '') or (u.get('authenticated') is False and u.get('roles') == []),
           '%s user=%r' % (st, u))
     # a raw NUL byte (invalid JSON) inside a claim string
     claims = b'{"sub":"u1","preferred_username":"eve\x00\x00admin","roles":["user"],"exp":%d}' % exp

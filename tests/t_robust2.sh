@@ -83,10 +83,13 @@ for i in $(seq 1 60); do curl -s -m 2 -o /dev/null -X POST --data-binary @"$T_TM
 sleep 0.5   # let the requests be forwarded (no event to await: the service is not reading)
 SAN_LOG=$LINKD_LOG
 kill -TERM "$LINKD_PID"
+# The backed-up service catches up while linkd stops: the notice must come
+# after its backlog, not be lost with it. (A service that never reads again
+# cannot be told anything: what linkd still holds for it goes at exit.)
+echo >&$SDW; exec {SDW}>&-
 if wait_exit "$LINKD_PID" 20; then
   expect_eq "shutdown: linkd exits 0" "$WAIT_RC" 0
 else fail "shutdown: linkd exits" "still running"; kill -KILL "$LINKD_PID"; fi
-echo >&$SDW; exec {SDW}>&-
 wait_for 25 grep -qE 'GOT|NONE' "$T_TMP/sd0.out"
 expect_eq "shutdown: an idle service gets the SHUTDOWN ErrorResponse" "$(grep -oE 'GOT|NONE' "$T_TMP/sd0.out")" GOT
 wait_for 25 grep -qE 'GOT|NONE' "$T_TMP/sd1.out"
