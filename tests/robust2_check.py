@@ -450,16 +450,7 @@ def cmd_churn(host, port, path, nconn, rounds):
 
 # ---------------------------------------------------------------- raw services
 
-def varint(n):
-    b = bytearray()
-    while True:
-        c = n & 0x7f
-        n >>= 7
-        if n:
-            b.append(c | 0x80)
-        else:
-            b.append(c)
-            return bytes(b)
+from svc import varint  # noqa: E402  (the test service's framing helper)
 
 
 def svc_register(sock_path, name, ws_path=None, route=None):

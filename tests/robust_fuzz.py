@@ -713,16 +713,7 @@ def g_ws_stall():
 
 # ---------------------------------------------------------------- service socket groups
 
-def varint(n):
-    b = bytearray()
-    while True:
-        c = n & 0x7f
-        n >>= 7
-        if n:
-            b.append(c | 0x80)
-        else:
-            b.append(c)
-            return bytes(b)
+from svc import varint  # noqa: E402  (the test service's framing helper)
 
 
 def delimited(m):
