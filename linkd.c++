@@ -630,6 +630,16 @@ struct Member {
   uint32_t cnext, cprev;  // connection's list
 };
 
+// How many WebSocket connections share a key: a remote address (per-IP
+// cap) or a service + user id (per-user cap). Freed when the count is 0.
+struct Tally {
+  uint32_t hash;
+  uint32_t count;         // 0: free (next_free links the free list)
+  uint32_t next_free;
+  uint8_t len;
+  char key[135];          // 'i' family addr[16] | 'u' group[2] user_id
+};
+
 enum class PKind : uint8_t { Free, Http, Ws };
 
 // A reply a service owes. Deadlines are "start + fixed timeout", so one FIFO
@@ -676,6 +686,8 @@ struct Global {
   Room* rooms; uint32_t nrooms, room_free, room_count, room_hw;
   Index room_index;   // (service, name) -> room
   Index member_index; // (connection, room) -> membership
+  Tally* tallies; uint32_t ntallies, tally_free, tally_hw;
+  Index tally_index;  // key -> tally
   Member* members; uint32_t nmembers, member_free, member_count, member_hw;
   Pending* pend; uint32_t npend, pend_free, pend_head, pend_tail, pend_count, pend_hw;
   jsmntok_t* toks; uint32_t ntoks;
@@ -775,6 +787,11 @@ void tables_init() {
   g.nmembers = (uint32_t)cfg.max_memberships;
   g.members = table_alloc<Member>(g.nmembers);
   index_init(&g.member_index, g.nmembers);
+  g.ntallies = (uint32_t)cfg.max_connections * 2;   // one address and one user per connection at most
+  g.tallies = table_alloc<Tally>(g.ntallies);
+  g.tally_free = NIL;
+  g.tally_hw = 0;
+  index_init(&g.tally_index, g.ntallies);
   g.member_free = NIL;
   g.member_count = g.member_hw = 0;
   g.npend = (uint32_t)(cfg.max_connections * 4 + cfg.max_http_connections);
@@ -796,6 +813,8 @@ void tables_free() {
   table_release(g.rooms, g.nrooms);
   index_release(&g.room_index);
   index_release(&g.member_index);
+  index_release(&g.tally_index);
+  table_release(g.tallies, g.ntallies);
   table_release(g.members, g.nmembers);
   table_release(g.pend, g.npend);
   table_release(g.toks, g.ntoks);
@@ -974,6 +993,58 @@ bool room_leave(Conn* c, const char* name, size_t n) {
 void conn_leave_all(Conn* c) {
   while (c->rooms != NIL) member_remove(c->rooms);
 }
+
+// --- tallies (per-IP and per-user caps) -------------------------------------
+
+size_t tally_key_ip(const Conn* c, char* key) {
+  key[0] = 'i';
+  key[1] = (char)c->family;
+  memcpy(key + 2, c->addr, 16);
+  return 18;
+}
+
+size_t tally_key_user(uint16_t group, const char* user_id, char* key) {
+  size_t n = std::min(strlen(user_id), (size_t)128);
+  key[0] = 'u';
+  memcpy(key + 1, &group, 2);
+  memcpy(key + 3, user_id, n);
+  return n + 3;
+}
+
+uint32_t tally_find(const char* key, size_t n) {
+  uint32_t h = hash_str(key, n);
+  return index_find(&g.tally_index, h, [&](uint32_t t) { return g.tallies[t].hash == h && g.tallies[t].len == n && !memcmp(g.tallies[t].key, key, n); });
+}
+
+uint32_t tally_count(const char* key, size_t n) {
+  uint32_t t = tally_find(key, n);
+  return t == NIL ? 0 : g.tallies[t].count;
+}
+
+void tally_add(const char* key, size_t n) {
+  uint32_t t = tally_find(key, n);
+  if (t == NIL) {
+    if (g.tally_free != NIL) { t = g.tally_free; g.tally_free = g.tallies[t].next_free; }
+    else if (g.tally_hw < g.ntallies) t = g.tally_hw++;
+    else return;   // cannot happen: two keys per connection at most
+    Tally* e = &g.tallies[t];
+    e->hash = hash_str(key, n);
+    e->len = (uint8_t)n;
+    memcpy(e->key, key, n);
+    e->count = 0;
+    index_insert(&g.tally_index, e->hash, t);
+  }
+  g.tallies[t].count++;
+}
+
+void tally_sub(const char* key, size_t n) {
+  uint32_t t = tally_find(key, n);
+  if (t == NIL || --g.tallies[t].count) return;
+  index_remove(&g.tally_index, g.tallies[t].hash, t, [](uint32_t x) { return g.tallies[x].hash; });
+  g.tallies[t].next_free = g.tally_free;
+  g.tally_free = t;
+}
+
 
 // --- pending replies ------------------------------------------------------------
 
@@ -2896,10 +2967,21 @@ bool ws_close(Conn* c, uint16_t code, const char* reason) {
   return true;
 }
 
+// A WebSocket connection's address and user, counted while it is open.
+void conn_tally(const Conn* c, bool add) {
+  char key[160];
+  size_t n = tally_key_ip(c, key);
+  add ? tally_add(key, n) : tally_sub(key, n);
+  if (c->user) {
+    n = tally_key_user(c->group, c->user->data, key);
+    add ? tally_add(key, n) : tally_sub(key, n);
+  }
+}
+
 // Called from conn_close: tell the service (rooms still listed), then free
 // everything the connection held.
 void ws_detach(Conn* c) {
-  if (c->counted_ws) { g.ws_count--; c->counted_ws = false; }
+  if (c->counted_ws) { g.ws_count--; conn_tally(c, false); c->counted_ws = false; }
   while (c->pend != NIL) pend_release_ws(c, c->pend);
   if (c->backend != NIL16 && g.backends[c->backend].state == BState::Ready)
     send_conn_event(&g.backends[c->backend], c, linkd_WebSocketConnectionEvent_EventType_DISCONNECTED);
@@ -3165,15 +3247,6 @@ uint16_t group_by_ws_path(Slice path) {
   return NIL16;
 }
 
-// Counts WebSocket connections matching pred (per-user and per-IP caps).
-template <class Pred>
-uint32_t ws_count_where(Pred pred) {
-  uint32_t n = 0;
-  for (uint32_t i = 0; i < g.conn_hw; i++)
-    if (g.conns[i].state == CState::Ws && pred(&g.conns[i])) n++;
-  return n;
-}
-
 // RFC 6455 §4.2.1 checks, then Origin, token (claims kept in c->user) and
 // the caps. Answers a refusal itself and returns false.
 bool ws_handshake_ok(Conn* c, uint16_t gi, bool wants) {
@@ -3200,14 +3273,13 @@ bool ws_handshake_ok(Conn* c, uint16_t gi, bool wants) {
   if (tok.p && !user) LOG_DEBUG("upgrade with an invalid token (%s)", why);
   c->user = user;   // freed by conn_close from here on, whatever happens
   if (gr->ws_auth && !user) { http_error(c, 401, why, "WWW-Authenticate: Bearer\r\n", true); return false; }
-  if (user && gr->ws_max_per_user &&
-      ws_count_where([&](const Conn* o) { return o->group == gi && o->user && !strcmp(o->user->data, user->data); }) >= gr->ws_max_per_user) {
+  char tkey[160];
+  if (user && gr->ws_max_per_user && tally_count(tkey, tally_key_user(gi, user->data, tkey)) >= gr->ws_max_per_user) {
     http_error(c, 429, "too many connections for this user", "", true);
     return false;
   }
   if (g.ws_count >= (uint32_t)cfg.max_connections) { http_error(c, 503, "connection table full", "", true); return false; }
-  if (cfg.max_connections_per_ip > 0 &&
-      ws_count_where([&](const Conn* o) { return o->family == c->family && !memcmp(o->addr, c->addr, 16); }) >= (uint64_t)cfg.max_connections_per_ip) {
+  if (cfg.max_connections_per_ip > 0 && tally_count(tkey, tally_key_ip(c, tkey)) >= (uint64_t)cfg.max_connections_per_ip) {
     http_error(c, 429, "too many connections from this address", "", true);
     return false;
   }
@@ -3238,6 +3310,7 @@ void ws_accept(Conn* c, uint16_t gi) {
   g.ws_count++;
   g.ws_accepted++;
   c->group = gi;
+  conn_tally(c, true);   // after c->group: the user key includes the service
   c->deflate = deflate;
   c->connected_ms = wall_ms();
   c->tokens = (double)cfg.rate_burst;
@@ -3769,6 +3842,19 @@ void self_test_tables() {
   st_check(idx_ok, "membership index after interleaved joins and leaves");
   for (int i = 0; i < 6; i++) { conn_leave_all(mc[i]); conn_free_slot(mc[i]); }
   st_check(g.member_count == 0 && g.room_count == 0, "membership index empty again");
+
+  // tallies (per-IP and per-user caps)
+  char k1[160], k2[160];
+  size_t n1 = tally_key_user(1, "ann", k1), n2 = tally_key_user(2, "ann", k2);
+  tally_add(k1, n1);
+  tally_add(k1, n1);
+  tally_add(k2, n2);
+  bool tl = tally_count(k1, n1) == 2 && tally_count(k2, n2) == 1;
+  tally_sub(k1, n1);
+  tally_sub(k2, n2);
+  tl = tl && tally_count(k1, n1) == 1 && tally_count(k2, n2) == 0;
+  tally_sub(k1, n1);
+  st_check(tl && tally_count(k1, n1) == 0 && g.tally_free != NIL, "tallies count per key and free at zero");
 
   // membership table full
   uint32_t conns_needed = g.nmembers + 1;
