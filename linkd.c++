@@ -13,7 +13,7 @@
 //   1. Config      settings: flags, LINKD_* environment, config file
 //   2. Utilities   logging, byte buffers, shared frames, JSON escaping
 //   3. Types       the tables' records and the single global state `g`
-//   4. Tables      connection slots, rooms, memberships, pending replies
+//   4. Tables      connection slots, rooms, memberships, tallies, pending replies
 //   5. Output      writing to clients: shared frames, backpressure, deflate
 //   6. Routes      the HTTP route table (method + pattern, static beats :param)
 //   7. Auth        JWT verification (HS256, RS256, ES256), claims
@@ -541,7 +541,7 @@ struct Conn {
   bool msg_open;          // wslay: a fragmented message is in progress
   bool ws_closing;        // close frame queued: ignore further messages
   bool close_after_write; // close the socket once the write queue drains
-  bool counted_ws;        // counted in g.ws_count (and per-ip)
+  bool counted_ws;        // counted in g.ws_count and the tallies
   bool deflate;           // permessage-deflate negotiated (no context takeover either way)
   uint16_t group;         // service (by name) whose WebSocket path this is on
   uint16_t backend;       // instance this connection is bound to, or NIL16
@@ -716,7 +716,8 @@ Global g;
 // ============================================================================
 // 4. Tables
 // Fixed capacity, reserved at start-up with mmap so that untouched entries
-// cost no resident memory; free lists make alloc/free O(1).
+// cost no resident memory; free lists make alloc/free O(1); hash indexes
+// (rooms, memberships, tallies) make lookups O(1).
 // ============================================================================
 
 // --- hash indexes ------------------------------------------------------------
