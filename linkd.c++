@@ -1171,11 +1171,28 @@ bool conn_send(Conn* c, Shared* s) {
   return true;
 }
 
+// Writes bytes the caller owns: straight from them when the socket takes
+// them all (the usual case); only what it does not take is copied and
+// queued. Returns 0 or a negative libuv error.
+int stream_send_bytes(uv_stream_t* st, const char* p, size_t n) {
+  size_t done = 0;
+  if (st->write_queue_size == 0) {   // with a queue, try_write refuses anyway
+    uv_buf_t b = uv_buf_init((char*)p, (unsigned)n);
+    int r = uv_try_write(st, &b, 1);
+    if (r == (int)n) return 0;
+    if (r < 0 && r != UV_EAGAIN) return r;
+    if (r > 0) done = (size_t)r;
+  }
+  Shared* rest = shared_new(n - done);
+  memcpy(rest->data, p + done, n - done);
+  int r = stream_send(st, rest);
+  shared_unref(rest);
+  return r;
+}
+
 void conn_send_bytes(Conn* c, const char* p, size_t n) {
-  Shared* s = shared_new(n);
-  memcpy(s->data, p, n);
-  conn_send(c, s);
-  shared_unref(s);
+  if (c->state != CState::Http && c->state != CState::Ws) return;
+  if (int r = stream_send_bytes((uv_stream_t*)&c->tcp, p, n)) conn_close(c, uv_strerror(r));
 }
 
 // After the queue drains, close (HTTP "Connection: close", WS after close).
@@ -1365,6 +1382,19 @@ void ws_send_error(Conn* c, const char* id, size_t id_len, bool id_quoted, const
   buf_printf(&b, "\",\"code\":%d}}", code);
   ws_send_text(c, b.p, b.len);
   buf_free(&b);
+}
+
+// Answers a pending WebSocket reply with an error. The entry is freed
+// before the write: a failed write closes the connection, and closing frees
+// whatever the connection still has pending.
+void pend_fail_ws(Conn* c, uint32_t p, const char* type, const char* msg, int code) {
+  const Pending* e = &g.pend[p];
+  char id[sizeof e->id];
+  uint16_t id_len = e->id_len;
+  bool quoted = e->id_quoted;
+  memcpy(id, e->id, id_len);
+  pend_release_ws(c, p);
+  ws_send_error(c, id, id_len, quoted, type, msg, code);
 }
 
 // ============================================================================
@@ -1867,18 +1897,9 @@ uint16_t backend_index(const Backend* b) { return (uint16_t)(b - g.backends); }
 void backend_flush(Backend* b) {
   b->dirty = false;
   if (!b->out.len || (b->state != BState::Ready && b->state != BState::Open)) { b->out.len = 0; return; }
-  uv_stream_t* st = (uv_stream_t*)&b->pipe;
-  uv_buf_t ub = uv_buf_init(b->out.p, (unsigned)b->out.len);
-  int r = uv_try_write(st, &ub, 1);
-  if (r == (int)b->out.len) { b->out.len = 0; return; }
-  if (r < 0 && r != UV_EAGAIN) { b->out.len = 0; backend_close(b, uv_strerror(r)); return; }
-  size_t done = r > 0 ? (size_t)r : 0;
-  Shared* rest = shared_new(b->out.len - done);   // the kernel is behind: queue a copy of the rest
-  memcpy(rest->data, b->out.p + done, b->out.len - done);
+  int r = stream_send_bytes((uv_stream_t*)&b->pipe, b->out.p, b->out.len);
   b->out.len = 0;
   if (b->out.cap > 1024 * 1024) buf_free(&b->out);   // a one-off burst does not keep its memory
-  r = stream_send(st, rest);
-  shared_unref(rest);
   if (r) backend_close(b, uv_strerror(r));
 }
 
@@ -2624,8 +2645,14 @@ bool origin_allowed(Slice origin, const Route* r) {
   return false;
 }
 
-void cors_headers(Buf* out, const Http* h, const Route* r) {
+// CORS headers for an allowed Origin; the route (for its own origins) is
+// looked up only when the request has an Origin at all.
+void cors_headers(Buf* out, const Http* h) {
   Slice origin = http_header(h, "origin");
+  if (!origin.p) return;
+  Match m;
+  const Route* r = route_match(llhttp_method_name((llhttp_method_t)h->parser.method), http_path(h).p, http_path(h).n, &m)
+                   ? &g.routes[m.route] : nullptr;
   if (!origin_allowed(origin, r)) return;
   buf_puts(out, "Access-Control-Allow-Origin: ");
   buf_put(out, origin.p, origin.n);
@@ -2644,7 +2671,6 @@ void http_respond(Conn* c, unsigned status, const char* headers, size_t headers_
   Http* h = c->http;
   if (!h) return;
   bool keep = !force_close && !g.shutting_down && llhttp_should_keep_alive(&h->parser);
-  const Route* route = nullptr;
   if (h->pending != NIL) { pend_free(h->pending); h->pending = NIL; }
   Buf out;
   // 204 and 304 carry no body (RFC 9110 §6.4.1) and, from linkd, no
@@ -2654,20 +2680,14 @@ void http_respond(Conn* c, unsigned status, const char* headers, size_t headers_
   buf_printf(&out, "HTTP/1.1 %u %s\r\n", status, status_text(status));
   if (!bodiless) buf_printf(&out, "Content-Length: %zu\r\n", body_len);
   buf_printf(&out, "Connection: %s\r\n", keep ? "keep-alive" : "close");
-  Match m;
-  if (h->nhdrs && route_match(llhttp_method_name((llhttp_method_t)h->parser.method), http_path(h).p, http_path(h).n, &m))
-    route = &g.routes[m.route];
-  cors_headers(&out, h, route);
+  cors_headers(&out, h);
   if (headers_len) buf_put(&out, headers, headers_len);
   buf_puts(&out, "\r\n");
   if (h->parser.method != HTTP_HEAD && body_len) buf_put(&out, body, body_len);
   g.http_status[status < 600 ? status : 599]++;
   g.http_bytes_out += out.len;
-  Shared* s = shared_new(out.len);
-  memcpy(s->data, out.p, out.len);
+  conn_send_bytes(c, out.p, out.len);
   buf_free(&out);
-  conn_send(c, s);
-  shared_unref(s);
   if (c->state != CState::Http) return;
   h->complete = false;
   h->since = now_ms();
@@ -3051,11 +3071,11 @@ bool json_valid(const char* p, size_t n) {
   if (*p != '{' && *p != '[' && *p != '"') return json_primitive_ok(p, n);   // jsmn's strict mode wants a delimiter after a bare primitive
   jsmn_parser jp;
   jsmn_init(&jp);
-  int count = jsmn_parse(&jp, p, n, nullptr, 0);
-  if (count < 1) return false;
-  if ((uint32_t)count > g.ntoks) return true;
-  jsmn_init(&jp);
   int k = jsmn_parse(&jp, p, n, g.toks, g.ntoks);
+  if (k == JSMN_ERROR_NOMEM) {   // more tokens than the shared array: structure only
+    jsmn_init(&jp);
+    return jsmn_parse(&jp, p, n, nullptr, 0) >= 1;
+  }
   return k >= 1 && (size_t)g.toks[0].end + (g.toks[0].type == JSMN_STRING) == n && json_tokens_ok(p, g.toks, k);
 }
 
@@ -3169,12 +3189,7 @@ void ws_service_reply(Conn* c, const char* corr, const linkd_WebSocketResponse* 
     buf_puts(&b, "}}");
   } else if (data.n && !json_valid(data.p, data.n)) {
     LOG_WARN("service '%s' replied with invalid JSON; client told BAD_GATEWAY", g.groups[c->group].name);
-    char id[sizeof e->id];
-    uint16_t id_len = e->id_len;
-    bool quoted = e->id_quoted;
-    memcpy(id, e->id, id_len);
-    pend_release_ws(c, p);   // before the write: a failed write frees the connection's pending replies
-    ws_send_error(c, id, id_len, quoted, "BAD_GATEWAY", "service replied with invalid JSON", 502);
+    pend_fail_ws(c, p, "BAD_GATEWAY", "service replied with invalid JSON", 502);
     buf_free(&b);
     return;
   } else {
@@ -3432,15 +3447,8 @@ void pend_expire(uint32_t p, bool timeout) {
     return;
   }
   if (!live || c->state != CState::Ws) { pend_free(p); return; }
-  // Free the entry before writing: a failed write closes the connection,
-  // and closing frees whatever the connection still has pending.
-  char id[sizeof e->id];
-  uint16_t id_len = e->id_len;
-  bool quoted = e->id_quoted;
-  memcpy(id, e->id, id_len);
-  pend_release_ws(c, p);
-  ws_send_error(c, id, id_len, quoted, timeout ? "TIMEOUT" : "SERVICE_UNAVAILABLE",
-                timeout ? "service did not reply in time" : "service went away", timeout ? 504 : 503);
+  pend_fail_ws(c, p, timeout ? "TIMEOUT" : "SERVICE_UNAVAILABLE", timeout ? "service did not reply in time" : "service went away",
+               timeout ? 504 : 503);
 }
 
 void pend_timer_cb(uv_timer_t*) noexcept {
