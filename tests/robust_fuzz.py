@@ -58,6 +58,19 @@ def rst(s):
     s.close()
 
 
+def metric_value(name):
+    """One sample of linkd's /metrics (exact name with labels), or None."""
+    s = tcp()
+    s.sendall(b'GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+    body, _ = read_all(s, 3.0)
+    s.close()
+    for line in body.decode('latin-1').splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == name:
+            return parts[1]
+    return None
+
+
 def read_all(s, timeout):
     """Bytes until the peer closes or the timeout; returns (bytes, closed)."""
     end = time.monotonic() + timeout
@@ -513,7 +526,14 @@ def g_http_backpressure():
             sent += s.send(data[sent:sent + 65536])
     except (socket.timeout, OSError):
         pass
-    time.sleep(1.5)
+    # wait until linkd has answered all it will while nobody reads: the
+    # count of answers stops moving (parsing is paused by backpressure)
+    last, steady, end = None, 0, time.monotonic() + 5
+    while steady < 3 and time.monotonic() < end:
+        now = metric_value('linkd_http_requests_total{status="200"}')
+        steady = steady + 1 if now == last else 0
+        last = now
+        time.sleep(0.1)   # polling interval
     grown = (rss_kb(A.pid) - before) // 1024
     rst(s)
     check('http backpressure: 30000 pipelined requests never read: linkd grows by %d MB (< 48)' % grown, grown < 48,

@@ -80,7 +80,8 @@ wait_for 10 grep -q READY "$T_TMP/sd0.out"; wait_for 10 grep -q READY "$T_TMP/sd
 # back the second link up: requests it never reads (each 503s after the handler timeout or stays pending)
 head -c 60000 /dev/zero | tr '\0' x >"$T_TMP/pad"
 for i in $(seq 1 60); do curl -s -m 2 -o /dev/null -X POST --data-binary @"$T_TMP/pad" "$LINKD_URL/sd1" & done
-sleep 0.5   # let the requests be forwarded (no event to await: the service is not reading)
+pending_at_least() { [ "$(metric linkd_pending_replies)" -ge "$1" ] 2>/dev/null; }
+check "shutdown: the 60 requests are forwarded and owed by the stuck service" wait_for 10 pending_at_least 60
 SAN_LOG=$LINKD_LOG
 kill -TERM "$LINKD_PID"
 # The backed-up service catches up while linkd stops: the notice must come

@@ -180,7 +180,8 @@ def t():
     A.whoami()
     curl = subprocess.Popen(['curl', '-s', '-m', '10', '-o', '/dev/null', '-w', '%{http_code}', base + '/slow?sleep=700'],
                             stdout=subprocess.PIPE, text=True)
-    time.sleep(0.3)   # the request must be in flight when SIGTERM lands
+    # the request must be in flight (owed by the service) when SIGTERM lands
+    c.ok('shutdown: the slow request is in flight', wait_until(lambda: (metric(base, 'linkd_pending_replies') or 0) >= 1, 5), metric(base, 'linkd_pending_replies'))
     os.kill(int(os.environ['LINKD_PID']), signal.SIGTERM)
     m = A.expect(lambda m: isinstance(m, dict) and m.get('type') == 'server.shutdown', 5)
     c.ok('shutdown: clients get {"type":"server.shutdown"}', m is not None, A.inbox)
