@@ -278,32 +278,20 @@ def cmd_deflate(host, port, path, rawpath):
     w.send_frame(1, a, fin=False, rsv1=True); w.send_frame(0, b_ + c, fin=True, rsv1=True)
     code = w.close_code()
     check('deflate: RSV1 on a continuation frame closes with 1002', code == 1002, code); w.close()
-    # compressed control frame
-    w = WS(host, port, path, 'permessage-deflate')
-    w.send_frame(9, deflate_raw(b'hello'), rsv1=True)
-    code = w.close_code()
-    check('deflate: compressed ping closes with 1002', code == 1002, code); w.close()
-    # RSV1 without negotiation
-    w = WS(host, port, path)
-    w.send_frame(1, deflate_raw(env('echo', 'x')), rsv1=True)
-    code = w.close_code()
-    check('deflate: RSV1 without negotiation closes with 1002', code == 1002, code); w.close()
-    # inflate bomb: 1 KiB compressed -> many MB
-    w = WS(host, port, path, 'permessage-deflate')
-    bomb = deflate_raw(b'[' * (50 * 1024 * 1024))
-    w.send_frame(1, bomb, rsv1=True)
-    code = w.close_code()
-    check('deflate: inflate bomb (%d bytes -> 50 MiB) closes with 1009' % len(bomb), code == 1009, code); w.close()
-    # garbage compressed data
-    w = WS(host, port, path, 'permessage-deflate')
-    w.send_frame(1, b'\xff\xff\xff\xff\x00', rsv1=True)
-    code = w.close_code()
-    check('deflate: garbage compressed data closes with 1007', code == 1007, code); w.close()
-    # compressed invalid UTF-8 text
-    w = WS(host, port, path, 'permessage-deflate')
-    w.send_frame(1, deflate_raw(b'{"type":"echo","data":"\xff\xfe"}'), rsv1=True)
-    code = w.close_code()
-    check('deflate: compressed text with invalid UTF-8 closes with 1007', code == 1007, code); w.close()
+    # one compressed frame (RSV1) each, on a fresh connection: the close code it must get
+    bomb = deflate_raw(b'[' * (50 * 1024 * 1024))   # inflate bomb: ~50 KiB compressed -> 50 MiB
+    pd = 'permessage-deflate'
+    for label, ext, op, payload, want in [
+            ('compressed ping closes with 1002', pd, 9, deflate_raw(b'hello'), 1002),
+            ('RSV1 without negotiation closes with 1002', None, 1, deflate_raw(env('echo', 'x')), 1002),
+            ('inflate bomb (%d bytes -> 50 MiB) closes with 1009' % len(bomb), pd, 1, bomb, 1009),
+            ('garbage compressed data closes with 1007', pd, 1, b'\xff\xff\xff\xff\x00', 1007),
+            ('compressed text with invalid UTF-8 closes with 1007', pd, 1, deflate_raw(b'{"type":"echo","data":"\xff\xfe"}'), 1007)]:
+        w = WS(host, port, path, ext)
+        w.send_frame(op, payload, rsv1=True)
+        code = w.close_code()
+        check('deflate: ' + label, code == want, code)
+        w.close()
     # trailing data after a final deflate block (BFINAL) must not be silently accepted as something else
     w = WS(host, port, path, 'permessage-deflate')
     c1 = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
@@ -450,7 +438,7 @@ def cmd_churn(host, port, path, nconn, rounds):
 
 # ---------------------------------------------------------------- raw services
 
-from svc import varint  # noqa: E402  (the test service's framing helper)
+from svc import varint, split_frame  # noqa: E402  (the test service's framing helpers)
 
 
 def svc_register(sock_path, name, ws_path=None, route=None):
@@ -476,16 +464,10 @@ def read_frames(s, pb, buf, until, timeout):
     end = time.time() + timeout
     while time.time() < end:
         while True:
-            n = shift = i = 0
-            okv = False
-            while i < len(buf):
-                c = buf[i]; i += 1
-                n |= (c & 0x7f) << shift; shift += 7
-                if not c & 0x80:
-                    okv = True; break
-            if not okv or len(buf) - i < n:
+            f, buf = split_frame(buf)
+            if f is None:
                 break
-            m = pb.ServiceMessage(); m.ParseFromString(buf[i:i + n]); buf = buf[i + n:]
+            m = pb.ServiceMessage(); m.ParseFromString(f)
             if until(m):
                 return m, buf
         s.settimeout(max(0.05, end - time.time()))

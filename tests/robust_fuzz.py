@@ -733,7 +733,7 @@ def g_ws_stall():
 
 # ---------------------------------------------------------------- service socket groups
 
-from svc import varint  # noqa: E402  (the test service's framing helper)
+from svc import varint, split_frame  # noqa: E402  (the test service's framing helpers)
 
 
 def delimited(m):
@@ -768,19 +768,11 @@ def svc_frames(s, timeout=2.0, want=None):
             break
         buf += d
         while True:
-            n = shift = i = 0
-            done = False
-            while i < len(buf):
-                c = buf[i]; i += 1
-                n |= (c & 0x7f) << shift; shift += 7
-                if not c & 0x80:
-                    done = True
-                    break
-            if not done or len(buf) - i < n:
+            f, buf = split_frame(buf)
+            if f is None:
                 break
             m = pb.ServiceMessage()
-            m.ParseFromString(buf[i:i + n])
-            buf = buf[i + n:]
+            m.ParseFromString(f)
             msgs.append(m)
             if want and want(m):
                 return msgs, eof

@@ -66,6 +66,20 @@ def varint(n):
             return bytes(b)
 
 
+def split_frame(buf):
+    """One varint-delimited frame off the front of buf: (frame, rest), or
+    (None, buf) while it is incomplete."""
+    n = shift = i = 0
+    while i < len(buf):
+        c = buf[i]; i += 1
+        n |= (c & 0x7f) << shift; shift += 7
+        if not c & 0x80:
+            if len(buf) - i < n:
+                break
+            return buf[i:i + n], buf[i + n:]
+    return None, buf
+
+
 def user_dict(u):
     return {'user_id': u.user_id, 'username': u.username, 'roles': list(u.roles),
             'tenant_id': u.tenant_id, 'authenticated': u.authenticated}
@@ -99,23 +113,15 @@ class Svc:
         self.buf += d
         frames = []
         while True:
-            n = 0; shift = 0; i = 0
-            ok = False
-            while i < len(self.buf):
-                c = self.buf[i]; i += 1
-                n |= (c & 0x7f) << shift; shift += 7
-                if not c & 0x80:
-                    ok = True
-                    break
-            if not ok or len(self.buf) - i < n:
+            f, self.buf = split_frame(self.buf)
+            if f is None:
                 break
             m = pb.ServiceMessage()
             try:
-                m.ParseFromString(self.buf[i:i + n])
+                m.ParseFromString(f)
             except Exception as e:  # e.g. invalid UTF-8 in a proto3 string field
-                out('DECODE_ERROR', '%s: %s; frame %r' % (type(e).__name__, e, self.buf[i:i + min(n, 200)]))
+                out('DECODE_ERROR', '%s: %s; frame %r' % (type(e).__name__, e, f[:200]))
                 sys.exit(4)
-            self.buf = self.buf[i + n:]
             frames.append(m)
         return frames
 
