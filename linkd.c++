@@ -577,7 +577,6 @@ struct Backend {
   uint16_t group;         // NIL16 until registered
   char instance_id[64];
   Buf in;                 // partial frame carried between reads (owner: this)
-  uint64_t last_rx;       // loop ms of the last frame received
   const char* close_why;  // set: close once the write queue drains
   Buf out;                // frames not yet written this loop iteration (owner: this)
   bool dirty;             // listed in g.dirty
@@ -589,7 +588,6 @@ struct Group {
   bool used;
   char name[64];
   char version[32];
-  char ns[64];
   char ws_path[256];      // empty: no WebSocket
   bool ws_raw;
   bool ws_auth;
@@ -2164,7 +2162,6 @@ void on_register(Backend* b, pb_istream_t* s) {
     snprintf(gr->name, sizeof gr->name, "%s", m.name);
   }
   snprintf(gr->version, sizeof gr->version, "%s", m.version);
-  snprintf(gr->ns, sizeof gr->ns, "%s", m.namespace_name);
   if (m.has_websocket && m.websocket.enabled) {
     snprintf(gr->ws_path, sizeof gr->ws_path, "%s", m.websocket.path);
     gr->ws_raw = m.websocket.raw;
@@ -2192,7 +2189,7 @@ void on_register(Backend* b, pb_istream_t* s) {
   gr->live++;
   res.ok = true;
   backend_send_msg(b, TAG_REGISTER_RESULT, linkd_RegisterResult_fields, &res);
-  LOG_INFO("service '%s' instance '%s' registered (%u routes, websocket %s%s)", gr->name, b->instance_id,
+  LOG_INFO("service '%s' %s instance '%s' registered (%u routes, websocket %s%s)", gr->name, gr->version, b->instance_id,
            g.reg_nroutes, *gr->ws_path ? gr->ws_path : "none", gr->ws_raw ? " raw" : "");
   // Connections on the path whose instance is gone come to this one.
   if (*gr->ws_path)
@@ -2322,7 +2319,6 @@ void on_heartbeat(Backend* b, pb_istream_t* s) {
 // member present (normally exactly one).
 void backend_frame(Backend* b, const uint8_t* p, size_t n) {
   g.svc_frames_in++;
-  b->last_rx = now_ms();
   pb_istream_t s = pb_istream_from_buffer(p, n);
   while (s.bytes_left && b->state != BState::Closed && !b->close_why) {
     pb_wire_type_t wt;
@@ -2480,7 +2476,6 @@ void svc_connection_cb(uv_stream_t* server, int status) noexcept {
   uv_pipe_init(g.loop, &b->pipe, 0);
   b->pipe.data = b;
   if (uv_accept(server, (uv_stream_t*)&b->pipe)) { backend_close(b, "accept failed"); return; }
-  b->last_rx = now_ms();
   uv_read_start((uv_stream_t*)&b->pipe, alloc_cb, backend_read_cb);
   LOG_DEBUG("service link %u opened", i);
 }
