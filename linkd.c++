@@ -4056,8 +4056,11 @@ int self_test() {
 
 // ============================================================================
 // 14. main
+// LINKD_NO_MAIN leaves main out, so a harness (tests/fuzz/) can #include
+// this file and drive its sections directly: the same code, not a copy.
 // ============================================================================
 
+#ifndef LINKD_NO_MAIN
 int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
   CliMode mode = config_parse(argc, argv);
@@ -4109,3 +4112,4 @@ int main(int argc, char** argv) {
   LOG_INFO("stopped");
   return clean ? 0 : 70;
 }
+#endif  // LINKD_NO_MAIN
