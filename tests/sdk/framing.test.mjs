@@ -29,11 +29,39 @@ test("framing: frames split byte by byte and glued together decode in order", ()
   assert.equal(got.length, 6);
 });
 
-test("framing: a length over the limit and an endless varint are refused", () => {
+test("framing: a frame over the limit is skipped as it arrives (never buffered); the frames after it are read", () => {
+  const got = [];
+  const skipped = [];
+  const r = new FrameReader(100, (body) => got.push(decodeFrame(body)), (len) => skipped.push(len));
+  const small = encodeFrame({ commandResult: { opId: 1, ok: true } });
+  const atLimit = encodeFrame({ httpRequest: { requestId: 2, body: Buffer.alloc(100 - 6, 0x62) } });
+  assert.equal(atLimit.length, 101, "a 100-byte frame and its 1-byte length");
+  const big = encodeFrame({ httpRequest: { requestId: 3, body: Buffer.alloc(5000, 0x61) } });
+  const after = encodeFrame({ commandResult: { opId: 4, ok: true } });
+  // the big frame's head glued to a small frame, its tail glued to the next one
+  r.push(Buffer.concat([small, big.subarray(0, 40)]));
+  assert.deepEqual(skipped, [big.length - 2], "skipped once its length is known");
+  assert.equal(r.size, 0, "nothing of the skipped frame is kept");
+  for (let i = 40; i < big.length - 10; i += 700) {
+    r.push(big.subarray(i, Math.min(i + 700, big.length - 10)));
+    assert.equal(r.size, 0, "the skipped frame's bytes are dropped as they arrive");
+  }
+  r.push(Buffer.concat([big.subarray(big.length - 10), after, atLimit]));
+  assert.deepEqual(got.map((f) => f.commandResult?.opId ?? f.httpRequest?.requestId), ["1", "4", "2"]);
+  assert.equal(skipped.length, 1);
+  // the limit may change between frames (linkd's answer to the registration raises it)
+  r.maxFrame = 10000;
+  r.push(big);
+  assert.equal(got.at(-1).httpRequest.requestId, "3");
+});
+
+test("framing: a broken length prefix (endless varint, over 32 bits) throws: the stream cannot be resynchronised", () => {
   const r = new FrameReader(100, () => {});
-  assert.throws(() => r.push(Buffer.from([0xff, 0x01])), /exceeds/);
+  assert.throws(() => r.push(Buffer.alloc(11, 0xff)), /malformed/);
   const r2 = new FrameReader(100, () => {});
-  assert.throws(() => r2.push(Buffer.alloc(11, 0xff)), /malformed/);
+  assert.throws(() => r2.push(Buffer.from([0x80, 0x80, 0x80, 0x80, 0x10])), /malformed/, "2^32");
+  const r3 = new FrameReader(100, () => {});
+  assert.doesNotThrow(() => r3.push(Buffer.from([0xff, 0xff, 0xff])), "an unfinished varint waits for more");
 });
 
 test("framing: field names follow proto/linkd.proto (register_service, ws_* members)", () => {
@@ -94,6 +122,8 @@ test("robustness: undecodable frames are skipped, the link and the process live 
   link.s.write(Buffer.from([3, 0xff, 0xff, 0xff]));
   link.s.write(Buffer.from([2, 0x0f, 0x00]));
   link.s.write(Buffer.from([0]));
+  // an HttpRequest whose length runs past the end of its frame
+  link.s.write(Buffer.from([3, 0x1a, 0x05, 0x08]));
   // an HTTP request for no action, a request with a non-JSON body, an inbound for an unknown connection
   link.s.write(encodeFrame({ httpRequest: { requestId: 5, method: "GET", route: "/nope", path: "/nope" } }));
   link.s.write(encodeFrame({ wsInbound: { connectionId: "1.1", messageType: "x", payload: Buffer.from("{not json"), correlationId: "c1" } }));
@@ -112,6 +142,58 @@ test("robustness: undecodable frames are skipped, the link and the process live 
   assert.equal(bad.wsResponse.error.type, "INVALID_MESSAGE");
   assert.equal(link.closed, false, "link kept");
   assert.ok(svc.connected);
+  const warned = logger.lines.filter((l) => l.startsWith("warn undecodable frame"));
+  assert.ok(warned.length >= 2, "each skipped frame is logged: " + logger.lines.join(" | "));
+});
+
+test("robustness: a frame over maxFrameBytes is skipped with a warning; the link lives on and later frames are handled", async (t) => {
+  const fake = await fakeLinkd();
+  const logger = memoryLogger();
+  const svc = createService({ name: "capped", socketPath: fake.sockPath, logger, maxFrameBytes: 64 * 1024 });
+  svc.action("a", { route: "/a", method: "POST" }, (ctx) => ({ got: ctx.rawBody.length }));
+  t.after(async () => {
+    await svc.stop();
+    await fake.close();
+  });
+  const started = svc.start();
+  await waitFor(() => fake.links[0]?.frames.length === 1, 3000, "registration");
+  assert.equal(fake.links[0].frames[0].registerService.maxInboundFrameBytes, 64 * 1024, "the limit is declared");
+  const link = fake.links[0];
+  // linkd accepts bigger frames than the service reads: the service's own limit holds
+  link.s.write(encodeFrame({ registerResult: { ok: true, linkdVersion: "fake", maxFrameBytes: 32 << 20 } }));
+  await started;
+  const request = (id, size) => encodeFrame({ httpRequest: { requestId: id, method: "POST", route: "/a", path: "/a", body: Buffer.alloc(size, 0x78) } });
+  const over = request(1, 1 << 20);
+  // written in pieces, with a request that fits right behind its last piece
+  for (let i = 0; i < over.length - 100; i += 100000) link.s.write(over.subarray(i, Math.min(i + 100000, over.length - 100)));
+  link.s.write(Buffer.concat([over.subarray(over.length - 100), request(2, 60 * 1024)]));
+  link.s.write(request(3, 10));
+  await waitFor(() => link.frames.filter((f) => f.message === "httpResponse").length === 2, 5000, "two HTTP responses");
+  const answers = link.frames.filter((f) => f.message === "httpResponse").map((f) => [f.httpResponse.requestId, JSON.parse(f.httpResponse.body.toString()).got]);
+  assert.deepEqual(answers, [["2", 60 * 1024], ["3", 10]]);
+  const skipped = logger.lines.filter((l) => l.startsWith("warn frame from linkd over the size limit skipped"));
+  assert.equal(skipped.length, 1, logger.lines.join(" | "));
+  assert.match(skipped[0], new RegExp(`"bytes":${over.length - 3}\\b`));
+  assert.ok(logger.lines.some((l) => l.startsWith("info linkd's frame limit is above")), "the mismatch of limits is said");
+  assert.equal(link.closed, false, "link kept");
+  assert.ok(svc.connected);
+  assert.equal(fake.links.length, 1, "no reconnection");
+});
+
+test("robustness: maxFrameBytes defaults to 64 MiB, is declared at registration, and bad values are refused", async (t) => {
+  assert.equal(sdk.DEFAULT_MAX_FRAME_BYTES, 64 * 1024 * 1024);
+  for (const bad of [0, 100, -1, 1.5, 2 ** 32, "1m", NaN]) {
+    assert.throws(() => createService({ name: "x", socketPath: "/nonexistent", maxFrameBytes: bad }), /maxFrameBytes/, String(bad));
+  }
+  const fake = await fakeLinkd();
+  const svc = createService({ name: "dflt", socketPath: fake.sockPath, logger: memoryLogger() });
+  t.after(async () => {
+    await svc.stop();
+    await fake.close();
+  });
+  svc.start().catch(() => {});
+  await waitFor(() => fake.links[0]?.frames.length === 1, 3000, "registration");
+  assert.equal(fake.links[0].frames[0].registerService.maxInboundFrameBytes, 64 * 1024 * 1024);
 });
 
 test("robustness: a broken length prefix drops the link; the service reconnects and registers again", async (t) => {
@@ -159,6 +241,31 @@ test("robustness: start() keeps trying until the socket appears, and rejects on 
   assert.ok(settled instanceof Error, "start() rejected");
   assert.match(settled.message, /route conflict/);
   await svc.stop();
+});
+
+test("logs: started before linkd, the service says once at info that it waits for the socket, then that it connected", async (t) => {
+  const dir = tmpDir("wait");
+  const sockPath = path.join(dir, "linkd.sock");
+  const logger = memoryLogger();
+  const svc = createService({ name: "early", socketPath: sockPath, logger, reconnect: { initialDelayMs: 10, maxDelayMs: 20 } });
+  t.after(() => svc.stop());
+  const started = svc.start();
+  const tries = () => logger.lines.filter((l) => l.startsWith("debug linkd not reachable")).length;
+  await waitFor(() => tries() >= 3, 3000, "several failed attempts");
+  const waiting = () => logger.lines.filter((l) => l.startsWith(`info waiting for linkd's socket at ${sockPath}`));
+  assert.equal(waiting().length, 1, logger.lines.join(" | "));
+  assert.ok(!logger.lines.some((l) => /^(warn|error)/.test(l)), "quiet retries: " + logger.lines.join(" | "));
+  const server = net.createServer((s) => {
+    const reader = new FrameReader(1 << 20, () => s.write(registerOk));
+    s.on("data", (d) => reader.push(d));
+    s.on("error", () => {});
+  });
+  await new Promise((r) => server.listen(sockPath, r));
+  t.after(() => new Promise((r) => server.close(() => r())));
+  await started;
+  assert.ok(logger.lines.some((l) => l.startsWith(`info connected to linkd at ${sockPath}`)), logger.lines.join(" | "));
+  assert.ok(logger.lines.some((l) => l.startsWith("info registered with linkd")));
+  assert.equal(waiting().length, 1, "said once");
 });
 
 after(() => {});

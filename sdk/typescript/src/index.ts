@@ -1,5 +1,5 @@
 // linkd-sdk: write Linkd services in TypeScript.
-export { createService, Service, HttpReply, reply, consoleLogger, silentLogger, defaultSocketPath } from "./service";
+export { createService, Service, HttpReply, reply, consoleLogger, silentLogger, defaultSocketPath, DEFAULT_MAX_FRAME_BYTES } from "./service";
 export type { HttpContext, ActionHandler } from "./service";
 export { WebSocketApi, WsContext, WsGroup, Target } from "./ws";
 export type { SocketInfo, MessageHandler, LifecycleHandler, Middleware, Next } from "./ws";
@@ -15,4 +15,4 @@ export {
   ServiceUnavailableError,
 } from "./errors";
 export type { AuthContext, Logger, ServiceOptions, WebSocketOptions, ActionOptions, HandlerOptions, Schema } from "./types";
-export { FrameReader, encodeFrame, decodeFrame } from "./proto";
+export { FrameReader, MalformedFrameError, encodeFrame, decodeFrame } from "./proto";

@@ -13,12 +13,22 @@ import {
   errorResponse,
   toLinkdError,
 } from "./errors";
-import { FrameReader, FrameTooLargeError, decodeFrame, encodeFrame } from "./proto";
+import { FrameReader, decodeFrame, encodeFrame } from "./proto";
 import type { ActionOptions, AuthContext, Logger, ServiceOptions } from "./types";
 import { Link, WebSocketApi, authFromProto, describe } from "./ws";
 
-/** Largest frame accepted from linkd before it has told us its own limit. */
-const DEFAULT_MAX_FRAME = 16 * 1024 * 1024;
+/** Default of ServiceOptions.maxFrameBytes: the largest frame read from linkd, declared at registration. */
+export const DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024;
+
+/**
+ * Largest frame read before linkd has answered the registration. Until then
+ * linkd sends only small frames (RegisterResult, an error), so a bigger one
+ * is not worth buffering.
+ */
+const PRE_REGISTER_MAX_FRAME = 1024 * 1024;
+
+/** linkd's smallest --max-frame-size; a service reading less could not take a registration answer. */
+const MIN_MAX_FRAME_BYTES = 1024;
 
 export function defaultSocketPath(): string {
   if (process.env.LINKD_SOCKET) return process.env.LINKD_SOCKET;
@@ -125,6 +135,13 @@ export class Service extends EventEmitter implements Link {
   private everRegistered = false;
   private reconnectTimer: NodeJS.Timeout | null = null;
   private delay: number;
+  /** The largest frame this service reads (ServiceOptions.maxFrameBytes), sent as max_inbound_frame_bytes. */
+  readonly maxFrameBytes: number;
+  /**
+   * Connection errors (ENOENT...) already logged since the link was last up:
+   * each is said once, then retries are quiet.
+   */
+  private readonly connectErrorsSaid = new Set<string>();
   private seq = 0;
   private readonly pending = new Map<string, Pending>();
   private startWaiters: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
@@ -139,7 +156,16 @@ export class Service extends EventEmitter implements Link {
     this.socketPath = opts.socketPath || defaultSocketPath();
     this.logger = opts.logger ?? consoleLogger(opts.name);
     this.ws = new WebSocketApi(this, !!opts.websocket?.raw);
-    this.reader = new FrameReader(DEFAULT_MAX_FRAME, (body) => this.onFrame(body));
+    const max = opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
+    if (!Number.isInteger(max) || max < MIN_MAX_FRAME_BYTES || max > 0xffffffff) {
+      throw new TypeError(`createService: maxFrameBytes must be an integer from ${MIN_MAX_FRAME_BYTES} to 4294967295`);
+    }
+    this.maxFrameBytes = max;
+    this.reader = new FrameReader(
+      Math.min(max, PRE_REGISTER_MAX_FRAME),
+      (body) => this.onFrame(body),
+      (length) => this.onFrameSkipped(length),
+    );
     this.delay = opts.reconnect?.initialDelayMs ?? 100;
     // an EventEmitter "error" without listeners would throw: we never emit it
   }
@@ -210,9 +236,14 @@ export class Service extends EventEmitter implements Link {
     const sock = net.createConnection(this.socketPath);
     this.sock = sock;
     this.reader.reset();
-    this.reader.maxFrame = DEFAULT_MAX_FRAME;
+    this.reader.maxFrame = Math.min(this.maxFrameBytes, PRE_REGISTER_MAX_FRAME);
+    let opened = false;
     sock.on("connect", () => {
-      this.logger.debug("connected to linkd", { socket: this.socketPath });
+      opened = true;
+      // after "waiting for linkd's socket" the user wants to hear that the wait is over
+      if (this.connectErrorsSaid.size) this.logger.info(`connected to linkd at ${this.socketPath}`);
+      else this.logger.debug("connected to linkd", { socket: this.socketPath });
+      this.connectErrorsSaid.clear();
       try {
         sock.write(encodeFrame({ registerService: this.registration() }));
       } catch (err) {
@@ -224,14 +255,23 @@ export class Service extends EventEmitter implements Link {
       try {
         this.reader.push(chunk);
       } catch (err) {
-        // the stream cannot be resynchronised: drop the link, reconnect
-        this.logger.warn("bad frame from linkd, dropping the link", { error: (err as Error).message });
+        // only a broken length prefix throws: the stream cannot be resynchronised; drop the link, reconnect
+        this.logger.warn("bad frame length from linkd, dropping the link", { error: (err as Error).message });
         sock.destroy();
       }
     });
     sock.on("error", (err: NodeJS.ErrnoException) => {
-      if (err.code === "ENOENT" || err.code === "ECONNREFUSED") this.logger.debug("linkd not reachable", { code: err.code });
-      else this.logger.warn("link error", { error: err.message });
+      if (opened) {
+        this.logger.warn("link error", { error: err.message });
+        return;
+      }
+      // connecting fails again every few seconds for as long as linkd is away: say each reason once
+      const code = err.code ?? err.message;
+      const first = !this.connectErrorsSaid.has(code);
+      this.connectErrorsSaid.add(code);
+      if (!first) this.logger.debug("linkd not reachable", { code });
+      else if (err.code === "ENOENT" || err.code === "ECONNREFUSED") this.logger.info(`waiting for linkd's socket at ${this.socketPath}`, { code });
+      else this.logger.warn(`cannot connect to linkd's socket at ${this.socketPath}; retrying`, { error: err.message });
     });
     sock.on("close", () => this.onClose(sock));
   }
@@ -288,10 +328,18 @@ export class Service extends EventEmitter implements Link {
               raw: !!ws.raw,
             }
           : { enabled: false },
+      // linkd never sends more than this: a bigger request gets 413, a bigger message 1009
+      maxInboundFrameBytes: this.maxFrameBytes,
     };
   }
 
   // --- frames from linkd -----------------------------------------------------
+
+  private onFrameSkipped(length: number): void {
+    // a linkd that does not honour max_inbound_frame_bytes (or a bug): the
+    // frame's work is lost, not the link's
+    this.logger.warn("frame from linkd over the size limit skipped", { bytes: length, maxFrameBytes: this.reader.maxFrame });
+  }
 
   private onFrame(body: Buffer): void {
     let frame;
@@ -356,6 +404,15 @@ export class Service extends EventEmitter implements Link {
     this.delay = this.opts.reconnect?.initialDelayMs ?? 100;
     this.linkdVersion = r.linkdVersion ?? "";
     if (r.maxFrameBytes > 0) this.maxSendFrame = r.maxFrameBytes;
+    // what we declared is what linkd may now send us; it applies from the next frame on
+    this.reader.maxFrame = this.maxFrameBytes;
+    if (this.maxSendFrame > this.maxFrameBytes && !this.frameLimitSaid) {
+      this.frameLimitSaid = true;
+      this.logger.info("linkd's frame limit is above this service's maxFrameBytes: bigger requests and messages are refused by linkd", {
+        linkdMaxFrameBytes: this.maxSendFrame,
+        maxFrameBytes: this.maxFrameBytes,
+      });
+    }
     this.ws.resetSockets();
     this.logger.info("registered with linkd", { socket: this.socketPath, linkd: this.linkdVersion });
     this.settleStart();
@@ -364,6 +421,7 @@ export class Service extends EventEmitter implements Link {
 
   /** Largest frame linkd accepts from us (RegisterResult.max_frame_bytes). */
   private maxSendFrame = 0;
+  private frameLimitSaid = false;
 
   private settle(key: string, ok: boolean, error: any, value: unknown): void {
     const p = this.pending.get(key);
@@ -465,14 +523,31 @@ export class Service extends EventEmitter implements Link {
       if (e.details !== undefined) payload.details = e.details;
       body = Buffer.from(JSON.stringify({ error: payload }), "utf8");
     }
-    this.trySend({
-      httpResponse: {
-        requestId,
-        status,
-        headers: Object.entries(headers).map(([name, value]) => ({ name, value })),
-        body,
-      },
-    });
+    try {
+      this.send({
+        httpResponse: {
+          requestId,
+          status,
+          headers: Object.entries(headers).map(([name, value]) => ({ name, value })),
+          body,
+        },
+      });
+    } catch (err) {
+      if (!(err instanceof LinkdError && err.type === "PAYLOAD_TOO_LARGE")) {
+        this.logger.debug("frame not sent", { error: (err as Error).message });
+        return;
+      }
+      // the client would otherwise wait for linkd's timeout: tell it now
+      this.logger.error("HTTP response over linkd's frame limit: answered 500", { path: req.path, bytes: body.length });
+      this.trySend({
+        httpResponse: {
+          requestId,
+          status: 500,
+          headers: [{ name: "content-type", value: "application/json" }],
+          body: Buffer.from(JSON.stringify({ error: { type: "RESPONSE_TOO_LARGE", message: "the response is too large" } }), "utf8"),
+        },
+      });
+    }
   }
 
   private httpContext(

@@ -47,6 +47,13 @@ export interface ServiceOptions {
   logger?: Logger;
   /** How long to wait for linkd's CommandResult / RoomsResult (default 10 s). */
   commandTimeoutMs?: number;
+  /**
+   * Largest frame this service reads from linkd (default 64 MiB), declared at
+   * registration: linkd never sends a bigger one (a bigger HTTP request gets
+   * 413, a bigger WebSocket message closes its connection with 1009). A frame
+   * over it that arrives anyway is skipped with a warning; the link stays.
+   */
+  maxFrameBytes?: number;
   /** Reconnect backoff: first delay and cap (defaults 100 ms and 5 s). */
   reconnect?: { initialDelayMs?: number; maxDelayMs?: number };
 }

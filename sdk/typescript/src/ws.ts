@@ -492,6 +492,12 @@ export class WebSocketApi implements WsRegistrar {
     try {
       this.link.send({ wsResponse });
     } catch (err) {
+      if (!error && err instanceof LinkdError && err.type === "PAYLOAD_TOO_LARGE") {
+        // the client would otherwise wait for linkd's TIMEOUT: an error reply fits
+        this.logger.error("reply over linkd's frame limit: an error is sent instead", { connectionId, correlationId, error: err.message });
+        this.reply(connectionId, correlationId, undefined, new LinkdError(500, "RESPONSE_TOO_LARGE", "the reply is too large"));
+        return;
+      }
       this.logger.warn("could not send a reply", { connectionId, correlationId, error: describe(err) });
     }
   }
