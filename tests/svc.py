@@ -13,7 +13,8 @@ per event on stdout (flushed), for tests to grep:
   ERROR {"type":..,"message":..}                  an ErrorResponse frame from linkd
   HEARTBEAT {"reply":b}
   SENT-GARBAGE <mode>
-  LINK_CLOSED                                     linkd closed the link (exit 0)
+  LINK_CLOSED                                     linkd closed the link (exit 0; with
+                                                  --reconnect: RECONNECTING, then READY again)
   DECODE_ERROR <why>                              a frame from linkd did not parse (exit 4)
 
 HTTP behaviour (every registered route): echo JSON of the request. Query
@@ -36,6 +37,7 @@ type says what to do:
   do.fail         reply with error {"type":"FORBIDDEN","code":403}
   do.noreply      no reply at all
   do.exit         the service exits at once (os._exit)
+  do.later        {"ms":N,"data":d} reply with d after N ms
   anything else   reply with {"unknown":type}
 Ops with op_id reply {"ok":true} or {"ok":false,"error":{..}} once linkd's
 CommandResult arrives (only when the client message had an id).
@@ -85,6 +87,10 @@ def user_dict(u):
             'tenant_id': u.tenant_id, 'authenticated': u.authenticated}
 
 
+class LinkClosed(Exception):
+    """The link went away and --reconnect asks for another one."""
+
+
 class Svc:
     def __init__(self, a):
         self.a = a
@@ -109,6 +115,8 @@ class Svc:
             d = b''
         if not d:
             out('LINK_CLOSED')
+            if getattr(self.a, 'reconnect', False):
+                raise LinkClosed()
             sys.exit(0)
         self.buf += d
         frames = []
@@ -316,6 +324,8 @@ class Svc:
         elif t == 'do.exit':
             out('EXITING')
             os._exit(0)
+        elif t == 'do.later':
+            self.later(int(d.get('ms', 100)), lambda: self.ws_reply(conn, corr, d.get('data')))
         else:
             self.ws_reply(conn, corr, {'unknown': t})
 
@@ -443,9 +453,13 @@ def main():
     p.add_argument('--first', default='', choices=['', 'http_response', 'garbage'],
                    help='send this instead of RegisterService as the first frame')
     p.add_argument('--send-heartbeat', action='store_true', help='send one Heartbeat after READY')
+    p.add_argument('--reconnect', action='store_true',
+                   help='when the link closes (linkd restarts), connect again every 100 ms and register again')
     a = p.parse_args()
     if not a.instance:
         a.instance = '%s-%d' % (a.name, os.getpid())
+    if a.reconnect:
+        run_reconnecting(a)
     try:
         Svc(a).run()
     except (BrokenPipeError, ConnectionResetError):
@@ -453,6 +467,30 @@ def main():
         sys.exit(0)
     except KeyboardInterrupt:
         sys.exit(0)
+
+
+def run_reconnecting(a):
+    """Like the SDK: a lost link is replaced, the service registers again."""
+    while True:
+        try:
+            s = Svc(a)
+        except (FileNotFoundError, ConnectionRefusedError):
+            time.sleep(0.1)
+            continue
+        except KeyboardInterrupt:
+            sys.exit(0)
+        try:
+            s.run()
+        except (LinkClosed, BrokenPipeError, ConnectionResetError) as e:
+            if not isinstance(e, LinkClosed):
+                out('LINK_CLOSED')
+            out('RECONNECTING')
+            try:
+                s.sock.close()
+            except OSError:
+                pass
+        except KeyboardInterrupt:
+            sys.exit(0)
 
 
 if __name__ == '__main__':
