@@ -539,6 +539,22 @@ async def sigterm(a):
     http_reqs = []
     sent = collections.defaultdict(list)
 
+    def pause_slow():
+        # the last --slow-clients clients stop reading for --slow-for seconds
+        for c in clients[len(clients) - a.slow_clients:]:
+            c.ws.transport.pause_reading()
+        say('PAUSED')
+        asyncio.get_running_loop().call_later(a.slow_for, resume_slow)
+
+    def resume_slow():
+        for c in clients[len(clients) - a.slow_clients:]:
+            try:
+                c.ws.transport.resume_reading()
+            except Exception:  # noqa: BLE001 - already closed
+                pass
+        say('RESUMED')
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, pause_slow)
+
     async def sender(c):
         n = 0
         while c.is_open:
@@ -692,6 +708,8 @@ def main():
     p.add_argument('--pusher-out', default='')
     p.add_argument('--t-stop', type=float, default=0.0)
     p.add_argument('--min-acked', type=int, default=50)
+    p.add_argument('--slow-clients', type=int, default=0, help='sigterm: clients that stop reading on SIGUSR2')
+    p.add_argument('--slow-for', type=float, default=1.0, help='sigterm: ... for this many seconds')
     a = p.parse_args()
     NAME = a.name
     if a.mode == 'check-sigterm':
