@@ -90,11 +90,12 @@ class WsClient:
         self.conn_id = None
 
     async def connect(self, timeout):
-        self.close = None
-        self.ws = await asyncio.wait_for(
+        self.ws = None
+        ws = await asyncio.wait_for(
             websockets.connect(self.url, ping_interval=None, close_timeout=2, compression=None,
                                max_size=1 << 22, max_queue=4096, open_timeout=timeout), timeout)
-        self.reader = asyncio.ensure_future(self._read(self.ws))
+        self.ws, self.close = ws, None
+        self.reader = asyncio.ensure_future(self._read(ws))
 
     async def _read(self, ws):
         try:
@@ -467,7 +468,10 @@ async def linkdkill(a):
                     await ctl.pause(a.retry)
                     continue
             n += 1
-            r = await c.request('echo', {'n': n}, a.bound)
+            if path in a.slow_ws and n % 2:
+                r = await c.request('do.later', {'ms': a.later, 'data': {'n': n}}, a.bound, kind='later')
+            else:
+                r = await c.request('echo', {'n': n}, a.bound)
             record(name, r)
             await ctl.pause(a.pause)
 
@@ -476,7 +480,8 @@ async def linkdkill(a):
         n = 0
         while not ctl.stop.is_set():
             n += 1
-            r = await h.get('%s/%d' % (prefix, n), a.bound)
+            q = '?sleep=%d' % a.later if prefix in a.slow_http and n % 2 else ''
+            r = await h.get('%s/%d%s' % (prefix, n, q), a.bound, kind='http-sleep' if q else 'http')
             record(name, r)
             await ctl.pause(a.pause if r.outcome == 'ok' else a.retry)
         h.aclose()
@@ -501,9 +506,12 @@ async def linkdkill(a):
     hang = [r for r in reqs if r.outcome == 'hang' or (r.t1 is not None and r.t1 - r.t0 > a.bound)]
     check('no request hung: each answered or failed within %.0f s (%d requests: %s)' % (a.bound, len(reqs), summarize(reqs)),
           not hang, hang[:4])
-    lost = [r for r in reqs if r.outcome == 'lost']
-    check('requests in flight at the kill failed with the connection (%d)' % len(lost), len(lost) > 0,
-          'no request saw the connection drop: %s' % summarize(reqs))
+    # the slow ones (sitting in the service for --later ms) were surely in flight
+    for kind, what in (('later', 'WebSocket'), ('http-sleep', 'HTTP')):
+        if (kind == 'later' and a.slow_ws) or (kind == 'http-sleep' and a.slow_http):
+            lost = [r for r in reqs if r.outcome == 'lost' and r.kind == kind and r.detail != 'not connected']
+            check('%s requests in flight at the kill failed with the connection (%d)' % (what, len(lost)), len(lost) > 0,
+                  'none did: %s' % summarize(reqs))
     # Before the service is back, HTTP routes answer 404 (unknown yet) or 503.
     odd = [r for r in reqs if r.outcome == 'other' and not str(r.detail).startswith(('404', '503'))]
     check('no answer other than ok, 404/503 (while the service is away) or a dropped connection', not odd, odd[:3])
@@ -708,6 +716,8 @@ def main():
     p.add_argument('--pusher-out', default='')
     p.add_argument('--t-stop', type=float, default=0.0)
     p.add_argument('--min-acked', type=int, default=50)
+    p.add_argument('--slow-ws', action='append', default=[], help='linkdkill: paths whose service has do.later')
+    p.add_argument('--slow-http', action='append', default=[], help='linkdkill: route prefixes that take ?sleep=')
     p.add_argument('--slow-clients', type=int, default=0, help='sigterm: clients that stop reading on SIGUSR2')
     p.add_argument('--slow-for', type=float, default=1.0, help='sigterm: ... for this many seconds')
     a = p.parse_args()
