@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The TypeScript SDK (sdk/typescript) tested with node's test runner: framing
-# and robustness against a scripted socket, then HTTP and WebSocket against a
-# real linkd started by each test file, and the chat example (examples/chat)
-# as a client sees it. One PASS:/FAIL: line per node test.
+# and robustness against a scripted socket, then HTTP, WebSocket and frame
+# limits against a real linkd started by each test file, and the chat example
+# (examples/chat) as a client sees it, started before linkd and after. One PASS:/FAIL: line per node test.
 . "$(dirname "$0")/lib.sh"
 . "$TESTS/sdk/npm.sh"
 

@@ -167,3 +167,36 @@ test("chat: service restart keeps history (SQLite) and the connected clients", a
   assert.equal(sent.data?.success, true, JSON.stringify(sent));
   await b.next((m) => m.type === "chat.message" && m.data.content === "after restart", 5000, "message after restart");
 });
+
+test("chat: started before linkd, it says once at info that it waits for linkd's socket, then connects and registers", async (t) => {
+  const early = tmpDir("chat-early");
+  const socket = path.join(early, "linkd.sock");
+  const logFile = path.join(early, "chat.log");
+  const out = fs.openSync(logFile, "a");
+  const p = spawn(process.execPath, [path.join(ROOT, "examples/chat/dist/main.js")], {
+    // debug: the retries show, so the test can tell "once" from "not yet again"
+    env: { ...process.env, LINKD_SOCKET: socket, CHAT_DB: path.join(early, "chat.db"), LINKD_SDK_LOG: "debug" },
+    stdio: ["ignore", out, out],
+  });
+  fs.closeSync(out);
+  const exited = new Promise((r) => p.on("exit", r));
+  let second;
+  t.after(async () => {
+    p.kill("SIGTERM");
+    await Promise.race([exited, new Promise((r) => setTimeout(r, 3000))]);
+    p.kill("SIGKILL");
+    await second?.stop();
+  });
+  const log = () => fs.readFileSync(logFile, "utf8");
+  const waiting = () => log().split("\n").filter((l) => l.includes(` info [chat] waiting for linkd's socket at ${socket}`));
+  const retries = () => log().split("\n").filter((l) => l.includes(" debug [chat] linkd not reachable")).length;
+  await waitFor(() => retries() >= 3, 10000, "three quiet retries: " + log().slice(-300));
+  assert.equal(waiting().length, 1, "said once, however many retries: " + log());
+  assert.doesNotMatch(log(), / (warn|error) /, "quiet retries");
+  second = await startLinkd([], { dir: early });
+  await waitFor(() => / info \[chat\] registered with linkd/.test(log()), 15000, "registration: " + log().slice(-300));
+  assert.match(log(), new RegExp(` info \\[chat\\] connected to linkd at ${socket.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}`));
+  assert.equal(waiting().length, 1);
+  const r = await fetch(second.url + "/chat/ready", { signal: AbortSignal.timeout(5000) });
+  assert.equal((await r.json()).ready, true);
+});
