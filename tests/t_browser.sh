@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end: linkd + the chat example (examples/chat) + Debian's chromium
 # driven by playwright-core. Two pages join one room, chat, see typing and
-# history after a reload. Screenshots go to tests/out/ (git-ignored).
+# history after a reload; then no failed request (favicon) on load, long
+# words wrap, a 400 px screen has no horizontal scroll, same-name users get
+# different tags. Screenshots go to tests/out/ (git-ignored).
 . "$(dirname "$0")/lib.sh"
 . "$TESTS/sdk/npm.sh"
 

@@ -68,7 +68,7 @@ test("chat: HTTP health, ready and live routes answer through linkd", async () =
   assert.equal(JSON.parse((await get("/chat/health")).text).status, "healthy");
 });
 
-test("chat: the page and its script are served through linkd", async () => {
+test("chat: the page, its script and its icon are served through linkd", async () => {
   const page = await get("/");
   assert.equal(page.status, 200);
   assert.match(page.type, /text\/html/);
@@ -76,6 +76,12 @@ test("chat: the page and its script are served through linkd", async () => {
   const js = await get("/chat.js");
   assert.match(js.type, /javascript/);
   assert.match(js.text, /\/ws\/chat/);
+  // the page links its icon (no /favicon.ico 404 on every load), and the icon is served
+  assert.match(page.text, /<link rel="icon" href="\/favicon\.svg"/);
+  const icon = await get("/favicon.svg");
+  assert.equal(icon.status, 200);
+  assert.match(icon.type, /^image\/svg\+xml/);
+  assert.match(icon.text, /^<svg /);
 });
 
 test("chat: identify announces presence.online to others", async () => {

@@ -128,10 +128,10 @@
         else clearTyper(data.userId);
         break;
       case "chat.user_joined":
-        if (data.room === room) { addSystem(data.username + " joined"); refreshMembers(); }
+        if (data.room === room) { addSystem(data.username + " " + tagOf(data.userId).text + " joined"); refreshMembers(); }
         break;
       case "chat.user_left":
-        if (data.room === room) { addSystem(data.username + " left"); clearTyper(data.userId); refreshMembers(); }
+        if (data.room === room) { addSystem(data.username + " " + tagOf(data.userId).text + " left"); clearTyper(data.userId); refreshMembers(); }
         break;
       case "presence.online":
       case "presence.offline":
@@ -164,19 +164,39 @@
   }
 
   // --- rendering -------------------------------------------------------------
+  // Names are chosen freely, so two users may share one: each name is shown
+  // with a short tag and a colour derived from the user id (FNV-1a), which
+  // linkd's token or the service (one per guest connection) makes unique.
+  function tagOf(userId) {
+    let h = 0x811c9dc5;
+    const s = String(userId || "");
+    for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193) >>> 0;
+    return { text: "#" + (h % 1679616).toString(36).padStart(4, "0"), hue: (h >>> 20) % 360 };
+  }
+
+  function userEls(u) {
+    const name = document.createElement("span");
+    name.className = "user";
+    name.textContent = u.username;
+    const t = tagOf(u.userId);
+    const tag = document.createElement("span");
+    tag.className = "tag";
+    tag.textContent = t.text;
+    tag.title = u.userId;
+    tag.style.setProperty("--hue", String(t.hue));
+    return [name, tag];
+  }
+
   function addMessage(m) {
     const li = document.createElement("li");
     li.dataset.id = m.id;
     const time = document.createElement("span");
     time.className = "time";
     time.textContent = new Date(m.createdAt).toLocaleTimeString();
-    const user = document.createElement("span");
-    user.className = "user";
-    user.textContent = m.username;
     const text = document.createElement("span");
     text.className = "text";
     text.textContent = m.content;
-    li.append(time, user, text);
+    li.append(time, ...userEls(m), text);
     $("messages").append(li);
     li.scrollIntoView({ block: "end" });
   }
@@ -197,7 +217,8 @@
   function renderList(el, users) {
     el.replaceChildren(...users.map((u) => {
       const li = document.createElement("li");
-      li.textContent = u.username;
+      li.append(...userEls(u));
+      if (me && u.userId === me.userId) li.className = "me";
       return li;
     }));
   }

@@ -11,7 +11,7 @@
 //   chat.online                     -> {online}
 //   chat.members  {room}            -> {room, members}
 // Everyone gets presence.online / presence.offline when a user comes or goes.
-// HTTP: GET / (the page), /chat.js, /chat.css, /chat/health, /chat/ready,
+// HTTP: GET / (the page), /chat.js, /chat.css, /favicon.svg, /chat/health, /chat/ready,
 // /chat/live, /chat/rooms, /chat/rooms/:room/messages.
 import * as fs from "fs";
 import * as path from "path";
@@ -210,6 +210,8 @@ function staticFile(route: string, file: string, contentType: string): void {
 staticFile("/", "index.html", "text/html; charset=utf-8");
 staticFile("/chat.js", "chat.js", "text/javascript; charset=utf-8");
 staticFile("/chat.css", "chat.css", "text/css; charset=utf-8");
+// the page links it; without one browsers ask for /favicon.ico on every load and get a 404
+staticFile("/favicon.svg", "favicon.svg", "image/svg+xml");
 
 service.action("health", { route: "/chat/health" }, () => ({
   status: "healthy",
