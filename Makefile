@@ -23,7 +23,7 @@ LIBS     := -luv -lwslay -lmbedcrypto -l:libprotobuf-nanopb.a -lz
 DEBS := g++ make libuv1-dev libwslay-dev nanopb libnanopb-dev protobuf-compiler \
         python3-protobuf node-llhttp libmbedtls-dev libjsmn-dev zlib1g-dev \
         python3 python3-websocket python3-websockets python3-cryptography curl wrk valgrind nodejs \
-        chromium
+        chromium clang libclang-rt-14-dev
 
 LLHTTP_OBJS := $(BUILD)/llhttp.o $(BUILD)/llhttp_api.o $(BUILD)/llhttp_http.o
 
@@ -96,3 +96,4 @@ clean:
 	rm -rf $(BUILD) linkd linkd-asan linkd-aarch64 linkd-armhf
 
 -include cross/cross.mk
+-include tests/fuzz/fuzz.mk

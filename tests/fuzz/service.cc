@@ -1,0 +1,90 @@
+// libFuzzer harness: bytes on a service link (the service-frame path).
+//
+// Against a populated table — service "chat" registered on link A (a
+// WebSocket path and an HTTP route), service "other" (a raw WebSocket path)
+// on link B, four WebSocket clients in rooms, one HTTP request and two
+// WebSocket messages awaiting the service's answer — the input is written
+// to a service link: varint framing (split across reads, over the limit),
+// nanopb decoding of every member, and dispatch: register (again, or first
+// on a fresh link: conflicts, reclaim, EXISTING events), HttpResponse
+// (headers, status, bodies), WebSocketResponse (data, errors), pushes to a
+// connection, a room or everyone (except_connections, deflate, the
+// outbound cap), room joins and leaves, close, rooms query, heartbeat.
+//
+// Ids in the table (the same for every input, tables are fresh):
+//   connections "0.1" (chat, user u1, deflate, rooms lobby and a),
+//   "1.1" (chat, user u2, lobby), "2.1" (chat, anonymous, room b),
+//   "3.1" (other, raw, lobby of other), HTTP request id 4294967300
+//   (slot 4, sequence 1, GET /items/7), pending WebSocket replies "m1"
+//   on 0.1 and 42 on 1.1.
+//
+// Input: byte 0 chooses the setting:
+//   bit 0     write to a fresh link (not registered yet) instead of link A
+//   bits 1-3  chunk size: whole, 1, 2, 3, 7, 16, 64, 512 bytes per write
+//   bit 4     link A goes away after the input
+//   bit 5     clients do not read (small socket buffers: the outbound cap)
+//   bit 6     --outbound-policy drop instead of close
+//   bit 7     connection 0.1 is gone before the input (its id is stale)
+// The rest: bytes written to the link.
+
+#include "fuzz_common.h"
+
+namespace {
+
+const fz::RouteSpec chat_routes[] = {
+  {"GET", "/items/:id", false, nullptr, nullptr},
+  {"POST", "/rooms/:room/messages", true, nullptr, nullptr},
+  {nullptr, nullptr, false, nullptr, nullptr},
+};
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  static bool once = (fz::config_defaults(), fz::init(), true);
+  (void)once;
+  if (size < 1) return 0;
+  uint8_t opts = data[0];
+  data++;
+  size--;
+  cfg.outbound_policy = (opts & 0x40) ? 1 : 0;
+  fz::begin();
+  fz::on_service_frame = nullptr;
+  fz::read_clients = true;
+  size_t a = fz::service_register("chat", chat_routes, {"/ws", true, false, false, 4096});
+  fz::service_register("other", nullptr, {"/other", false, false, true, 0});
+  bool small = opts & 0x20;
+  size_t c0 = fz::ws_client_open("/ws", fz::user_token("u1", "admin"), true, small);
+  size_t c1 = fz::ws_client_open("/ws", fz::user_token("u2", "user"), false, small);
+  fz::ws_client_open("/ws", "", false, small);
+  fz::ws_client_open("/other", "", false, small);
+  size_t h = fz::client_open(small);
+  static const char get[] = "GET /items/7 HTTP/1.1\r\nHost: fuzz\r\n\r\n";
+  fz::send_bytes(fz::clients[h].fd, get, sizeof get - 1);
+  std::string m1 = fz::ws_frame_masked(1, "{\"type\":\"chat.send\",\"id\":\"m1\",\"data\":{\"text\":\"hi\"}}");
+  std::string m2 = fz::ws_frame_masked(1, "{\"type\":\"chat.send\",\"id\":42}");
+  fz::send_bytes(fz::clients[c0].fd, m1.data(), m1.size());
+  fz::send_bytes(fz::clients[c1].fd, m2.data(), m2.size());
+  fz::settle();
+  static const struct { uint32_t slot; const char* room; } joins[] = {{0, "lobby"}, {0, "a"}, {1, "lobby"}, {2, "b"}, {3, "lobby"}};
+  for (auto& j : joins)
+    if (g.conns[j.slot].state == CState::Ws) room_join(&g.conns[j.slot], j.room, strlen(j.room));
+  if (opts & 0x80) { close(fz::clients[c0].fd); fz::clients[c0].fd = -1; fz::settle(); }
+  fz::read_clients = !small;
+  size_t target = (opts & 1) ? fz::service_open() : a;
+  static const size_t chunks[] = {0, 1, 2, 3, 7, 16, 64, 512};
+  size_t step = chunks[(opts >> 1) & 7] ? chunks[(opts >> 1) & 7] : size;
+  for (size_t off = 0; off < size;) {
+    size_t n = std::min(step, size - off);
+    size_t w = fz::send_bytes(fz::services[target].fd, data + off, n);
+    fz::settle();
+    if (w < n) break;
+    off += n;
+  }
+  if (opts & 0x10) { close(fz::services[a].fd); fz::services[a].fd = -1; fz::settle(); }
+  fz::read_clients = true;
+  fz::settle();
+  fz::time_passes(10 * 60 * 1000);
+  fz::end();
+  cfg.outbound_policy = 0;
+  return 0;
+}
