@@ -180,7 +180,33 @@ test("robustness: a frame over maxFrameBytes is skipped with a warning; the link
   assert.equal(fake.links.length, 1, "no reconnection");
 });
 
-test("robustness: maxFrameBytes defaults to 64 MiB, is declared at registration, and bad values are refused", async (t) => {
+test("robustness: a reply over linkd's frame limit becomes an error reply (HTTP 500, WebSocket RESPONSE_TOO_LARGE): the client is not left waiting", async (t) => {
+  const fake = await fakeLinkd();
+  const logger = memoryLogger();
+  const svc = createService({ name: "bigreply", socketPath: fake.sockPath, logger, websocket: { enabled: true, path: "/ws/b" } });
+  svc.action("big", { route: "/big" }, () => "x".repeat(4096));
+  svc.ws.on("big", () => "y".repeat(4096));
+  t.after(async () => {
+    await svc.stop();
+    await fake.close();
+  });
+  const started = svc.start();
+  await waitFor(() => fake.links[0]?.frames.length === 1, 3000, "registration");
+  const link = fake.links[0];
+  link.s.write(encodeFrame({ registerResult: { ok: true, linkdVersion: "fake", maxFrameBytes: 2048 } }));
+  await started;
+  link.s.write(encodeFrame({ httpRequest: { requestId: 11, method: "GET", route: "/big", path: "/big" } }));
+  link.s.write(encodeFrame({ wsInbound: { connectionId: "1.1", messageType: "big", correlationId: "c9" } }));
+  await waitFor(() => link.frames.some((f) => f.message === "httpResponse") && link.frames.some((f) => f.message === "wsResponse"), 3000, "both answers");
+  const http = link.frames.find((f) => f.message === "httpResponse").httpResponse;
+  assert.deepEqual([http.requestId, http.status, JSON.parse(http.body.toString()).error.type], ["11", 500, "RESPONSE_TOO_LARGE"]);
+  const ws = link.frames.find((f) => f.message === "wsResponse").wsResponse;
+  assert.deepEqual([ws.correlationId, ws.error?.type, ws.error?.code], ["c9", "RESPONSE_TOO_LARGE", 500]);
+  assert.equal(logger.lines.filter((l) => l.startsWith("error") && l.includes("frame limit")).length, 2, logger.lines.join(" | "));
+  assert.ok(svc.connected);
+});
+
+test("robustness: maxFrameBytes defaults to 64 MiB, is declared at registration, bad values are refused; before registration frames over 1 MiB are skipped", async (t) => {
   assert.equal(sdk.DEFAULT_MAX_FRAME_BYTES, 64 * 1024 * 1024);
   for (const bad of [0, 100, -1, 1.5, 2 ** 32, "1m", NaN]) {
     assert.throws(() => createService({ name: "x", socketPath: "/nonexistent", maxFrameBytes: bad }), /maxFrameBytes/, String(bad));
@@ -191,9 +217,16 @@ test("robustness: maxFrameBytes defaults to 64 MiB, is declared at registration,
     await svc.stop();
     await fake.close();
   });
-  svc.start().catch(() => {});
+  const started = svc.start();
   await waitFor(() => fake.links[0]?.frames.length === 1, 3000, "registration");
   assert.equal(fake.links[0].frames[0].registerService.maxInboundFrameBytes, 64 * 1024 * 1024);
+  // before linkd has answered, nothing big is read (linkd sends only small frames then)
+  const link = fake.links[0];
+  link.s.write(encodeFrame({ httpRequest: { requestId: 1, body: Buffer.alloc(2 << 20) } }));
+  link.s.write(registerOk);
+  await started;
+  assert.ok(svc.logger.lines.some((l) => l.startsWith("warn frame from linkd over the size limit skipped") && l.includes('"maxFrameBytes":1048576')), svc.logger.lines.join(" | "));
+  assert.equal(link.closed, false);
 });
 
 test("robustness: a broken length prefix drops the link; the service reconnects and registers again", async (t) => {
