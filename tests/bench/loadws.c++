@@ -1,7 +1,7 @@
 // loadws: a WebSocket load generator for Linkd's benchmarks (and any server
 // speaking the same JSON envelope). One libuv loop, wslay in client mode.
 //
-//   loadws --url ws://127.0.0.1:PORT/path [options] idle|echo|fanout
+//   loadws --url ws://127.0.0.1:PORT/path [options] idle|echo|fanout|churn
 //
 // idle    open N connections (ramping, at most --concurrency handshakes in
 //         flight), report how long it took, hold them (--hold seconds, or
@@ -15,6 +15,16 @@
 //         {"type":"fanout","data":{"room":R,"seq":S}} and the time from that
 //         send until the last member received {"type":"fanout",...,"seq":S}
 //         is measured. Reports every round and the median.
+// churn   N slots; each one, over and over for -t seconds: opens a
+//         connection, sends {"type":"echo","data":{"n":K},"id":"K"}, awaits
+//         the reply (with --churn-rooms R: {"type":"join","data":{"room":
+//         "churnK"}} to one of R rooms instead, which benchsvc answers after
+//         the join), holds the connection for a random time up to
+//         --churn-hold seconds (so that many are open at once), and closes,
+//         in turn with a close handshake (1000), by dropping the TCP
+//         connection (FIN) and by a reset (RST); then opens again. At most --concurrency handshakes in flight. Once the time is
+//         up no slot opens again; when every connection is closed it reports
+//         how many were opened, exchanged and closed each way, and failures.
 //
 // --done FILE: once the results are printed, write FILE and keep the
 // connections open until SIGUSR1/SIGTERM (30 s at most).
@@ -69,6 +79,8 @@ struct Options {
   int concurrency = 200;    // handshakes in flight
   int src_ips = 1;          // 127.0.0.1 .. 127.0.0.K as source addresses
   double hold = -1;         // idle: seconds to hold (-1: until a signal)
+  double churn_hold = 0;    // churn: hold each connection up to this long after its exchange
+  int churn_rooms = 0;      // churn: join one of this many rooms instead of an echo
   double timeout = 120;     // overall bound
   std::string room = "bench";
   std::string ready_file;
@@ -101,9 +113,14 @@ struct Conn {
   // fanout
   bool joined = false;
   int seen_round = 0;
+  // churn
+  int slot = -1;
+  bool closing = false;     // we asked for the close (or dropped the connection)
+  uint64_t hold_until = 0;  // exchanged; close at this time
 };
 
 std::vector<Conn*> conns;
+std::vector<Conn*> churn_slot;     // churn: the connection a slot has now (or nullptr)
 int started = 0, pending = 0, opened = 0, failed = 0, closed_after_open = 0;
 uint64_t t_connect_start = 0, t_connect_end = 0;
 std::string first_error;
@@ -128,6 +145,9 @@ std::vector<int> fan_recv;
 void start_phase_run();
 void finish();
 void flush(Conn* c);
+void churn_end(Conn* c, const char* why);
+void churn_on_open(Conn* c);
+void churn_on_msg(Conn* c, const char* s, size_t n);
 
 void note_error(const char* what) {
   if (first_error.empty()) first_error = what;
@@ -217,7 +237,9 @@ void ws_on_msg(wslay_event_context_ptr, const wslay_event_on_msg_recv_arg* arg, 
   const char* s = reinterpret_cast<const char*>(arg->msg);
   size_t n = arg->msg_length;
   const char* end = s + n;
-  if (opt.mode == "echo") {
+  if (opt.mode == "churn") {
+    churn_on_msg(c, s, n);
+  } else if (opt.mode == "echo") {
     const char* idp = find_key(s, n, "\"id\":");
     if (!idp) return;
     uint64_t id = parse_uint(idp, end);
@@ -280,7 +302,7 @@ struct WriteReq {
 
 void on_write(uv_write_t* req, int status) {
   WriteReq* w = reinterpret_cast<WriteReq*>(req);
-  if (status < 0) note_error(uv_strerror(status));
+  if (status < 0 && status != UV_ECANCELED) note_error(uv_strerror(status));
   delete w;
 }
 
@@ -313,6 +335,7 @@ void flush(Conn* c) {
 void ramp();
 
 void conn_fail(Conn* c, const char* why) {
+  if (opt.mode == "churn") { churn_end(c, why); return; }
   bool was_open = c->state == OPEN;
   if (c->state == CLOSED) return;
   if (c->state != OPEN) { --pending; ++failed; note_error(why); }
@@ -335,7 +358,7 @@ void feed_ws(Conn* c, const uint8_t* p, size_t n) {
   c->rlen = n;
   if (wslay_event_recv(c->ws) != 0) { conn_fail(c, "websocket protocol error"); return; }
   flush(c);
-  if (!wslay_event_want_read(c->ws) && !wslay_event_want_write(c->ws)) conn_fail(c, "websocket closed by server");
+  if (c->state == OPEN && !wslay_event_want_read(c->ws) && !wslay_event_want_write(c->ws)) conn_fail(c, "websocket closed by server");
 }
 
 void handshake_done(Conn* c);
@@ -415,10 +438,12 @@ void on_connect(uv_connect_t* req, int status) {
 void start_conn(int idx) {
   Conn* c = new Conn;
   c->idx = idx;
-  conns.push_back(c);
+  if (opt.mode == "churn") { c->slot = idx % opt.n; churn_slot[c->slot] = c; }   // churn: none is kept
+  else conns.push_back(c);
   ++pending;
   ++started;
   int r = uv_tcp_init_ex(loop, &c->tcp, AF_INET);
+  if (r < 0 && opt.mode == "churn") { churn_end(c, uv_strerror(r)); return; }
   if (r < 0) { --pending; ++failed; c->state = CLOSED; note_error(uv_strerror(r)); return; }
   c->tcp_inited = true;
   c->tcp.data = c;
@@ -441,6 +466,134 @@ void start_conn(int idx) {
 }
 
 int target_conns() { return opt.mode == "echo" ? opt.m : opt.n; }
+
+// ---- churn -------------------------------------------------------------------
+uint64_t churn_end_ns = 0;         // no slot opens again after this
+uint64_t churn_exchanged = 0, churn_clean = 0, churn_fin = 0, churn_rst = 0, churn_server_closed = 0;
+uint64_t churn_failed = 0, churn_seq = 0, churn_err_replies = 0;
+int churn_live = 0;                // Conn objects not yet freed
+int churn_open = 0, churn_max_open = 0;   // open connections now / at most
+std::deque<int> churn_queue;       // slots waiting to open again
+uv_timer_t churn_timer;
+
+void churn_close(Conn* c);
+
+void churn_report();
+
+void churn_pump() {
+  if (phase != P_RUN) return;
+  uint64_t now = now_ns();
+  if (opt.churn_hold > 0)
+    for (Conn* c : churn_slot)
+      if (c && c->hold_until && now >= c->hold_until && c->state == OPEN && !c->closing) { churn_close(c); flush(c); }
+  while (!churn_queue.empty() && pending < opt.concurrency && now < churn_end_ns) {
+    int slot = churn_queue.front();
+    churn_queue.pop_front();
+    ++churn_live;
+    start_conn(slot);
+  }
+  if (now >= churn_end_ns) churn_queue.clear();
+  if (churn_live == 0 && churn_queue.empty()) churn_report();
+}
+
+void churn_freed(uv_handle_t* h) {
+  Conn* c = static_cast<Conn*>(h->data);
+  if (c->ws) wslay_event_context_free(c->ws);
+  int slot = c->slot;
+  if (churn_slot[slot] == c) churn_slot[slot] = nullptr;
+  delete c;
+  --churn_live;
+  churn_queue.push_back(slot);
+  churn_pump();
+}
+
+// A churn connection ends (asked for, or not): count it, free it, reopen its slot.
+void churn_end(Conn* c, const char* why) {
+  if (c->state == CLOSED) return;
+  if (c->state != OPEN) { --pending; ++failed; ++churn_failed; note_error(why); }
+  else if (!c->closing) { ++churn_server_closed; note_error(why); }
+  if (c->state == OPEN) --churn_open;
+  c->state = CLOSED;
+  if (!c->tcp_inited) { churn_freed(reinterpret_cast<uv_handle_t*>(&c->tcp)); return; }
+  c->tcp.data = c;
+  if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&c->tcp))) uv_close(reinterpret_cast<uv_handle_t*>(&c->tcp), churn_freed);
+}
+
+void churn_on_open(Conn* c) {
+  char msg[96];
+  uint64_t k = ++churn_seq;
+  churn_max_open = std::max(churn_max_open, ++churn_open);
+  int l = opt.churn_rooms > 0
+    ? snprintf(msg, sizeof msg, "{\"type\":\"join\",\"data\":{\"room\":\"churn%d\"},\"id\":\"%" PRIu64 "\"}",
+               (int)(k % (uint64_t)opt.churn_rooms), k)
+    : snprintf(msg, sizeof msg, "{\"type\":\"echo\",\"data\":{\"n\":%" PRIu64 "},\"id\":\"%" PRIu64 "\"}", k, k);
+  c->next_n = k;
+  queue_text(c, std::string(msg, l));
+  flush(c);
+}
+
+void churn_on_msg(Conn* c, const char* s, size_t n) {
+  if (c->closing) return;
+  const char* idp = find_key(s, n, "\"id\":");
+  if (!idp || parse_uint(idp, s + n) != c->next_n) return;
+  if (find_key(s, n, "\"error\":")) { ++churn_err_replies; note_error(std::string(s, std::min<size_t>(n, 200)).c_str()); }
+  else ++churn_exchanged;
+  if (c->hold_until) return;
+  if (opt.churn_hold > 0) {
+    c->hold_until = now_ns() + 1 + (uint64_t)(opt.churn_hold * 1e9 * (double)(rng() % 1000001) / 1e6);
+    return;
+  }
+  churn_close(c);
+}
+
+void churn_close(Conn* c) {
+  c->closing = true;
+  switch (c->next_n % 3) {
+    case 0:   // close handshake: ends when the server's close frame (or EOF) comes
+      ++churn_clean;
+      wslay_event_queue_close(c->ws, 1000, nullptr, 0);
+      break;
+    case 1:   // FIN without a close frame
+      ++churn_fin;
+      uv_read_stop(reinterpret_cast<uv_stream_t*>(&c->tcp));
+      churn_end(c, "fin");
+      break;
+    default: {  // RST
+      ++churn_rst;
+      uv_os_fd_t fd;
+      if (uv_fileno(reinterpret_cast<uv_handle_t*>(&c->tcp), &fd) == 0) {
+        linger lg{1, 0};
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+      }
+      uv_read_stop(reinterpret_cast<uv_stream_t*>(&c->tcp));
+      churn_end(c, "rst");
+    }
+  }
+}
+
+void churn_start() {
+  churn_end_ns = now_ns() + (uint64_t)(opt.seconds * 1e9);
+  churn_slot.assign(opt.n, nullptr);
+  for (int i = 0; i < opt.n; ++i) churn_queue.push_back(i);
+  uv_timer_init(loop, &churn_timer);
+  uv_timer_start(&churn_timer, [](uv_timer_t*) { churn_pump(); }, 0, 5);
+  if (!opt.quiet) fprintf(stderr, "loadws: churning %d slots for %.0f s\n", opt.n, opt.seconds);
+}
+
+void churn_report() {
+  uv_timer_stop(&churn_timer);
+  finish();
+}
+
+// live: connections still open when the report is printed (0 unless --timeout cut the run short)
+void churn_print() {
+  double secs = (now_ns() - t_connect_start) / 1e9;
+  printf("RESULT churn_slots=%d seconds=%.2f opened=%d failed=%" PRIu64 " exchanged=%" PRIu64 " error_replies=%" PRIu64
+         " closed_clean=%" PRIu64 " closed_fin=%" PRIu64 " closed_rst=%" PRIu64 " closed_by_server=%" PRIu64
+         " live=%d max_open=%d opened_per_s=%.0f\n",
+         opt.n, secs, opened, churn_failed, churn_exchanged, churn_err_replies, churn_clean, churn_fin, churn_rst,
+         churn_server_closed, churn_live, churn_max_open, secs > 0 ? opened / secs : 0.0);
+}
 
 void all_connected() {
   t_connect_end = now_ns();
@@ -466,6 +619,12 @@ void all_connected() {
 }
 
 void ramp() {
+  if (opt.mode == "churn" && phase == P_CONNECT) {   // no ramp: the slots open as they churn
+    uv_timer_stop(&ramp_timer);
+    t_connect_start = now_ns();
+    start_phase_run();
+    return;
+  }
   if (phase != P_CONNECT) return;
   int target = target_conns();
   // a bounded batch per call keeps the loop responsive; the timer continues it
@@ -479,6 +638,7 @@ void handshake_done(Conn* c) {
   c->state = OPEN;
   --pending;
   ++opened;
+  if (opt.mode == "churn") { churn_on_open(c); churn_pump(); return; }
   ramp();
 }
 
@@ -532,6 +692,7 @@ void start_phase_run() {
   uv_timer_stop(&run_timer);
   phase = P_RUN;
   if (opt.mode == "idle") { finish(); return; }
+  if (opt.mode == "churn") { churn_start(); return; }
   if (opt.mode == "echo") {
     echo_sending = true;
     for (Conn* c : conns) {
@@ -591,6 +752,8 @@ void finish() {
            opened - closed_after_open, opt.depth, secs, echo_replies, echo_errors,
            secs > 0 ? echo_replies / secs : 0.0, pct(0.50), pct(0.99),
            lat_us.empty() ? 0.0 : lat_us.back() / 1000.0);
+  } else if (opt.mode == "churn") {
+    churn_print();
   } else if (opt.mode == "fanout") {
     std::vector<double> s = fan_ms;
     std::sort(s.begin(), s.end());
@@ -624,11 +787,11 @@ void finish() {
 
 void usage() {
   fprintf(stderr,
-          "usage: loadws --url ws://HOST:PORT/PATH [options] idle|echo|fanout\n"
-          "  -n N             connections for idle/fanout (10000)\n"
+          "usage: loadws --url ws://HOST:PORT/PATH [options] idle|echo|fanout|churn\n"
+          "  -n N             connections for idle/fanout, slots for churn (10000)\n"
           "  -c M             connections for echo (50)\n"
           "  -d D             echo messages in flight per connection (8)\n"
-          "  -t SEC           echo measured window (10), after --warmup SEC (1)\n"
+          "  -t SEC           echo measured window (10), after --warmup SEC (1); churn: how long\n"
           "  -r R             fanout rounds (5)\n"
           "  --size B         pad bytes in each message (64)\n"
           "  --room NAME      room for fanout (bench)\n"
@@ -637,6 +800,8 @@ void usage() {
           "  --ready FILE     when connected, write FILE and wait for SIGUSR1 (or --hold)\n"
           "  --done FILE      when finished, write FILE and keep the connections until SIGUSR1 (30 s at most)\n"
           "  --hold SEC       idle: hold this long (default: until SIGUSR1/SIGTERM)\n"
+          "  --churn-hold SEC churn: keep each connection open up to SEC (random) after its exchange (0)\n"
+          "  --churn-rooms R  churn: the exchange is a join to one of R rooms (benchsvc's \"join\")\n"
           "  --timeout SEC    overall bound (120)\n"
           "  -q               fewer messages on stderr\n");
   exit(1);
@@ -676,9 +841,11 @@ int main(int argc, char** argv) {
     else if (a == "--ready") opt.ready_file = next();
     else if (a == "--done") opt.done_file = next();
     else if (a == "--hold") opt.hold = atof(next());
+    else if (a == "--churn-hold") opt.churn_hold = atof(next());
+    else if (a == "--churn-rooms") opt.churn_rooms = atoi(next());
     else if (a == "--timeout") opt.timeout = atof(next());
     else if (a == "-q") opt.quiet = true;
-    else if (a == "idle" || a == "echo" || a == "fanout") opt.mode = a;
+    else if (a == "idle" || a == "echo" || a == "fanout" || a == "churn") opt.mode = a;
     else usage();
   }
   if (opt.mode.empty() || !parse_url(url) || opt.n < 1 || opt.m < 1 || opt.depth < 1 || opt.concurrency < 1 ||
