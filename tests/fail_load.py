@@ -10,9 +10,10 @@ every request with a deadline, every outcome recorded.
 
 The driving script talks to it with signals and milestone lines on stdout:
   CONNECTED ...     every client is connected (and joined, for svckill)
-  SEEN <what>       the first answer of a kind (ws-unavailable, http-503, lost ...)
-  MARKED            SIGUSR2 arrived: from now on, requests must succeed again
-  FLOWING           every client had a successful answer to a request sent after the mark
+  DOWN k            SIGHUP arrived: the script is about to kill something (k-th time)
+  SEEN <what>       the first answer of a kind since the last DOWN (ws-unavailable, http-503, lost ...)
+  MARKED k          SIGUSR2 arrived: it is back; from now until the next DOWN requests must succeed
+  FLOWING k         every client had a successful answer to a request sent after mark k
   STOPPING          SIGUSR1 arrived: stop sending, settle, check, exit
 and PASS:/FAIL: lines (prefixed with --name) for the checks it makes itself.
 Time stamps are time.monotonic() (CLOCK_MONOTONIC, comparable across processes).
@@ -252,24 +253,48 @@ class HttpClient:
 
 # ---------------------------------------------------------------- control
 class Control:
-    """SIGUSR2 marks (prints MARKED), SIGUSR1 stops (prints STOPPING)."""
+    """SIGHUP: something is about to be killed (DOWN k); SIGUSR2: it is back
+    (MARKED k); SIGUSR1: stop (STOPPING)."""
 
     def __init__(self):
         self.stop = asyncio.Event()
-        self.mark = None
+        self.stopped = None
+        self.marks, self.downs = [], []
+        self.flows = []
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGUSR1, self._stop)
         loop.add_signal_handler(signal.SIGUSR2, self._mark)
+        loop.add_signal_handler(signal.SIGHUP, self._down)
+
+    @property
+    def mark(self):
+        return self.marks[-1] if self.marks else None
 
     def _stop(self):
         if not self.stop.is_set():
+            self.stopped = time.monotonic()
             say('STOPPING')
             self.stop.set()
 
+    def _down(self):
+        self.downs.append(time.monotonic())
+        _seen.clear()
+        say('DOWN', len(self.downs))
+
     def _mark(self):
-        if self.mark is None:
-            self.mark = time.monotonic()
-            say('MARKED')
+        self.marks.append(time.monotonic())
+        say('MARKED', len(self.marks))
+        for f in self.flows:
+            f.rearm()
+
+    def up_windows(self):
+        """(start, end) of each time the killed part was back: from a mark to
+        the next DOWN (or the stop)."""
+        w = []
+        for m in self.marks:
+            nxt = [d for d in self.downs if d > m]
+            w.append((m, nxt[0] if nxt else (self.stopped or time.monotonic())))
+        return w
 
     async def pause(self, s):
         try:
@@ -279,18 +304,29 @@ class Control:
 
 
 class Flow:
-    """Tracks, per worker, whether a request sent after the mark succeeded;
-    prints FLOWING once all have."""
+    """Tracks, per worker, whether a request sent after the last mark
+    succeeded; prints FLOWING k once all have."""
 
     def __init__(self, ctl, workers):
         self.ctl = ctl
+        self.workers = set(workers)
         self.left = set(workers)
+        self.failed_marks = []    # marks after which not every worker succeeded
+        ctl.flows.append(self)
+
+    def rearm(self):
+        if len(self.ctl.marks) > 1 and self.left:
+            self.failed_marks.append((len(self.ctl.marks) - 1, sorted(self.left)[:6]))
+        self.left = set(self.workers)
 
     def note(self, worker, r):
         if self.ctl.mark is not None and r.outcome == 'ok' and r.t0 >= self.ctl.mark and worker in self.left:
             self.left.discard(worker)
             if not self.left:
-                say('FLOWING')
+                say('FLOWING', len(self.ctl.marks))
+
+    def all_flowed(self):
+        return not self.left and not self.failed_marks
 
 
 def summarize(reqs):
@@ -396,25 +432,29 @@ async def svckill(a):
           % (a.bound, len(reqs), summarize(reqs)), not bad and not slow, (bad + slow)[:4])
     check('no WebSocket connection lost (%d open)' % a.clients, all(c.is_open for c in clients),
           ['%s closed %s' % (c.tag, c.close) for c in clients if not c.is_open][:4])
-    if a.svc_out:
-        # What the killed instance had been given and never answered: the
-        # requests that were in flight at the kill.
-        fwd_ws = svc_ids(a.svc_out, 'INBOUND')
-        fwd_http = svc_ids(a.svc_out, 'HTTP')
+    imm = []
+    for k, path in enumerate(a.svc_out, 1):
+        # What a killed instance had been given and never answered: the
+        # requests that were in flight at its kill.
+        fwd_ws = svc_ids(path, 'INBOUND')
+        fwd_http = svc_ids(path, 'HTTP')
         ws_inflight = [r for r in reqs if r.kind == 'later' and r.id in fwd_ws and r.outcome == 'unavailable']
         http_inflight = [r for r in reqs if r.kind == 'http' and r.id in fwd_http and r.outcome == 'unavailable']
-        check('WebSocket requests in flight at the kill answered SERVICE_UNAVAILABLE (%d)' % len(ws_inflight),
+        check('kill %d: WebSocket requests in flight answered SERVICE_UNAVAILABLE (%d)' % (k, len(ws_inflight)),
               len(ws_inflight) > 0, 'none of the requests the killed instance had were answered SERVICE_UNAVAILABLE')
-        check('HTTP requests in flight at the kill answered 503 (%d)' % len(http_inflight),
+        check('kill %d: HTTP requests in flight answered 503 (%d)' % (k, len(http_inflight)),
               len(http_inflight) > 0, 'none of the requests the killed instance had were answered 503')
-        imm = [r for r in ws_inflight + http_inflight if r.t1 - r.t0 > a.later / 1000.0 + 2 * a.slow]
+        imm += [r for r in ws_inflight + http_inflight if r.t1 - r.t0 > a.later / 1000.0 + 2 * a.slow]
+    if a.svc_out:
         check('... at once, not after a timeout', not imm, imm[:3])
-    if ctl.mark is not None:
-        after = [r for r in reqs if r.t0 >= ctl.mark]
-        check('after the re-registration every worker succeeded again (%d requests: %s)' % (len(after), summarize(after)),
-              not flow.left, 'no success yet for %s' % sorted(flow.left)[:6])
-        check('after the re-registration every request succeeded', all(r.outcome == 'ok' for r in after),
-              [r for r in after if r.outcome != 'ok'][:3])
+    if ctl.marks:
+        win = ctl.up_windows()
+        # sent after a re-registration and settled before the next kill
+        after = [r for r in reqs if r.t1 is not None and any(s <= r.t0 and r.t1 < e for s, e in win)]
+        check('after each re-registration (%d) every worker succeeded again (%d requests: %s)' % (len(win), len(after), summarize(after)),
+              flow.all_flowed(), 'no success for %s' % (flow.failed_marks or sorted(flow.left)[:6]))
+        check('after each re-registration every request succeeded until the next kill',
+              all(r.outcome == 'ok' for r in after), [r for r in after if r.outcome != 'ok'][:3])
     # rooms: a push to the room reaches every member
     token = 'check-%d' % os.getpid()
     trig = await clients[0].request('do.emit', {'room': 'all', 'event': 'room.check', 'data': token}, a.bound)
@@ -516,12 +556,15 @@ async def linkdkill(a):
     odd = [r for r in reqs if r.outcome == 'other' and not str(r.detail).startswith(('404', '503'))]
     check('no answer other than ok, 404/503 (while the service is away) or a dropped connection', not odd, odd[:3])
     ws_names = [c.tag for c in clients]
-    check('every WebSocket client reconnected after the restart (%d/%d)' % (sum(1 for n in ws_names if reconnects[n]), len(ws_names)),
-          all(reconnects[n] for n in ws_names), dict(connect_errs))
-    if ctl.mark is not None:
-        after = [r for r in reqs if r.t0 >= ctl.mark]
-        check('after the restart every client (each path and route) succeeded again (%d requests: %s)' % (len(after), summarize(after)),
-              not flow.left, 'no success for %s; connect errors %s' % (sorted(flow.left)[:6], dict(connect_errs)))
+    kills = max(1, len(ctl.downs))
+    check('every WebSocket client reconnected after each restart (%d/%d clients, %d times)'
+          % (sum(1 for n in ws_names if reconnects[n] >= kills), len(ws_names), kills),
+          all(reconnects[n] >= kills for n in ws_names), (dict(reconnects), dict(connect_errs)))
+    if ctl.marks:
+        after = [r for r in reqs if r.t0 >= ctl.marks[0]]
+        check('after each restart (%d) every client (each path and route) succeeded again (%d requests: %s)'
+              % (len(ctl.marks), len(after), summarize(after)),
+              flow.all_flowed(), 'no success for %s; connect errors %s' % (flow.failed_marks or sorted(flow.left)[:6], dict(connect_errs)))
     say('# connect attempts that failed while linkd or a service was away: %s' % dict(connect_errs))
     await asyncio.gather(*(c.aclose() for c in clients))
 
@@ -711,7 +754,7 @@ def main():
     p.add_argument('--later', type=int, default=300, help='ms the service sits on a "later" request')
     p.add_argument('--slow', type=float, default=1.0, help="T_SLOW: linkd's emulation factor")
     p.add_argument('--max-time', type=float, default=120.0)
-    p.add_argument('--svc-out', default='')
+    p.add_argument('--svc-out', action='append', default=[], help='svckill: output of each killed svc.py instance')
     p.add_argument('--report', default='')
     p.add_argument('--pusher-out', default='')
     p.add_argument('--t-stop', type=float, default=0.0)
