@@ -696,21 +696,33 @@ def check_sigterm(a):
 
     got = {cid: received(cl) for cid, cl in clients.items()}
     missing, disorder, missing_after = [], [], []
-    for cid, (seqs, rids, sd, after) in got.items():
-        if seqs != sorted(seqs) or len(set(seqs)) != len(seqs):
-            disorder.append('%s: %s' % (cid, seqs[:20]))
+    for cid, cl in clients.items():
+        # every push carries its op_id: a client gets them in op order
+        ops = [m['data']['op'] for m in cl['msgs'] if isinstance(m, dict) and m.get('type') in ('seq', 'rseq')
+               and isinstance(m.get('data'), dict) and 'op' in m['data']]
+        if ops != sorted(ops) or len(set(ops)) != len(ops):
+            disorder.append('%s: %s' % (cid, ops[:20]))
     have = {cid: set(v[0]) for cid, v in got.items()}
+    have_r = {cid: set(m['data']['r'] for m in cl['msgs'] if isinstance(m, dict) and m.get('type') == 'rseq')
+              for cid, cl in clients.items()}
+    room_before = 0
     for x in ok_before:
         p = pushes.get(x['op'])
-        if p and p['n'] not in have.get(p['conn'], ()):
+        if p and 'room' in p:
+            room_before += 1
+            for cid in clients:
+                if p['r'] not in have_r[cid]:
+                    missing.append('room push r%d (op %d) to %s' % (p['r'], x['op'], cid))
+        elif p and p['n'] not in have.get(p['conn'], ()):
             missing.append('%s #%d (op %d)' % (p['conn'], p['n'], x['op']))
     for x in ok_all:
         p = pushes.get(x['op'])
-        if x['t'] >= t_stop and p and p['n'] not in have.get(p['conn'], ()):
+        if x['t'] >= t_stop and p and 'conn' in p and p['n'] not in have.get(p['conn'], ()):
             missing_after.append('%s #%d (op %d, acked %.3f s after the stop)' % (p['conn'], p['n'], x['op'], x['t'] - t_stop))
-    check('every push acknowledged before the stop reached its client, before server.shutdown (%d)' % len(ok_before),
-          not missing, '%d missing: %s' % (len(missing), missing[:5]))
-    check('pushes arrived in order, none twice', not disorder, disorder[:3])
+    check('every push acknowledged before the stop reached its client(s), before server.shutdown (%d, %d of them to the room of all %d)'
+          % (len(ok_before), room_before, len(clients)), not missing, '%d missing: %s' % (len(missing), missing[:5]))
+    check('every client got its pushes in the order they were sent (room and own pushes interleaved), none twice',
+          not disorder, disorder[:3])
     check('no push acknowledged ok after the stop began was dropped (%d acked after the stop)' % (len(ok_all) - len(ok_before)),
           not missing_after, '%d acknowledged ok but never delivered: %s' % (len(missing_after), missing_after[:4]))
     # Replies: linkd handles a link's frames in order, so a reply written

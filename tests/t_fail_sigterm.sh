@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Failure proof: SIGTERM under load. A service (tests/fail_pusher.py) pushes
-# numbered messages to every client, each with an op_id, and records linkd's
-# CommandResults; the clients (tests/fail_load.py sigterm) send echo requests
-# and slow HTTP requests meanwhile. linkd is stopped with SIGTERM. Checked
-# (fail_load.py check-sigterm): every push acknowledged before the stop
-# reached its client, in order, before {"type":"server.shutdown"}, which is
-# the last message, then close 1001; every reply the service wrote before an
-# acknowledged push reached its client; HTTP requests the service had are
-# answered 200; no push acknowledged ok after the stop began was dropped;
-# linkd exits 0 within its shutdown timeout.
+# numbered messages to every client and to a room of all of them, each with an
+# op_id, and records linkd's CommandResults; the clients (tests/fail_load.py
+# sigterm) send echo requests and slow HTTP requests meanwhile; two of them
+# stop reading for 1.5 s just before the stop. linkd is stopped with SIGTERM.
+# Checked (fail_load.py check-sigterm): every push acknowledged before the
+# stop reached its client(s), in the order sent, before
+# {"type":"server.shutdown"}, which is the last message, then close 1001;
+# every reply the service wrote before an acknowledged push reached its
+# client; HTTP requests the service had are answered 200; no push to a
+# connection acknowledged ok after the stop began was dropped; linkd exits 0
+# within its shutdown timeout.
 . "$(dirname "$0")/lib.sh"
 
 CLIENTS=$(( 16 / T_SLOW + 2 ))
