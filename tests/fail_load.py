@@ -87,6 +87,7 @@ class WsClient:
         self.msgs = []           # every message received, in order (parsed JSON)
         self.push_waiters = []   # (pred, future)
         self.close = None        # (code, reason) once closed
+        self.floods = 0          # "flood" pushes received
         self.reader = None
         self.conn_id = None
 
@@ -105,6 +106,9 @@ class WsClient:
                     m = json.loads(raw)
                 except ValueError:
                     m = {'unparsable': raw}
+                if isinstance(m, dict) and m.get('type') == 'flood':
+                    self.floods += 1      # counted, not kept (they are big)
+                    continue
                 self.msgs.append(m)
                 if isinstance(m, dict) and 'id' in m and 'type' not in m:
                     f = self.pending.pop(m['id'], None)
@@ -378,7 +382,7 @@ async def svckill(a):
     say('CONNECTED', json.dumps([c.conn_id for c in clients]))
     reqs = []
     workers = ['%s.echo' % c.tag for c in clients] + ['%s.later' % c.tag for c in clients] + \
-              ['h%d' % i for i in range(a.http)]
+              ['h%d' % i for i in range(a.http)] + ['%s.flood' % clients[0].tag]
     flow = Flow(ctl, workers)
 
     def record(worker, r):
@@ -393,7 +397,12 @@ async def svckill(a):
         n = 0
         while not ctl.stop.is_set():
             n += 1
-            if kind == 'echo':
+            if kind == 'flood':
+                # big pushes: the service is often killed in the middle of a frame
+                r = await c.request('do.flood', {'n': 4, 'size': 100000}, a.bound, kind='flood')
+                record(c.tag + '.flood', r)
+                await ctl.pause(a.pause)
+            elif kind == 'echo':
                 r = await c.request('echo', {'n': n}, a.bound)
                 record(c.tag + '.echo', r)
                 await ctl.pause(a.pause)
@@ -420,7 +429,8 @@ async def svckill(a):
         h.aclose()
 
     tasks = [asyncio.ensure_future(ws_worker(c, k)) for c in clients for k in ('echo', 'later')] + \
-            [asyncio.ensure_future(http_worker(i)) for i in range(a.http)]
+            [asyncio.ensure_future(http_worker(i)) for i in range(a.http)] + \
+            [asyncio.ensure_future(ws_worker(clients[0], 'flood'))]
     await asyncio.wait_for(ctl.stop.wait(), a.max_time)
     # every worker ends within one bound: a request never waits longer
     done, notdone = await asyncio.wait(tasks, timeout=a.bound + 2)
@@ -430,6 +440,9 @@ async def svckill(a):
     slow = [r for r in reqs if r.t1 is not None and r.t1 - r.t0 > a.bound]
     check('every request answered within %.0f s with ok or SERVICE_UNAVAILABLE/503 (%d requests: %s)'
           % (a.bound, len(reqs), summarize(reqs)), not bad and not slow, (bad + slow)[:4])
+    fl_ok = sum(1 for r in reqs if r.kind == 'flood' and r.outcome == 'ok')
+    check('big pushes: every flood answered ok had its 4 pushes delivered (%d floods ok, %d pushes)'
+          % (fl_ok, clients[0].floods), fl_ok > 0 and clients[0].floods >= 4 * fl_ok, fl_ok)
     check('no WebSocket connection lost (%d open)' % a.clients, all(c.is_open for c in clients),
           ['%s closed %s' % (c.tag, c.close) for c in clients if not c.is_open][:4])
     imm = []

@@ -4,7 +4,8 @@
 # WebSocket clients (all in one room) and keep-alive HTTP clients send
 # requests without pause throughout (tests/fail_load.py svckill): some sit in
 # the service for a while (do.later / ?sleep=), so requests are in flight at
-# the kill. Checked: every request is answered within a bound, with ok or
+# the kill; one client keeps asking for bursts of 100 KB pushes, so the
+# service is often killed in the middle of a frame. Checked: every request is answered within a bound, with ok or
 # SERVICE_UNAVAILABLE / 503 (never a hang, never another error); requests in
 # flight at the kill get SERVICE_UNAVAILABLE / 503 at once; no WebSocket
 # connection is lost; the new instance is told every connection with its room
