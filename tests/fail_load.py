@@ -389,7 +389,7 @@ async def svckill(a):
         reqs.append(r)
         flow.note(worker, r)
         if r.outcome == 'unavailable':
-            seen('ws-unavailable' if r.kind in ('echo', 'later') else 'http-503')
+            seen('http-503' if r.kind == 'http' else 'ws-unavailable')
         elif r.outcome != 'ok':
             seen(r.outcome)
 
