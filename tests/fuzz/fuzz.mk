@@ -35,3 +35,24 @@ $(FUZZ_DIR)/obj/linkd.pb.o: $(BUILD)/linkd.pb.c $(BUILD)/linkd.pb.h
 $(FUZZ_BINS): $(FUZZ_DIR)/%: tests/fuzz/%.cc tests/fuzz/fuzz_common.h linkd.c++ $(BUILD)/linkd.pb.h $(FUZZ_OBJS)
 	$(FUZZ_CXX) -std=c++20 $(FUZZ_SAN) -fsanitize=fuzzer $(WARN) -Wno-unused-function -DLINKD_NO_MAIN -DLINKD_FUZZ $(DEFS) $(INCLUDES) \
 	  $< $(FUZZ_OBJS) $(LIBS) -o $@
+
+# Line coverage of what the corpora reach (clang source-based coverage):
+#   make fuzz-cov            report for every harness in build/fuzz/cov/NAME.txt
+# It replays tests/fuzz/corpus/NAME and build/fuzz/corpus/NAME (what
+# `make fuzz` grew) through a coverage build of each harness.
+FUZZ_COV_BINS := $(addprefix $(FUZZ_DIR)/cov/,$(FUZZ_NAMES))
+.PHONY: fuzz-cov
+fuzz-cov: $(FUZZ_COV_BINS)
+	@for n in $(FUZZ_ONLY); do \
+	  rm -f $(FUZZ_DIR)/cov/$$n.profraw; mkdir -p $(FUZZ_DIR)/corpus/$$n; \
+	  LLVM_PROFILE_FILE=$(FUZZ_DIR)/cov/$$n.profraw $(FUZZ_DIR)/cov/$$n -runs=0 -close_fd_mask=2 \
+	    tests/fuzz/corpus/$$n $(FUZZ_DIR)/corpus/$$n >/dev/null 2>&1; \
+	  llvm-profdata merge -sparse $(FUZZ_DIR)/cov/$$n.profraw -o $(FUZZ_DIR)/cov/$$n.profdata && \
+	  llvm-cov show $(FUZZ_DIR)/cov/$$n -instr-profile=$(FUZZ_DIR)/cov/$$n.profdata linkd.c++ >$(FUZZ_DIR)/cov/$$n.txt && \
+	  echo "fuzz-cov $$n: $$(llvm-cov report $(FUZZ_DIR)/cov/$$n -instr-profile=$(FUZZ_DIR)/cov/$$n.profdata linkd.c++ | tail -n 1 | awk '{print "lines " $$(NF-3) " covered (" $$(NF-4) " missed of " $$(NF-5) "), functions " $$(NF-6)}')"; \
+	done
+
+$(FUZZ_COV_BINS): $(FUZZ_DIR)/cov/%: tests/fuzz/%.cc tests/fuzz/fuzz_common.h linkd.c++ $(BUILD)/linkd.pb.h $(BUILD)/linkd.pb.o $(LLHTTP_OBJS)
+	@mkdir -p $(FUZZ_DIR)/cov
+	$(FUZZ_CXX) -std=c++20 -O1 -g -fsanitize=fuzzer -fprofile-instr-generate -fcoverage-mapping -Wno-unused-function \
+	  -DLINKD_NO_MAIN -DLINKD_FUZZ $(DEFS) $(INCLUDES) $< $(BUILD)/linkd.pb.o $(LLHTTP_OBJS) $(LIBS) -o $@

@@ -192,6 +192,17 @@ void settle(int max_rounds = 64) {
 
 // --- clients and services ------------------------------------------------------
 
+// Runs the loop until done() (an accept): at once as a rule, but a loaded
+// machine may finish a loopback handshake later (softirq deferred), so
+// it waits up to 2 s before the caller gives up.
+template <class Done>
+void wait_until(Done done) {
+  for (int i = 0; i < 2000 && !done(); i++) {
+    uv_run(g.loop, UV_RUN_NOWAIT);
+    if (!done() && i >= 20) usleep(1000);
+  }
+}
+
 uint32_t conns_in_use() {
   uint32_t n = 0;
   for (uint32_t i = 0; i < g.conn_hw; i++) n += g.conns[i].state != CState::Free;
@@ -217,7 +228,7 @@ size_t client_open(bool small = false) {
   std::vector<bool> used(g.nconns);
   for (uint32_t i = 0; i < g.conn_hw; i++) used[i] = g.conns[i].state != CState::Free;
   uint32_t before = conns_in_use();
-  for (int i = 0; i < 50 && conns_in_use() == before; i++) uv_run(g.loop, UV_RUN_NOWAIT);
+  wait_until([&] { return conns_in_use() != before; });
   if (conns_in_use() == before) die("client not accepted");
   for (uint32_t i = 0; i < g.conn_hw; i++)
     if (!used[i] && g.conns[i].state == CState::Http && small) uv_send_buffer_size((uv_handle_t*)&g.conns[i].tcp, &sz);
@@ -258,7 +269,7 @@ size_t service_open() {
   if (fd < 0 || connect(fd, (sockaddr*)&a, sizeof a)) die("service connect");
   set_nonblock(fd);
   uint32_t before = backends_open();
-  for (int i = 0; i < 50 && backends_open() == before; i++) uv_run(g.loop, UV_RUN_NOWAIT);
+  wait_until([&] { return backends_open() != before; });
   if (backends_open() == before) die("service link not accepted");
   services.push_back(Peer{fd, {}, 0});
   return services.size() - 1;

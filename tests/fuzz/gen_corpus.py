@@ -241,8 +241,10 @@ def service_seeds():
         'wrong-wire-type': b'\x02\x08\x01' + msg(heartbeat=pb.Heartbeat()),
         'truncated-sub': b'\x03\xb2\x01\x09',
     }
+    # Findings (reproducers of fixed bugs; see tests/fuzz/README.md).
+    s['finding-response-header-without-value'] = msg(http_response=pb.HttpResponse(request_id=REQ, headers=[pb.Header(name='X-Empty')]))
     for name, data in s.items():
-        seed('service', name, b'\x00' + data)
+        seed('service', name, b'\x00\x00' + data)
     # A fresh link: registration first.
     W = pb.WebSocketConfig
     R = pb.HttpRoute
@@ -259,14 +261,17 @@ def service_seeds():
         'fresh-instance-other-path': msg(register_service=pb.RegisterService(name='chat', websocket=W(enabled=True, path='/elsewhere'))),
     }
     for name, data in fresh.items():
-        seed('service', name, b'\x01' + data)
+        seed('service', name, b'\x01\x00' + data)
     base = msg(ws_outbound=O(room='lobby', event='m', payload=b'{"a":1}')) + msg(http_response=pb.HttpResponse(request_id=REQ, status=200, body=b'ok')) + msg(ws_response=pb.WebSocketResponse(connection_id='0.1', correlation_id='m1'))
     for name, opt in {'split-1': 0x02, 'split-3': 0x06, 'split-64': 0x0c, 'link-drops': 0x10, 'slow-clients-close': 0x20,
                       'slow-clients-drop': 0x60, 'stale-conn': 0x80}.items():
-        seed('service', 'opt-' + name, bytes([opt]) + base)
+        seed('service', 'opt-' + name, bytes([opt, 0]) + base)
+    seed('service', 'opt-shutdown-after', b'\x00\x01' + base)
+    seed('service', 'opt-shutdown-halfway', b'\x0c\x02' + base + msg(heartbeat=pb.Heartbeat()))
+    seed('service', 'opt-shutdown-slow-clients', b'\x20\x01' + base)
     flood = b''.join(msg(ws_outbound=O(room='lobby', event='f', payload=b'"' + b'w' * 3000 + b'"')) for _ in range(20))
-    seed('service', 'opt-slow-flood-close', b'\x20' + flood)
-    seed('service', 'opt-slow-flood-drop', b'\x60' + flood)
+    seed('service', 'opt-slow-flood-close', b'\x20\x00' + flood)
+    seed('service', 'opt-slow-flood-drop', b'\x60\x00' + flood)
 
 
 # ---------------------------------------------------------------- jwt

@@ -18,13 +18,16 @@
 //   (slot 4, sequence 1, GET /items/7), pending WebSocket replies "m1"
 //   on 0.1 and 42 on 1.1.
 //
-// Input: byte 0 chooses the setting:
-//   bit 0     write to a fresh link (not registered yet) instead of link A
-//   bits 1-3  chunk size: whole, 1, 2, 3, 7, 16, 64, 512 bytes per write
-//   bit 4     link A goes away after the input
-//   bit 5     clients do not read (small socket buffers: the outbound cap)
-//   bit 6     --outbound-policy drop instead of close
-//   bit 7     connection 0.1 is gone before the input (its id is stale)
+// Input: bytes 0 and 1 choose the setting:
+//   byte 0 bit 0     write to a fresh link (not registered yet) instead of link A
+//          bits 1-3  chunk size: whole, 1, 2, 3, 7, 16, 64, 512 bytes per write
+//          bit 4     link A goes away after the input
+//          bit 5     clients do not read (small socket buffers: the outbound cap)
+//          bit 6     --outbound-policy drop instead of close
+//          bit 7     connection 0.1 is gone before the input (its id is stale)
+//   byte 1 bit 0     linkd stops after the input (SIGTERM: shutdown_begin, then
+//                    the deadline: shutdown_tell_services)
+//          bit 1     the shutdown begins halfway through the input
 // The rest: bytes written to the link.
 
 #include "fuzz_common.h"
@@ -37,15 +40,37 @@ const fz::RouteSpec chat_routes[] = {
   {nullptr, nullptr, false, nullptr, nullptr},
 };
 
+// SIGTERM, then the shutdown deadline, as tick_cb would run them; the
+// listeners shutdown_begin closed are opened again for the next input.
+void stop_linkd() {
+  if (g.shutting_down) return;
+  shutdown_begin("fuzz");
+  uv_timer_stop(&g.tick);   // the harness drives the steps itself
+  fz::settle();
+  shutdown_tell_services();
+  fz::settle();
+}
+
+void restart_listeners() {
+  if (!g.shutting_down) return;
+  g.shutting_down = g.services_told = false;
+  if (uv_is_closing((uv_handle_t*)&g.listener) || uv_is_closing((uv_handle_t*)&g.svc_listener)) fz::settle();
+  if (listen_tcp() || listen_unix()) fz::die("cannot listen again");
+  sockaddr_storage ss;
+  int len = sizeof ss;
+  uv_tcp_getsockname(&g.listener, (sockaddr*)&ss, &len);
+  fz::port = ntohs(((sockaddr_in*)&ss)->sin_port);
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static bool once = (fz::config_defaults(), fz::init(), true);
   (void)once;
-  if (size < 1) return 0;
-  uint8_t opts = data[0];
-  data++;
-  size--;
+  if (size < 2) return 0;
+  uint8_t opts = data[0], opts2 = data[1];
+  data += 2;
+  size -= 2;
   cfg.outbound_policy = (opts & 0x40) ? 1 : 0;
   fz::begin();
   fz::on_service_frame = nullptr;
@@ -74,6 +99,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const size_t chunks[] = {0, 1, 2, 3, 7, 16, 64, 512};
   size_t step = chunks[(opts >> 1) & 7] ? chunks[(opts >> 1) & 7] : size;
   for (size_t off = 0; off < size;) {
+    if ((opts2 & 2) && off >= size / 2) stop_linkd();
     size_t n = std::min(step, size - off);
     size_t w = fz::send_bytes(fz::services[target].fd, data + off, n);
     fz::settle();
@@ -83,7 +109,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (opts & 0x10) { close(fz::services[a].fd); fz::services[a].fd = -1; fz::settle(); }
   fz::read_clients = true;
   fz::settle();
+  if (opts2 & 1) stop_linkd();
   fz::time_passes(10 * 60 * 1000);
+  restart_listeners();
   fz::end();
   cfg.outbound_policy = 0;
   return 0;
