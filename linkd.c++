@@ -77,6 +77,8 @@ namespace {
 
 enum class Kind : uint8_t { Int, Size, Duration, Str, Level, Policy };
 
+constexpr uint32_t FRAME_META = 16 * 1024;   // room in a service frame around a WebSocket message: ids, user context
+
 struct Config {
   char listen[128] = "0.0.0.0:3000";
   char socket_path[256] = "";          // default depends on uid, see config_finish
@@ -88,13 +90,14 @@ struct Config {
   int64_t log_level = 2;               // 0 error, 1 warn, 2 info, 3 debug
   int64_t max_connections = 10000;     // WebSocket connections
   int64_t max_http_connections = 1024; // plain HTTP connections
+  int64_t max_http_connections_per_ip = 64;  // plain HTTP connections per remote address (0: no cap)
   int64_t max_rooms = 10000;
   int64_t max_memberships = 100000;
   int64_t max_services = 64;           // service links (instances)
   int64_t max_message_size = 64 * 1024;
   int64_t max_header_size = 16 * 1024;
   int64_t max_body_size = 1024 * 1024;
-  int64_t max_frame_size = 4 * 1024 * 1024;
+  int64_t max_frame_size = 0;          // 0: 4 MiB, or more to carry the largest body/message (config_parse)
   int64_t http_timeout = 30000;        // ms
   int64_t handler_timeout = 10000;     // ms
   int64_t heartbeat_interval = 30000;  // ms
@@ -125,13 +128,14 @@ const Setting settings[] = {
   {"log-level", Kind::Level, &cfg.log_level, 0, 3, "error, warn, info or debug"},
   {"max-connections", Kind::Int, &cfg.max_connections, 1, 1000000, "WebSocket connection table size"},
   {"max-http-connections", Kind::Int, &cfg.max_http_connections, 1, 100000, "concurrent plain HTTP connections"},
+  {"max-http-connections-per-ip", Kind::Int, &cfg.max_http_connections_per_ip, 0, 100000, "plain HTTP connections per remote address (0: no cap)"},
   {"max-rooms", Kind::Int, &cfg.max_rooms, 1, 10000000, "room table size"},
   {"max-memberships", Kind::Int, &cfg.max_memberships, 1, 100000000, "membership table size"},
   {"max-services", Kind::Int, &cfg.max_services, 1, 4096, "service links (instances)"},
   {"max-message-size", Kind::Size, &cfg.max_message_size, 16, 64 << 20, "largest WebSocket message"},
   {"max-header-size", Kind::Size, &cfg.max_header_size, 256, 1 << 20, "request line + headers (431 beyond)"},
   {"max-body-size", Kind::Size, &cfg.max_body_size, 0, 64 << 20, "request body (413 beyond)"},
-  {"max-frame-size", Kind::Size, &cfg.max_frame_size, 1024, 256 << 20, "largest service frame"},
+  {"max-frame-size", Kind::Size, &cfg.max_frame_size, 1024, 256 << 20, "largest service frame, both ways (default: 4m, or 64k more than max-body-size/max-message-size)"},
   {"http-timeout", Kind::Duration, &cfg.http_timeout, 1, 3600000, "service answer to an HTTP request (504 beyond)"},
   {"handler-timeout", Kind::Duration, &cfg.handler_timeout, 1, 3600000, "service reply to a WebSocket message with id"},
   {"heartbeat-interval", Kind::Duration, &cfg.heartbeat_interval, 100, 3600000, "WebSocket ping interval (closed after 2 missed)"},
@@ -147,6 +151,9 @@ const Setting settings[] = {
   {"shutdown-timeout", Kind::Duration, &cfg.shutdown_timeout, 0, 3600000, "time to finish in-flight work on SIGTERM"},
 };
 #undef SETTING_STR
+
+constexpr size_t NSETTINGS = sizeof settings / sizeof settings[0];
+char setting_from[NSETTINGS][80];   // where a value came from ("flag --x", "LINKD_X", "file:line"); empty: default
 
 const Setting* setting_find(const char* name, size_t n) {
   for (const Setting& s : settings) {
@@ -220,8 +227,15 @@ bool setting_apply(const Setting* s, const char* v, char* err, size_t errn) {
   return true;
 }
 
+#ifdef LINKD_FUZZ
+void (*config_die_hook)() = nullptr;   // tests/fuzz/config.cc: back to the harness instead of exit(2)
+#endif
+
 [[noreturn]] void config_die(const char* msg) {
   fprintf(stderr, "linkd: bad configuration: %s\n", msg);
+#ifdef LINKD_FUZZ
+  if (config_die_hook) config_die_hook();
+#endif
   exit(2);
 }
 
@@ -257,6 +271,7 @@ void config_load_file(const char* path) {
       config_die(err);
     }
     char e2[400];
+    snprintf(setting_from[s - settings], sizeof setting_from[0], "%.60s:%d", path, lineno);
     if (!setting_apply(s, v, e2, sizeof e2)) {
       snprintf(err, sizeof err, "%s:%d: %s", path, lineno, e2);
       config_die(err);
@@ -265,22 +280,84 @@ void config_load_file(const char* path) {
   fclose(f);
 }
 
+// A setting's current value as it would be written (64k, 30s, info, ...).
+void setting_format(const Setting& s, char* out, size_t n) {
+  int64_t v = s.kind == Kind::Str ? 0 : *(const int64_t*)s.field;
+  switch (s.kind) {
+    case Kind::Str: snprintf(out, n, "%s", *(const char*)s.field ? (const char*)s.field : "(none)"); break;
+    case Kind::Level: snprintf(out, n, "%s", (const char*[]){"error", "warn", "info", "debug"}[v]); break;
+    case Kind::Policy: snprintf(out, n, "%s", v ? "drop" : "close"); break;
+    case Kind::Size:
+      if (v && v % (1 << 20) == 0) snprintf(out, n, "%" PRId64 "m", v >> 20);
+      else if (v && v % 1024 == 0) snprintf(out, n, "%" PRId64 "k", v >> 10);
+      else snprintf(out, n, "%" PRId64, v);
+      break;
+    case Kind::Duration:
+      if (v && v % 60000 == 0) snprintf(out, n, "%" PRId64 "m", v / 60000);
+      else if (v && v % 1000 == 0) snprintf(out, n, "%" PRId64 "s", v / 1000);
+      else snprintf(out, n, "%" PRId64 "ms", v);
+      break;
+    case Kind::Int: snprintf(out, n, "%" PRId64, v); break;
+  }
+}
+
 void config_usage() {
   printf("linkd %s — HTTP/WebSocket gateway for backend services on a Unix socket\n\n"
          "usage: linkd [--setting value]... [--check-config] [--self-test] [--help]\n\n"
          "Each setting is also LINKD_<NAME> in the environment and name = value in the\n"
-         "config file (dashes as underscores). Precedence: flag > env > file > default.\n\n",
+         "config file (dashes as underscores). Precedence: flag > env > file > default.\n"
+         "Sizes take k/m/g suffixes (KiB...), durations ms/s/m.\n\n",
          LINKD_VERSION);
-  for (const Setting& s : settings) printf("  --%-26s %s\n", s.name, s.help);
-  printf("  --%-26s %s\n  --%-26s %s\n  --%-26s %s\n", "check-config", "validate the settings and exit",
-         "self-test", "run the unit tests and exit", "help", "this text");
+  for (const Setting& s : settings) {
+    char def[300];
+    setting_format(s, def, sizeof def);
+    if (s.field == cfg.socket_path) snprintf(def, sizeof def, "/run/linkd/linkd.sock as root, else ./run/linkd.sock");
+    if (s.field == &cfg.max_frame_size) snprintf(def, sizeof def, "auto");
+    printf("  --%-28s %s\n  %-30s (default: %s)\n", s.name, s.help, "", def);
+  }
+  printf("  --%-28s %s\n  --%-28s %s\n  --%-28s %s\n  --%-28s %s\n", "check-config", "validate the settings and exit",
+         "self-test", "run the unit tests and exit", "version", "print the version and exit", "help", "this text");
 }
 
 struct CliMode { bool check = false, self_test = false; };
 
+// "'<value>' (from <source>)" for messages about a setting's value.
+const char* setting_origin(const void* field, char* out, size_t n) {
+  for (size_t i = 0; i < NSETTINGS; i++) {
+    if (settings[i].field != field) continue;
+    char v[300];
+    setting_format(settings[i], v, sizeof v);
+    snprintf(out, n, "'%s' (%s%s)", v, *setting_from[i] ? "from " : "", *setting_from[i] ? setting_from[i] : "default");
+    return out;
+  }
+  return "";
+}
+
+[[noreturn]] __attribute__((format(printf, 1, 2)))
+void config_dief(const char* fmt, ...) {
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  config_die(msg);
+}
+
+// host:port with a numeric port, or [v6]:port.
+void config_check_listen(const char* field, const char* name) {
+  const char* v = (const char*)field;
+  char where[400];
+  setting_origin(field, where, sizeof where);
+  const char* colon = strrchr(v, ':');
+  if (!colon || colon == v || !colon[1])
+    config_dief("%s: %s is not host:port (e.g. 0.0.0.0:3000 for every address, 127.0.0.1:3000 for this machine only)", name, where);
+  char* end;
+  long port = strtol(colon + 1, &end, 10);
+  if (*end || port < 0 || port > 65535) config_dief("%s: %s has a bad port (0-65535)", name, where);
+}
+
 CliMode config_parse(int argc, char** argv) {
-  constexpr size_t N = sizeof settings / sizeof settings[0];
-  const char* flag_val[N] = {};
+  const char* flag_val[NSETTINGS] = {};
   CliMode mode;
   char err[512];
   for (int i = 1; i < argc; i++) {
@@ -289,21 +366,24 @@ CliMode config_parse(int argc, char** argv) {
     if (!strcmp(a, "--version")) { printf("linkd %s\n", LINKD_VERSION); exit(0); }
     if (!strcmp(a, "--check-config")) { mode.check = true; continue; }
     if (!strcmp(a, "--self-test")) { mode.self_test = true; continue; }
-    if (strncmp(a, "--", 2)) { snprintf(err, sizeof err, "unexpected argument '%s' (see --help)", a); config_die(err); }
+    if (strncmp(a, "--", 2)) config_dief("unexpected argument '%s' (settings are --name value; see --help)", a);
     const char* name = a + 2;
     const char* eq = strchr(name, '=');
     size_t n = eq ? (size_t)(eq - name) : strlen(name);
     const Setting* s = setting_find(name, n);
-    if (!s || memchr(name, '_', n)) { snprintf(err, sizeof err, "unknown flag '%s' (see --help)", a); config_die(err); }
+    if (!s || memchr(name, '_', n)) config_dief("unknown flag '%s' (see --help)", a);
     const char* v = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : nullptr);
-    if (!v) { snprintf(err, sizeof err, "%s: missing value", s->name); config_die(err); }
+    // "--listen --socket x": the next flag is not a value
+    if (!eq && v && !strncmp(v, "--", 2) && strlen(v) > 2) config_dief("--%s: missing value (next is the flag %s)", s->name, v);
+    if (!v) config_dief("--%s: missing value", s->name);
     flag_val[s - settings] = v;
   }
-  const char* env_val[N] = {};
-  for (size_t i = 0; i < N; i++) {
-    char key[64] = "LINKD_";
-    size_t k = 6;
-    for (const char* p = settings[i].name; *p && k < sizeof key - 1; p++) key[k++] = *p == '-' ? '_' : (char)(*p & ~0x20);
+  const char* env_val[NSETTINGS] = {};
+  char env_key[NSETTINGS][64];
+  for (size_t i = 0; i < NSETTINGS; i++) {
+    char* key = env_key[i];
+    size_t k = (size_t)snprintf(key, 64, "LINKD_");
+    for (const char* p = settings[i].name; *p && k < 63; p++) key[k++] = *p == '-' ? '_' : (char)(*p & ~0x20);
     key[k] = 0;
     env_val[i] = getenv(key);
   }
@@ -315,27 +395,38 @@ CliMode config_parse(int argc, char** argv) {
     snprintf(cfg.config, sizeof cfg.config, "%s", file);
     config_load_file(file);  // flags and env are applied after it, so they win
   }
-  for (size_t i = 0; i < N; i++) {
+  for (size_t i = 0; i < NSETTINGS; i++) {
     const char* v = flag_val[i] ? flag_val[i] : env_val[i];
     if (!v || i == ci) continue;
     char e2[400];
+    if (flag_val[i]) snprintf(setting_from[i], sizeof setting_from[i], "flag --%s", settings[i].name);
+    else snprintf(setting_from[i], sizeof setting_from[i], "environment %s", env_key[i]);
     if (!setting_apply(&settings[i], v, e2, sizeof e2)) {
-      snprintf(err, sizeof err, "%s (from %s)", e2, flag_val[i] ? "flag" : "environment");
+      snprintf(err, sizeof err, "%s (from %s)", e2, setting_from[i]);
       config_die(err);
     }
   }
   // Cross-setting checks.
   char* end;
+  char w1[400], w2[400];
   long mode_bits = strtol(cfg.socket_mode, &end, 8);
-  if (*end || end == cfg.socket_mode || mode_bits < 0 || mode_bits > 0777) config_die("socket-mode: not an octal mode like 0660");
+  if (*end || end == cfg.socket_mode || mode_bits < 0 || mode_bits > 0777)
+    config_dief("socket-mode: %s is not an octal mode like 0660", setting_origin(cfg.socket_mode, w1, sizeof w1));
   if (!*cfg.socket_path) snprintf(cfg.socket_path, sizeof cfg.socket_path, "%s", getuid() == 0 ? "/run/linkd/linkd.sock" : "./run/linkd.sock");
-  if (strlen(cfg.socket_path) >= sizeof(((sockaddr_un*)0)->sun_path)) config_die("socket: path too long for a Unix socket");
-  const char* colon = strrchr(cfg.listen, ':');
-  if (!colon || colon == cfg.listen || !colon[1]) config_die("listen: expected host:port");
-  long port = strtol(colon + 1, &end, 10);
-  if (*end || port < 0 || port > 65535) config_die("listen: bad port");
-  if (cfg.max_frame_size < cfg.max_body_size + 65536) config_die("max-frame-size: must exceed max-body-size by 64k (a request frame carries the body)");
-  if (*cfg.jwt_keys && access(cfg.jwt_keys, R_OK)) config_die("jwt-keys: file not readable");
+  if (strlen(cfg.socket_path) >= sizeof(((sockaddr_un*)0)->sun_path))
+    config_dief("socket: %s is too long for a Unix socket path (%zu bytes at most)", setting_origin(cfg.socket_path, w1, sizeof w1),
+                sizeof(((sockaddr_un*)0)->sun_path) - 1);
+  config_check_listen(cfg.listen, "listen");
+  // A service frame carries a whole request body and its headers (64k of
+  // room for those), or a WebSocket message and its ids and user context.
+  int64_t need = std::max<int64_t>(cfg.max_body_size + 65536, cfg.max_message_size + FRAME_META);
+  if (!cfg.max_frame_size) cfg.max_frame_size = std::max<int64_t>(4 << 20, need);
+  else if (cfg.max_frame_size < need)
+    config_dief("max-frame-size: %s must exceed max-body-size %s by 64k and max-message-size %s by 16k (a frame carries a whole body or message)",
+                setting_origin(&cfg.max_frame_size, w1, sizeof w1), setting_origin(&cfg.max_body_size, w2, sizeof w2),
+                setting_origin(&cfg.max_message_size, err, sizeof err));
+  if (*cfg.jwt_keys && access(cfg.jwt_keys, R_OK))
+    config_dief("jwt-keys: %s is not readable: %s", setting_origin(cfg.jwt_keys, w1, sizeof w1), strerror(errno));
   return mode;
 }
 
@@ -393,7 +484,12 @@ void buf_reserve(Buf* b, size_t extra) {
   b->p = p;
   b->cap = cap;
 }
-void buf_put(Buf* b, const void* d, size_t n) { buf_reserve(b, n); memcpy(b->p + b->len, d, n); b->len += n; }
+void buf_put(Buf* b, const void* d, size_t n) {
+  if (!n) return;   // an empty slice may have a null pointer, which memcpy must not get even for 0 bytes
+  buf_reserve(b, n);
+  memcpy(b->p + b->len, d, n);
+  b->len += n;
+}
 void buf_puts(Buf* b, const char* s) { buf_put(b, s, strlen(s)); }
 __attribute__((format(printf, 2, 3)))
 void buf_printf(Buf* b, const char* fmt, ...) {
@@ -458,6 +554,10 @@ uint32_t hash_str(const char* s, size_t n, uint32_t seed = 2166136261u) {
   return h;
 }
 
+int hex_digit(char d) {
+  return d >= '0' && d <= '9' ? d - '0' : d >= 'a' && d <= 'f' ? d - 'a' + 10 : d >= 'A' && d <= 'F' ? d - 'A' + 10 : -1;
+}
+
 bool str_ieq(const char* a, size_t an, const char* b) {
   size_t bn = strlen(b);
   return an == bn && strncasecmp(a, b, an) == 0;
@@ -504,6 +604,7 @@ constexpr uint64_t HTTP_IDLE_MS = 60000;      // keep-alive connection idle limi
 constexpr uint64_t HTTP_HEAD_MS = 30000;      // whole request must arrive within
 constexpr uint64_t SERVICE_TELL_MS = 2000;    // at stop, a backed-up service's time to read its notice
 constexpr size_t HTTP_OUT_CAP = 256 * 1024;   // unread answers queued before pipelined parsing pauses
+constexpr uint64_t SERVICE_REGISTER_MS = 10000;  // a service link must register within this
 
 enum class CState : uint8_t { Free, Http, Ws, Closed };
 
@@ -520,12 +621,19 @@ struct Http {
   uint16_t nhdrs;
   uint32_t url_len;       // url is head[0, url_len)
   bool in_value;          // llhttp: the last header callback was a value
+  bool headers_done;      // past the header block: header callbacks now are chunked trailers
+  uint32_t trailer_len;   // bytes of trailers seen (dropped, but counted against --max-header-size)
   bool complete;          // a whole request is parsed, not yet answered
   bool pumping;           // inside http_pump: answers do not re-enter it
   bool eof;               // the client half-closed: answer what is buffered, then close
   bool blocked;           // answers not read by the client pile up: parsing paused
-  int too_large;          // 413 or 431 decided while parsing, else 0
-  const char* bad;        // why a callback refused the request (400)
+  bool send_continue;     // Expect: 100-continue accepted: write "100 Continue" after this parse
+  uint8_t hscan;          // http_scan_head: 0 before the request line, 1 in a line, 2 line start, 3 CR at line start, 4 head done
+  uint32_t scanned;       // bytes of `in` http_scan_head has looked at
+  int refuse;             // status decided while parsing (413, 431, 505, 417, ...), else 0 (400)
+  const char* bad;        // why a callback refused the request
+  const char* refuse_hdrs;// extra headers for that answer (WWW-Authenticate), or null
+  uint32_t route;         // route of the current request (CORS), NIL if none
   uint32_t pending;       // Pending entry while a service owes the answer
   uint32_t req_seq;       // high half of that request's id (g.req_seq when sent)
   uint64_t since;         // loop ms: request start or last answer (idle timer)
@@ -580,6 +688,8 @@ struct Backend {
   const char* close_why;  // set: close once the write queue drains
   Buf out;                // frames not yet written this loop iteration (owner: this)
   bool dirty;             // listed in g.dirty
+  uint32_t max_out;       // largest frame the service reads (RegisterService.max_inbound_frame_bytes)
+  uint64_t opened;        // loop ms of accept: a link must register within SERVICE_REGISTER_MS
 };
 
 // A service by name: owns routes and a WebSocket path, and outlives its
@@ -698,6 +808,7 @@ struct Global {
   z_stream deflater, inflater;   // permessage-deflate, reset per message
   bool deflater_ok, inflater_ok; // initialised on first use
   Buf zbuf;               // inflated message / deflated payload (owner: g)
+  Buf pathdec;            // the percent-decoded segments of the last route_match (owner: g)
   const char* rd; size_t rdlen;  // bytes wslay may read now
   uint32_t except_serial;
   uint32_t req_seq;       // HTTP request ids: slot | seq << 32
@@ -823,6 +934,7 @@ void tables_free() {
   if (g.inflater_ok) inflateEnd(&g.inflater);
   g.deflater_ok = g.inflater_ok = false;
   buf_free(&g.zbuf);
+  buf_free(&g.pathdec);
 }
 
 // --- connection slots ---------------------------------------------------
@@ -1434,6 +1546,7 @@ bool route_compile(Route* r, const char** why) {
   for (int i = 0; i < n; i++) {
     bool param = segs[i].p[0] == ':';
     if (param && segs[i].n < 2) { *why = "a :param segment needs a name"; return false; }
+    if (memchr(segs[i].p, '%', segs[i].n)) { *why = "write the pattern decoded (request paths are percent-decoded before matching)"; return false; }
     r->seg[i] = Seg{(uint16_t)(segs[i].p - p), (uint16_t)segs[i].n, param};
   }
   const char* m = r->def.method;
@@ -1454,10 +1567,26 @@ bool route_same_shape(const Route* a, const Route* b) {
   return true;
 }
 
-// NIL if no conflict, else the index of the route r collides with.
+// Can one request match both? Same number of segments, a :param on either
+// side or the same text at each position, and methods that meet ("*"
+// meets any). Within a service, the more specific route wins; across
+// services an overlap would let one take the other's requests (and skip
+// its auth), so it is refused.
+bool route_overlap(const Route* a, const Route* b) {
+  if (a->nseg != b->nseg) return false;
+  if (strcmp(a->def.method, b->def.method) && strcmp(a->def.method, "*") && strcmp(b->def.method, "*")) return false;
+  for (int i = 0; i < a->nseg; i++) {
+    const Seg& x = a->seg[i];
+    const Seg& y = b->seg[i];
+    if (!x.param && !y.param && (x.len != y.len || memcmp(a->def.path + x.off, b->def.path + y.off, x.len))) return false;
+  }
+  return true;
+}
+
+// NIL if no conflict, else the index of another service's route r overlaps.
 uint32_t route_conflict(const Route* r, uint16_t group) {
   for (uint32_t i = 0; i < g.nroutes; i++)
-    if (g.routes[i].group != group && route_same_shape(&g.routes[i], r)) return i;
+    if (g.routes[i].group != group && route_overlap(&g.routes[i], r)) return i;
   return NIL;
 }
 
@@ -1481,10 +1610,44 @@ int route_cmp(const Route* a, const Route* b) {
   return aw == bw ? 0 : (aw ? 1 : -1);
 }
 
-bool route_match(const char* method, const char* path, size_t path_len, Match* m) {
+// Percent-decodes one path segment (RFC 3986 §2.1) into out, which has
+// room for in.n bytes; a %2F stays inside its segment. -1 for a malformed
+// escape or %00.
+int pct_decode(Slice in, char* out) {
+  size_t o = 0;
+  for (size_t i = 0; i < in.n; i++) {
+    char ch = in.p[i];
+    if (ch == '%') {
+      if (i + 2 >= in.n) return -1;
+      int a = hex_digit(in.p[i + 1]), b = hex_digit(in.p[i + 2]);
+      if (a < 0 || b < 0 || (a | b) == 0) return -1;
+      ch = (char)(a * 16 + b);
+      i += 2;
+    }
+    out[o++] = ch;
+  }
+  return (int)o;
+}
+
+// Matches a request path: its segments are percent-decoded first (into
+// g.pathdec; the Match's values point there until the next call), so
+// "/a%20b" is the segment "a b". *bad: a malformed escape, %00 or a
+// segment that is not UTF-8 once decoded (the caller answers 400).
+bool route_match(const char* method, const char* path, size_t path_len, Match* m, bool* bad = nullptr) {
+  if (bad) *bad = false;
   Slice segs[MAX_SEGS];
   int n = path_split(path, path_len, segs, MAX_SEGS);
   if (n < 0) return false;
+  g.pathdec.len = 0;
+  buf_reserve(&g.pathdec, path_len);   // no reallocation below: segments point into it
+  for (int k = 0; k < n; k++) {
+    char* out = g.pathdec.p + g.pathdec.len;
+    int d = memchr(segs[k].p, '%', segs[k].n) ? pct_decode(segs[k], out) : -2;
+    if (d == -2) { memcpy(out, segs[k].p, segs[k].n); d = (int)segs[k].n; }
+    if (d < 0 || !utf8_valid((const uint8_t*)out, (size_t)d)) { if (bad) *bad = true; return false; }
+    segs[k] = Slice{out, (size_t)d};
+    g.pathdec.len += (size_t)d;
+  }
   uint32_t best = NIL;
   for (uint32_t i = 0; i < g.nroutes; i++) {
     const Route* r = &g.routes[i];
@@ -1553,8 +1716,7 @@ size_t json_unescape(Slice s, char* out, size_t room) {
     if (i + 4 > s.n) return -1;
     long v = 0;
     for (size_t k = i; k < i + 4; k++) {
-      char d = s.p[k];
-      int x = d >= '0' && d <= '9' ? d - '0' : d >= 'a' && d <= 'f' ? d - 'a' + 10 : d >= 'A' && d <= 'F' ? d - 'A' + 10 : -1;
+      int x = hex_digit(s.p[k]);
       if (x < 0) return -1;
       v = v * 16 + x;
     }
@@ -1907,27 +2069,34 @@ void backends_flush_cb(uv_check_t*) noexcept {
 }
 
 // Appends one delimited ServiceMessage whose oneof member `tag` is msg.
-// False if the link is gone or too far behind (the caller answers 503);
+// Gone: the link is gone or too far behind (the caller answers 503);
+// TooBig: the frame is over what the service said it reads (413 / 1009).
 // past_cap: queue it anyway (the SHUTDOWN notice).
-bool backend_send_msg(Backend* b, uint32_t tag, const pb_msgdesc_t* fields, const void* msg, bool past_cap = false) {
-  if (b->state != BState::Ready && b->state != BState::Open) return false;
+enum class Sent { Ok, Gone, TooBig };
+
+Sent backend_send_msg(Backend* b, uint32_t tag, const pb_msgdesc_t* fields, const void* msg, bool past_cap = false) {
+  if (b->state != BState::Ready && b->state != BState::Open) return Sent::Gone;
   if (!past_cap && b->pipe.write_queue_size + b->out.len > (size_t)cfg.max_frame_size * 4) {
     LOG_WARN("service link %u is %zu bytes behind: refusing more", backend_index(b), b->pipe.write_queue_size + b->out.len);
-    return false;
+    return Sent::Gone;
   }
   size_t sub;
-  if (!pb_get_encoded_size(&sub, fields, msg)) { LOG_ERROR("cannot size frame %u", tag); return false; }
+  if (!pb_get_encoded_size(&sub, fields, msg)) { LOG_ERROR("cannot size frame %u", tag); return Sent::Gone; }
   size_t inner = varint_size(tag << 3 | 2) + varint_size(sub) + sub;
+  if (inner > b->max_out) {
+    LOG_WARN("frame %u of %zu bytes is over what service link %u reads (%u): not sent", tag, inner, backend_index(b), b->max_out);
+    return Sent::TooBig;
+  }
   buf_reserve(&b->out, 32 + sub);
   pb_ostream_t os = pb_ostream_from_buffer((pb_byte_t*)b->out.p + b->out.len, 32 + sub);
   if (!pb_encode_varint(&os, inner) || !pb_encode_tag(&os, PB_WT_STRING, tag) || !pb_encode_varint(&os, sub) || !pb_encode(&os, fields, msg)) {
     LOG_ERROR("cannot encode frame %u: %s", tag, PB_GET_ERROR(&os));
-    return false;
+    return Sent::Gone;
   }
   b->out.len += os.bytes_written;
   if (!b->dirty) { b->dirty = true; g.dirty[g.ndirty++] = backend_index(b); }
   g.svc_frames_out++;
-  return true;
+  return Sent::Ok;
 }
 
 void conn_remote(const Conn* c, char* out, size_t n) {
@@ -2011,20 +2180,55 @@ bool dec_route(pb_istream_t* s, const pb_field_t*, void**) noexcept {
   return true;
 }
 
+// RFC 9110 §5.6.2 token characters (header names, methods).
+bool is_tchar(unsigned char ch) { return isalnum(ch) || (ch && strchr("!#$%&'*+-.^_`|~", ch)); }
+
+bool header_name_ok(Slice n) {
+  if (n.n == 0 || n.n > 256) return false;
+  for (size_t i = 0; i < n.n; i++) if (!is_tchar((unsigned char)n.p[i])) return false;
+  return true;
+}
+
+// field-value (RFC 9110 §5.5): visible characters, SP, HTAB, obs-text.
+bool header_value_ok(Slice v) {
+  if (v.n > 8192) return false;
+  for (size_t i = 0; i < v.n; i++) {
+    unsigned char ch = (unsigned char)v.p[i];
+    if ((ch < 0x20 && ch != '\t') || ch == 0x7f) return false;
+  }
+  return true;
+}
+
 // Response headers from a service, appended as "Name: value\r\n". Headers
-// linkd owns (framing, connection) are dropped; CR/LF in either part fails.
+// linkd owns (framing, connection) are dropped. A header that is not valid
+// HTTP marks the answer bad (502 for that request; the link stays), so the
+// Header message is read field by field, with no size limit to fail on.
+struct RespHeaders {
+  Buf out;
+  const char* bad;        // set: why this answer cannot be sent
+};
+
 bool dec_resp_header(pb_istream_t* s, const pb_field_t*, void** arg) noexcept {
-  Buf* out = (Buf*)*arg;
-  static linkd_Header h;
-  h = linkd_Header{};
-  if (!pb_decode(s, linkd_Header_fields, &h)) return false;
-  if (!h.name[0] || strpbrk(h.name, "\r\n: ") || strpbrk(h.value, "\r\n")) return false;
-  static const char* owned[] = {"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade"};
-  for (const char* o : owned) if (!strcasecmp(h.name, o)) return true;
-  buf_puts(out, h.name);
-  buf_puts(out, ": ");
-  buf_puts(out, h.value);
-  buf_puts(out, "\r\n");
+  RespHeaders* rh = (RespHeaders*)*arg;
+  Slice f[3] = {};        // [1] name, [2] value
+  while (s->bytes_left) {
+    pb_wire_type_t wt;
+    uint32_t tag;
+    bool eof;
+    if (!pb_decode_tag(s, &wt, &tag, &eof)) return false;
+    if (wt != PB_WT_STRING || (tag != 1 && tag != 2)) { if (!pb_skip_field(s, wt)) return false; continue; }
+    pb_istream_t sub;
+    if (!pb_make_string_substream(s, &sub)) return false;
+    f[tag] = Slice{(const char*)sub.state, sub.bytes_left};   // buffer stream: state is the read position
+    if (!pb_read(&sub, nullptr, sub.bytes_left) || !pb_close_string_substream(s, &sub)) return false;
+  }
+  if (!header_name_ok(f[1]) || !header_value_ok(f[2])) { rh->bad = "service sent an invalid response header"; return true; }
+  static const char* owned[] = {"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer", "proxy-connection"};
+  for (const char* o : owned) if (str_ieq(f[1].p, f[1].n, o)) return true;
+  buf_put(&rh->out, f[1].p, f[1].n);
+  buf_puts(&rh->out, ": ");
+  buf_put(&rh->out, f[2].p, f[2].n);
+  buf_puts(&rh->out, "\r\n");
   return true;
 }
 
@@ -2041,6 +2245,7 @@ bool dec_except(pb_istream_t* s, const pb_field_t*, void**) noexcept {
 
 // Handlers in later sections.
 void http_service_answer(Conn* c, uint32_t status, Buf* headers, Slice body);
+void http_error(Conn* c, unsigned status, const char* msg, const char* headers = "", bool close = false);
 void ws_service_reply(Conn* c, const char* corr, const linkd_WebSocketResponse* m, Slice data);
 void ws_outbound(Backend* b, const linkd_WebSocketOutbound* m, Slice payload);
 void pend_expire(uint32_t p, bool timeout);
@@ -2144,6 +2349,8 @@ void on_register(Backend* b, pb_istream_t* s) {
   if (!pb_decode(s, linkd_RegisterService_fields, &m)) { backend_close(b, "RegisterService does not decode"); return; }
   linkd_RegisterResult res = {};
   snprintf(res.linkd_version, sizeof res.linkd_version, "%s", LINKD_VERSION);
+  uint32_t want = m.max_inbound_frame_bytes;
+  b->max_out = want && want < (uint64_t)cfg.max_frame_size ? want : (uint32_t)cfg.max_frame_size;
   res.max_frame_bytes = (uint32_t)cfg.max_frame_size;
   uint16_t gi = NIL16;
   char why[1024];
@@ -2172,6 +2379,9 @@ void on_register(Backend* b, pb_istream_t* s) {
     gr->ws_heartbeat_ms = hb ? std::max<uint32_t>(hb, 1000) : (uint32_t)cfg.heartbeat_interval;
     uint32_t mx = m.websocket.max_message_size_bytes;
     gr->ws_max_msg = (uint32_t)(mx && mx < cfg.max_message_size ? mx : cfg.max_message_size);
+    // A message must fit the frames this instance reads, with room for
+    // the ids and user context around it.
+    gr->ws_max_msg = std::min(gr->ws_max_msg, b->max_out > FRAME_META + 16 ? b->max_out - FRAME_META : 16);
     gr->ws_max_per_user = m.websocket.max_connections_per_user ? m.websocket.max_connections_per_user : (uint32_t)cfg.max_connections_per_user;
   } else {
     gr->ws_path[0] = 0;
@@ -2204,15 +2414,15 @@ void on_register(Backend* b, pb_istream_t* s) {
 
 void on_http_response(Backend* b, pb_istream_t* s) {
   linkd_HttpResponse m = {};
-  Buf headers;
+  RespHeaders headers{};
   Slice body{};
   m.headers.funcs.decode = dec_resp_header;
   m.headers.arg = &headers;
   m.body.funcs.decode = dec_slice;
   m.body.arg = &body;
   if (!pb_decode(s, linkd_HttpResponse_fields, &m)) {
-    buf_free(&headers);
-    backend_close(b, "HttpResponse does not decode (or carries a bad header)");
+    buf_free(&headers.out);
+    backend_close(b, "HttpResponse does not decode");
     return;
   }
   uint32_t slot = (uint32_t)m.request_id, seq = (uint32_t)(m.request_id >> 32);
@@ -2220,12 +2430,15 @@ void on_http_response(Backend* b, pb_istream_t* s) {
   if (!c || c->state != CState::Http || !c->http || c->http->pending == NIL || c->http->req_seq != seq ||
       g.pend[c->http->pending].backend != backend_index(b)) {
     LOG_DEBUG("late or unknown HTTP response %" PRIu64 " dropped", m.request_id);
+  } else if (headers.bad) {
+    LOG_WARN("service '%s': %s; client told 502", g.groups[b->group].name, headers.bad);
+    http_error(c, 502, headers.bad);
   } else {
     uint32_t status = m.status ? m.status : 200;
     if (status < 100 || status > 599) status = 502;
-    http_service_answer(c, status, &headers, body);
+    http_service_answer(c, status, &headers.out, body);
   }
-  buf_free(&headers);
+  buf_free(&headers.out);
 }
 
 void on_ws_response(Backend* b, pb_istream_t* s) {
@@ -2255,7 +2468,16 @@ void on_room_op(Backend* b, pb_istream_t* s) {
   Conn* c = conn_lookup(m.connection_id);
   if (!c || c->group != b->group) { command_result(b, m.op_id, "NOT_FOUND", "no such connection", 404); return; }
   size_t n = strlen(m.room);
-  if (m.operation == linkd_WebSocketRoomOperation_OperationType_LEAVE) {
+  // proto3 enums are open: nanopb stores whatever number was sent, and
+  // reading one outside the enum's range as the enum type is undefined.
+  int32_t op;
+  static_assert(sizeof op == sizeof m.operation, "nanopb stores enums as int");
+  memcpy(&op, &m.operation, sizeof op);
+  if (op != linkd_WebSocketRoomOperation_OperationType_JOIN && op != linkd_WebSocketRoomOperation_OperationType_LEAVE) {
+    command_result(b, m.op_id, "BAD_MESSAGE", "unknown room operation", 400);
+    return;
+  }
+  if (op == linkd_WebSocketRoomOperation_OperationType_LEAVE) {
     room_leave(c, m.room, n);
     command_result(b, m.op_id, nullptr, nullptr, 0);
     return;
@@ -2473,6 +2695,8 @@ void svc_connection_cb(uv_stream_t* server, int status) noexcept {
   b->gen = gen;
   b->group = NIL16;
   b->state = BState::Open;
+  b->max_out = (uint32_t)cfg.max_frame_size;
+  b->opened = now_ms();
   uv_pipe_init(g.loop, &b->pipe, 0);
   b->pipe.data = b;
   if (uv_accept(server, (uv_stream_t*)&b->pipe)) { backend_close(b, "accept failed"); return; }
@@ -2519,14 +2743,18 @@ int on_message_begin(llhttp_t* p) noexcept {
   h->nhdrs = 0;
   h->url_len = 0;
   h->in_value = false;
-  h->too_large = 0;
+  h->headers_done = false;
+  h->trailer_len = 0;
+  h->refuse = 0;
+  h->refuse_hdrs = nullptr;
+  h->route = NIL;
   h->bad = nullptr;
   h->since = now_ms();
   return 0;
 }
 
 bool head_room(Http* h, size_t n) {
-  if (h->head.len + n > (size_t)cfg.max_header_size) { h->too_large = 431; return false; }
+  if (h->head.len + n > (size_t)cfg.max_header_size) { h->refuse = 431; return false; }
   return true;
 }
 
@@ -2538,17 +2766,27 @@ int on_url(llhttp_t* p, const char* at, size_t n) noexcept {
   return 0;
 }
 
+// Chunked trailers arrive through the header callbacks after the body.
+// They never become request headers (an Authorization or an Upgrade there
+// must not count): dropped, but their size is bounded like the head's.
+int trailer_skip(Http* h, size_t n) {
+  h->trailer_len += (uint32_t)std::min<size_t>(n, UINT32_MAX / 2);
+  if (h->trailer_len > (size_t)cfg.max_header_size) { h->refuse = 431; return -1; }
+  return 0;
+}
+
 int on_header_field(llhttp_t* p, const char* at, size_t n) noexcept {
   Http* h = parser_http(p);
+  if (h->headers_done) return trailer_skip(h, n);
   if (!head_room(h, n)) return -1;
   if (h->nhdrs == 0 || h->in_value) {
-    if (h->nhdrs == MAX_HEADERS) { h->too_large = 431; return -1; }
+    if (h->nhdrs == MAX_HEADERS) { h->refuse = 431; return -1; }
     h->hdrs[h->nhdrs++] = HdrRef{(uint32_t)h->head.len, 0, 0, 0};
     h->in_value = false;
   }
   // RFC 9110 token characters only ("Host : x" must be refused, §5.1).
   for (size_t i = 0; i < n; i++)
-    if (!strchr("!#$%&'*+-.^_`|~", at[i]) && !isalnum((unsigned char)at[i])) { h->bad = "invalid character in a header name"; return -1; }
+    if (!is_tchar((unsigned char)at[i])) { h->bad = "invalid character in a header name"; return -1; }
   buf_put(&h->head, at, n);
   h->hdrs[h->nhdrs - 1].name_len += (uint32_t)n;
   return 0;
@@ -2556,6 +2794,7 @@ int on_header_field(llhttp_t* p, const char* at, size_t n) noexcept {
 
 int on_header_value(llhttp_t* p, const char* at, size_t n) noexcept {
   Http* h = parser_http(p);
+  if (h->headers_done) return trailer_skip(h, n);
   if (!head_room(h, n)) return -1;
   HdrRef& r = h->hdrs[h->nhdrs - 1];
   if (!h->in_value) { r.val_off = (uint32_t)h->head.len; h->in_value = true; }
@@ -2564,15 +2803,96 @@ int on_header_value(llhttp_t* p, const char* at, size_t n) noexcept {
   return 0;
 }
 
+// Where a request would go and whether it may: the route, the verified
+// user, the instance. status 0: forward it; else the answer to give.
+struct RouteCheck {
+  unsigned status;
+  const char* why;
+  const char* hdrs;       // extra answer headers (WWW-Authenticate)
+  Match m;
+  UserBlob* user;         // owner: the caller (free)
+  uint16_t backend;
+};
+
+void http_route_check(Conn* c, RouteCheck* rc) {
+  Http* h = c->http;
+  *rc = RouteCheck{};
+  rc->hdrs = "";
+  const char* method = llhttp_method_name((llhttp_method_t)h->parser.method);
+  Slice path = http_path(h);
+  bool bad;
+  if (!route_match(method, path.p, path.n, &rc->m, &bad)) {
+    *rc = bad ? RouteCheck{400, "bad percent-escape in the path (or not UTF-8 once decoded)", "", {}, nullptr, 0}
+              : RouteCheck{404, "no route for this path and method", "", {}, nullptr, 0};
+    return;
+  }
+  h->route = rc->m.route;
+  // Services get the target and headers as protobuf strings, which must be
+  // UTF-8: anything else is refused here rather than breaking the link.
+  if (!utf8_valid((const uint8_t*)h->head.p, h->head.len)) { rc->status = 400; rc->why = "request target and headers must be UTF-8"; return; }
+  const Route* r = &g.routes[rc->m.route];
+  const char* why = "a valid token is required";
+  Slice tok = token_of(http_header(h, "authorization"), http_query(h));
+  UserBlob* user = tok.p ? jwt_verify(tok.p, tok.n, &why) : nullptr;
+  bool authz_ok = !r->def.roles_count;
+  for (pb_size_t i = 0; user && i < r->def.roles_count && !authz_ok; i++) authz_ok = user_has_role(user, r->def.roles[i]);
+  if ((r->def.auth || r->def.roles_count) && !user) { rc->status = 401; rc->why = why; rc->hdrs = "WWW-Authenticate: Bearer\r\n"; return; }
+  if (!authz_ok) { free(user); rc->status = 403; rc->why = "the token lacks a role this route requires"; return; }
+  rc->backend = group_pick(r->group);
+  if (rc->backend == NIL16) { free(user); rc->status = 503; rc->why = "service is not running"; return; }
+  rc->user = user;
+}
+
+uint16_t group_by_ws_path(Slice path);
+
+// RFC 9112 framing rules llhttp leaves to us: HTTP/1.0 or 1.1 only, one
+// Host (exactly one in 1.1), Transfer-Encoding exactly "chunked", header
+// values without control characters (obs-fold is refused, RFC 9112 §5.2),
+// and Expect: 100-continue answered before the body is sent.
 int on_headers_complete(llhttp_t* p) noexcept {
   Http* h = parser_http(p);
-  if ((p->flags & F_CONTENT_LENGTH) && p->content_length > (uint64_t)cfg.max_body_size) { h->too_large = 413; return -1; }
+  h->headers_done = true;
+  if (p->http_major != 1 || p->http_minor > 1) { h->refuse = 505; h->bad = "only HTTP/1.0 and HTTP/1.1 are served"; return -1; }
+  int hosts = 0, tes = 0, expects = 0;
+  Slice te{}, expect{};
+  for (int i = 0; i < h->nhdrs; i++) {
+    const HdrRef& r = h->hdrs[i];
+    Slice name{h->head.p + r.name_off, r.name_len}, val{h->head.p + r.val_off, r.val_len};
+    for (size_t k = 0; k < val.n; k++) {
+      unsigned char ch = (unsigned char)val.p[k];
+      if ((ch < 0x20 && ch != '\t') || ch == 0x7f) { h->bad = "control character in a header value (obsolete line folding is refused)"; return -1; }
+    }
+    if (str_ieq(name.p, name.n, "host")) hosts++;
+    else if (str_ieq(name.p, name.n, "transfer-encoding")) { tes++; te = val; }
+    else if (str_ieq(name.p, name.n, "expect")) { expects++; expect = val; }
+  }
+  if (p->http_minor == 1 ? hosts != 1 : hosts > 1) { h->bad = "an HTTP/1.1 request needs exactly one Host header"; return -1; }
+  while (te.n && (te.p[te.n - 1] == ' ' || te.p[te.n - 1] == '\t')) te.n--;
+  while (te.n && (*te.p == ' ' || *te.p == '\t')) { te.p++; te.n--; }
+  if (tes && (tes > 1 || !str_ieq(te.p, te.n, "chunked"))) { h->bad = "Transfer-Encoding must be exactly 'chunked'"; return -1; }
+  if ((p->flags & F_CONTENT_LENGTH) && p->content_length > (uint64_t)cfg.max_body_size) { h->refuse = 413; return -1; }
+  if (expects) {
+    if (expects > 1 || !str_ieq(expect.p, expect.n, "100-continue")) { h->refuse = 417; h->bad = "only Expect: 100-continue is understood"; return -1; }
+    bool body = tes || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
+    if (body && p->http_minor == 1) {
+      // Tell the client now whether its body is wanted: 100 when the request
+      // will be forwarded, else the final answer at once.
+      Conn* c = (Conn*)p->data;
+      Slice path = http_path(h);
+      bool own = group_by_ws_path(path) != NIL16 || (path.n == 7 && !memcmp(path.p, "/health", 7)) || (path.n == 8 && !memcmp(path.p, "/metrics", 8));
+      RouteCheck rc{};
+      if (!own) http_route_check(c, &rc);
+      free(rc.user);
+      if (rc.status) { h->refuse = (int)rc.status; h->bad = rc.why; h->refuse_hdrs = rc.hdrs; return -1; }
+      h->send_continue = true;   // written by http_pump once llhttp returns
+    }
+  }
   return 0;
 }
 
 int on_body(llhttp_t* p, const char* at, size_t n) noexcept {
   Http* h = parser_http(p);
-  if (h->body.len + n > (size_t)cfg.max_body_size) { h->too_large = 413; return -1; }
+  if (h->body.len + n > (size_t)cfg.max_body_size) { h->refuse = 413; return -1; }
   buf_put(&h->body, at, n);
   return 0;
 }
@@ -2618,9 +2938,14 @@ const char* status_type(unsigned s) {
   }
 }
 
-// Is this Origin allowed, globally or for the route?
-bool origin_allowed(Slice origin, const Route* r) {
-  auto in_list = [&](const char* list) {
+// Is this Origin allowed, globally or for the route? By name (the answer
+// echoes it, with credentials), or only through "*" (the answer is "*",
+// without credentials: RFC 6454 / Fetch forbid credentials with "*").
+enum class Cors { No, Named, Any };
+
+Cors origin_allowed(Slice origin, const Route* r) {
+  Cors best = Cors::No;
+  auto scan = [&](const char* list) {
     size_t n = strlen(list), i = 0;
     while (i < n) {
       while (i < n && (list[i] == ',' || list[i] == ' ')) i++;
@@ -2628,27 +2953,24 @@ bool origin_allowed(Slice origin, const Route* r) {
       while (i < n && list[i] != ',') i++;
       size_t e = i;
       while (e > s && list[e - 1] == ' ') e--;
-      if ((e - s == 1 && list[s] == '*') || (e - s == origin.n && !memcmp(list + s, origin.p, origin.n))) return true;
+      if (e - s == 1 && list[s] == '*') { if (best == Cors::No) best = Cors::Any; }
+      else if (e - s == origin.n && !memcmp(list + s, origin.p, origin.n)) best = Cors::Named;
     }
-    return false;
   };
-  if (!origin.p) return false;
-  if (in_list(cfg.allowed_origins)) return true;
+  if (!origin.p) return Cors::No;
+  scan(cfg.allowed_origins);
   if (r)
-    for (pb_size_t i = 0; i < r->def.cors_origins_count; i++)
-      if (in_list(r->def.cors_origins[i])) return true;
-  return false;
+    for (pb_size_t i = 0; i < r->def.cors_origins_count; i++) scan(r->def.cors_origins[i]);
+  return best;
 }
 
-// CORS headers for an allowed Origin; the route (for its own origins) is
-// looked up only when the request has an Origin at all.
+// CORS headers for an allowed Origin, for the request's route (h->route).
 void cors_headers(Buf* out, const Http* h) {
   Slice origin = http_header(h, "origin");
   if (!origin.p) return;
-  Match m;
-  const Route* r = route_match(llhttp_method_name((llhttp_method_t)h->parser.method), http_path(h).p, http_path(h).n, &m)
-                   ? &g.routes[m.route] : nullptr;
-  if (!origin_allowed(origin, r)) return;
+  Cors how = origin_allowed(origin, h->route != NIL ? &g.routes[h->route] : nullptr);
+  if (how == Cors::Any) buf_puts(out, "Access-Control-Allow-Origin: *\r\n");
+  if (how != Cors::Named) return;
   buf_puts(out, "Access-Control-Allow-Origin: ");
   buf_put(out, origin.p, origin.n);
   buf_puts(out, "\r\nAccess-Control-Allow-Credentials: true\r\nVary: Origin\r\n");
@@ -2694,7 +3016,7 @@ void http_respond(Conn* c, unsigned status, const char* headers, size_t headers_
   if (!h->pumping) http_pump(c);
 }
 
-void http_error(Conn* c, unsigned status, const char* msg, const char* headers = "", bool close = false) {
+void http_error(Conn* c, unsigned status, const char* msg, const char* headers, bool close) {
   Buf b;
   buf_printf(&b, "{\"error\":{\"type\":\"%s\",\"message\":\"", status_type(status));
   buf_json_escape(&b, msg, strlen(msg));
@@ -2721,8 +3043,10 @@ void http_preflight(Conn* c, Slice path) {
   char meth[16];
   snprintf(meth, sizeof meth, "%.*s", (int)want.n, want.p);
   Match m;
-  if (!route_match(meth, path.p, path.n, &m)) { http_error(c, 404, "no route for this path and method"); return; }
-  if (!origin_allowed(http_header(h, "origin"), &g.routes[m.route])) { http_error(c, 403, "origin not allowed"); return; }
+  bool bad;
+  if (!route_match(meth, path.p, path.n, &m, &bad)) { http_error(c, bad ? 400 : 404, bad ? "bad percent-escape in the path" : "no route for this path and method"); return; }
+  h->route = m.route;   // the answer's CORS headers are the route's
+  if (origin_allowed(http_header(h, "origin"), &g.routes[m.route]) == Cors::No) { http_error(c, 403, "origin not allowed"); return; }
   Buf hd;
   buf_printf(&hd, "Access-Control-Allow-Methods: %s\r\nAccess-Control-Max-Age: 600\r\n", meth);
   Slice rh = http_header(h, "access-control-request-headers");
@@ -2731,7 +3055,7 @@ void http_preflight(Conn* c, Slice path) {
   buf_free(&hd);
 }
 
-bool send_http_request(Backend* b, Conn* c, const Match* m, uint64_t req_id, const UserBlob* user) {
+Sent send_http_request(Backend* b, Conn* c, const Match* m, uint64_t req_id, const UserBlob* user) {
   Http* h = c->http;
   linkd_HttpRequest r = {};
   r.request_id = req_id;
@@ -2754,6 +3078,25 @@ bool send_http_request(Backend* b, Conn* c, const Match* m, uint64_t req_id, con
   return backend_send_msg(b, TAG_HTTP_REQUEST, linkd_HttpRequest_fields, &r);
 }
 
+// linkd's own endpoints; true if the request was one of them.
+bool http_local(Conn* c, const char* method, Slice path) {
+  bool health = path.n == 7 && !memcmp(path.p, "/health", 7), metrics = path.n == 8 && !memcmp(path.p, "/metrics", 8);
+  if (!health && !metrics) return false;
+  bool get = !strcmp(method, "GET"), head = !strcmp(method, "HEAD");
+  if (!get && !(head && health)) {
+    http_error(c, 405, "method not allowed here", health ? "Allow: GET, HEAD\r\n" : "Allow: GET\r\n");
+    return true;
+  }
+  Buf b;
+  if (health) buf_printf(&b, "{\"status\":\"%s\",\"version\":\"%s\"}", g.shutting_down ? "stopping" : "healthy", LINKD_VERSION);
+  else metrics_write(&b);
+  const char* hd = health ? "Content-Type: application/json\r\nCache-Control: no-store\r\n"
+                          : "Content-Type: text/plain; version=0.0.4\r\nCache-Control: no-store\r\n";
+  http_respond(c, 200, hd, strlen(hd), b.p, b.len);
+  buf_free(&b);
+  return true;
+}
+
 void http_dispatch(Conn* c) {
   Http* h = c->http;
   g.http_bytes_in += h->head.len + h->body.len;
@@ -2761,54 +3104,45 @@ void http_dispatch(Conn* c) {
   Slice path = http_path(h);
   if (path.n == 0 || path.p[0] != '/') { http_error(c, 400, "request target must be an absolute path", "", true); return; }
   if (ws_try_upgrade(c)) return;
-  if (path.n == 7 && !memcmp(path.p, "/health", 7) && (!strcmp(method, "GET") || !strcmp(method, "HEAD"))) {
-    char body[128];
-    int n = snprintf(body, sizeof body, "{\"status\":\"%s\",\"version\":\"%s\"}", g.shutting_down ? "stopping" : "healthy", LINKD_VERSION);
-    const char* hd = "Content-Type: application/json\r\nCache-Control: no-store\r\n";
-    http_respond(c, 200, hd, strlen(hd), body, (size_t)n);
-    return;
-  }
-  if (path.n == 8 && !memcmp(path.p, "/metrics", 8) && !strcmp(method, "GET")) {
-    Buf b;
-    metrics_write(&b);
-    const char* hd = "Content-Type: text/plain; version=0.0.4\r\nCache-Control: no-store\r\n";
-    http_respond(c, 200, hd, strlen(hd), b.p, b.len);
-    buf_free(&b);
-    return;
-  }
+  if (http_local(c, method, path)) return;
   if (!strcmp(method, "OPTIONS") && http_header(h, "origin").p && http_header(h, "access-control-request-method").p) {
     http_preflight(c, path);
     return;
   }
-  Match m;
-  if (!route_match(method, path.p, path.n, &m)) { http_error(c, 404, "no route for this path and method"); return; }
-  // Services get the target and headers as protobuf strings, which must be
-  // UTF-8: anything else is refused here rather than breaking the link.
-  bool utf8 = utf8_valid((const uint8_t*)h->head.p, h->head.len);
-  if (!utf8) { http_error(c, 400, "request target and headers must be UTF-8"); return; }
-  const Route* r = &g.routes[m.route];
-  const char* why = "a valid token is required";
-  Slice tok = token_of(http_header(h, "authorization"), http_query(h));
-  UserBlob* user = tok.p ? jwt_verify(tok.p, tok.n, &why) : nullptr;
-  bool authz_ok = !r->def.roles_count;
-  for (pb_size_t i = 0; user && i < r->def.roles_count && !authz_ok; i++) authz_ok = user_has_role(user, r->def.roles[i]);
-  if ((r->def.auth || r->def.roles_count) && !user) { http_error(c, 401, why, "WWW-Authenticate: Bearer\r\n"); return; }
-  if (!authz_ok) { free(user); http_error(c, 403, "the token lacks a role this route requires"); return; }
-  uint16_t bi = group_pick(r->group);
-  if (bi == NIL16) { free(user); http_error(c, 503, "service is not running"); return; }
-  uint32_t p = pend_alloc(c, PKind::Http, bi, (uint64_t)cfg.http_timeout);
-  if (p == NIL) { free(user); http_error(c, 503, "too many requests in flight"); return; }
+  RouteCheck rc;
+  http_route_check(c, &rc);
+  if (rc.status) { http_error(c, rc.status, rc.why, rc.hdrs); return; }
+  uint32_t p = pend_alloc(c, PKind::Http, rc.backend, (uint64_t)cfg.http_timeout);
+  if (p == NIL) { free(rc.user); http_error(c, 503, "too many requests in flight"); return; }
   h->pending = p;
   pend_arm();
   h->req_seq = ++g.req_seq;   // a late answer to an earlier request on this slot never matches
   uint64_t req_id = (uint64_t)conn_index(c) | (uint64_t)h->req_seq << 32;
-  bool sent = send_http_request(&g.backends[bi], c, &m, req_id, user);
-  free(user);
-  if (!sent) {
-    http_error(c, 503, "service link is not accepting requests");
-    return;
-  }
+  Sent sent = send_http_request(&g.backends[rc.backend], c, &rc.m, req_id, rc.user);
+  free(rc.user);
+  if (sent == Sent::TooBig) { http_error(c, 413, "request too large for the service"); return; }
+  if (sent != Sent::Ok) { http_error(c, 503, "service link is not accepting requests"); return; }
   uv_read_stop((uv_stream_t*)&c->tcp);   // resumed when the answer is written
+}
+
+// obs-fold (a header line starting with SP or HTAB, RFC 9112 §5.2) is
+// refused: llhttp 8 joins such lines silently, which would let
+// "Transfer-Encoding:\r\n chunked" through. The raw head of each request is
+// scanned before llhttp sees it (never its body). False on a fold.
+bool http_scan_head(Http* h) {
+  for (; h->scanned < h->in.len && h->hscan != 4; h->scanned++) {
+    char ch = h->in.p[h->scanned];
+    switch (h->hscan) {
+      case 0: if (ch != '\r' && ch != '\n') h->hscan = 1; break;   // llhttp skips CRLFs between requests
+      case 1: if (ch == '\n') h->hscan = 2; break;
+      case 2:
+        if (ch == ' ' || ch == '\t') return false;
+        h->hscan = ch == '\r' ? 3 : ch == '\n' ? 4 : 1;
+        break;
+      case 3: h->hscan = ch == '\n' ? 4 : 1; break;
+    }
+  }
+  return true;
 }
 
 // Parses what is buffered; dispatches whole requests one at a time.
@@ -2817,21 +3151,36 @@ void http_pump(Conn* c) {
   h->pumping = true;
   while (c->state == CState::Http && h == c->http && !h->complete && h->in.len && !c->close_after_write) {
     if (c->tcp.write_queue_size > HTTP_OUT_CAP) { h->blocked = true; break; }   // resumed by write_done_cb
+    if (!http_scan_head(h)) {
+      h->in.len = 0;
+      h->complete = true;
+      h->pumping = false;
+      http_error(c, 400, "obsolete line folding in the header block", "", true);
+      return;
+    }
     llhttp_errno_t e = llhttp_execute(&h->parser, h->in.p, h->in.len);
     size_t used = h->in.len;
     if (e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) used = (size_t)(llhttp_get_error_pos(&h->parser) - h->in.p);
     else if (e != HPE_OK) {
-      unsigned status = h->too_large ? (unsigned)h->too_large : 400;
+      unsigned status = h->refuse ? (unsigned)h->refuse : 400;
       const char* why = status == 431 ? "request headers too large" : status == 413 ? "request body too large"
                       : h->bad ? h->bad : llhttp_get_error_reason(&h->parser);
       h->in.len = 0;
       h->complete = true;   // the error answers this request
       g.http_bytes_in += h->head.len;
       h->pumping = false;
-      http_error(c, status, why ? why : "malformed request", "", true);
+      http_error(c, status, why ? why : "malformed request", h->refuse_hdrs ? h->refuse_hdrs : "", true);
       return;
     }
     buf_consume(&h->in, used);
+    h->scanned = h->complete ? 0 : h->scanned > used ? h->scanned - (uint32_t)used : 0;
+    if (h->complete) h->hscan = 0;   // the next request's head is scanned from its start
+    if (h->send_continue) {
+      h->send_continue = false;
+      static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+      if (!h->complete) conn_send_bytes(c, cont, sizeof cont - 1);   // the body is all here already: no need
+      if (c->state != CState::Http) return;
+    }
     if (h->complete) http_dispatch(c);
     else if (e != HPE_OK) { h->pumping = false; http_error(c, 400, "malformed request", "", true); return; }   // paused without a request: never spin
   }
@@ -3074,7 +3423,7 @@ bool json_valid(const char* p, size_t n) {
   return k >= 1 && (size_t)g.toks[0].end + (g.toks[0].type == JSMN_STRING) == n && json_tokens_ok(p, g.toks, k);
 }
 
-bool send_inbound(Backend* b, Conn* c, Slice type, Slice payload, Slice corr, bool binary) {
+Sent send_inbound(Backend* b, Conn* c, Slice type, Slice payload, Slice corr, bool binary) {
   linkd_WebSocketInbound m = {};
   conn_id(c, m.connection_id, sizeof m.connection_id);
   snprintf(m.service_name, sizeof m.service_name, "%s", g.groups[c->group].name);
@@ -3100,7 +3449,9 @@ void ws_message(Conn* c, int opcode, const char* msg, size_t len) {
   if (gr->ws_raw) {
     if (!rate_take(c)) { g.ws_drops++; return; }
     Backend* b = conn_backend(c);
-    if (!b || !send_inbound(b, c, Slice{"", 0}, Slice{msg, len}, Slice{"", 0}, opcode == WSLAY_BINARY_FRAME)) g.ws_drops++;
+    Sent r = b ? send_inbound(b, c, Slice{"", 0}, Slice{msg, len}, Slice{"", 0}, opcode == WSLAY_BINARY_FRAME) : Sent::Gone;
+    if (r == Sent::TooBig) ws_close(c, 1009, "message too big for the service");
+    else if (r != Sent::Ok) g.ws_drops++;
     return;
   }
   if (opcode == WSLAY_BINARY_FRAME) { ws_send_error(c, nullptr, 0, false, "INVALID_MESSAGE", "binary frames are not accepted on this path", 400); return; }
@@ -3153,10 +3504,10 @@ void ws_message(Conn* c, int opcode, const char* msg, size_t len) {
     c->pend = p;
     pend_arm();
   }
-  if (!send_inbound(b, c, type, data, id, false)) {
-    if (p != NIL) pend_release_ws(c, p);
-    ws_send_error(c, id.p, id.n, id_quoted, "SERVICE_UNAVAILABLE", "service is not accepting messages", 503);
-  }
+  Sent r = send_inbound(b, c, type, data, id, false);
+  if (r != Sent::Ok && p != NIL) pend_release_ws(c, p);
+  if (r == Sent::TooBig) ws_close(c, 1009, "message too big for the service");
+  else if (r != Sent::Ok) ws_send_error(c, id.p, id.n, id_quoted, "SERVICE_UNAVAILABLE", "service is not accepting messages", 503);
 }
 
 // The service's reply to a message with an id.
@@ -3276,7 +3627,7 @@ bool ws_handshake_ok(Conn* c, uint16_t gi, bool wants) {
     return false;
   }
   Slice origin = http_header(h, "origin");
-  if (*cfg.allowed_origins && origin.p && !origin_allowed(origin, nullptr)) { http_error(c, 403, "origin not allowed", "", true); return false; }
+  if (*cfg.allowed_origins && origin.p && origin_allowed(origin, nullptr) == Cors::No) { http_error(c, 403, "origin not allowed", "", true); return false; }
   const Group* gr = &g.groups[gi];
   const char* why = "this WebSocket path needs a valid token";
   Slice tok = token_of(http_header(h, "authorization"), http_query(h));
@@ -3499,6 +3850,12 @@ void housekeeping(uint64_t now) {
       if (partial && now - h->since > HTTP_HEAD_MS) http_error(c, 408, "request not received in time", "", true);
       else if (!partial && now - h->since > HTTP_IDLE_MS) conn_close(c, "idle");
     }
+  }
+  // A link that never registers would hold its slot (--max-services) forever.
+  for (uint32_t i = 0; i < g.nbackends; i++) {
+    Backend* b = &g.backends[i];
+    if (b->state == BState::Open && !b->close_why && now - b->opened > SERVICE_REGISTER_MS)
+      backend_close(b, "no RegisterService within 10 s");
   }
 }
 

@@ -405,14 +405,23 @@ def cmd_churn(host, port, path, nconn, rounds):
 
     for rd in range(rounds):
         for i in range(nconn):
-            ids = []
+            ops = {}
+            want = set(joined[i])   # what the client asks for, in order
             for _ in range(12):
                 r = rnd.choice(rooms)
-                if r in joined[i] and rnd.random() < 0.6:
-                    ids.append(rpc(i, 'do.leave', {'room': r})); joined[i].discard(r)
+                if r in want and rnd.random() < 0.6:
+                    ops[rpc(i, 'do.leave', {'room': r})] = ('leave', r); want.discard(r)
                 else:
-                    ids.append(rpc(i, 'do.join', {'room': r})); joined[i].add(r)
-            collect(i, ids)
+                    ops[rpc(i, 'do.join', {'room': r})] = ('join', r); want.add(r)
+            res = collect(i, list(ops))
+            # Apply in send order what was done; a RATE_LIMITED answer means
+            # linkd never forwarded that op (the burst can outrun the bucket).
+            for k, (op, r) in ops.items():
+                if 'error' in res[k]:
+                    if res[k]['error'].get('type') != 'RATE_LIMITED':
+                        bad_rooms.append((rd, i, 'op error', res[k]['error']))
+                    continue
+                (joined[i].add if op == 'join' else joined[i].discard)(r)
         for i in range(nconn):
             q = rpc(i, 'do.rooms', {})
             j = collect(i, [q])[q]

@@ -864,7 +864,8 @@ def g_svc_garbage():
     # registered links that then misbehave
     for name, data in [
         ('garbage after registering', varint(51) + b'\x00' + R.randbytes(50)),
-        ('response header with CR LF', None),
+        # (a response header with CR LF now fails that one request with 502
+        #  and keeps the link: t_harden checks it)
         ('varint 0xff x 11 after registering', b'\xff' * 11),
     ]:
         try:
@@ -872,11 +873,6 @@ def g_svc_garbage():
         except OSError as e:
             bad('svc: ' + name, e)
             continue
-        if data is None:
-            m = pb.ServiceMessage()
-            m.http_response.request_id = 12345
-            h = m.http_response.headers.add(); h.name = 'X-A'; h.value = 'a\r\nSet-Cookie: x=1'
-            data = delimited(m)
         s.sendall(data)
         _, eof = svc_frames(s, 2.5)
         s.close()
