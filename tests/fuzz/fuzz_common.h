@@ -46,6 +46,7 @@ int port;                 // linkd's client listener
 char sock_path[96];       // linkd's service socket
 bool progress;            // set when bytes moved during the current settle round
 bool read_clients = true; // false: clients do not read (linkd's output backs up)
+uint64_t skew;            // ms the harness's clock is ahead of the loop's (later, time_passes)
 
 // Called for each whole frame linkd sends a service (the member's tag and
 // its bytes); a harness sets it to answer requests.
@@ -213,7 +214,7 @@ uint32_t conns_in_use() {
 // the input (SO_LINGER 0), so no port waits in TIME_WAIT. small: small
 // socket buffers both ways, so that what the client does not read backs up
 // in linkd's write queue (the outbound cap) after a few KiB.
-size_t client_open(bool small = false) {
+size_t client_open(bool small = false, bool may_refuse = false) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
@@ -228,8 +229,9 @@ size_t client_open(bool small = false) {
   std::vector<bool> used(g.nconns);
   for (uint32_t i = 0; i < g.conn_hw; i++) used[i] = g.conns[i].state != CState::Free;
   uint32_t before = conns_in_use();
-  wait_until([&] { return conns_in_use() != before; });
-  if (conns_in_use() == before) die("client not accepted");
+  if (may_refuse) settle();   // a full table answers 503 and closes
+  else wait_until([&] { return conns_in_use() != before; });
+  if (conns_in_use() == before && !may_refuse) die("client not accepted");
   for (uint32_t i = 0; i < g.conn_hw; i++)
     if (!used[i] && g.conns[i].state == CState::Http && small) uv_send_buffer_size((uv_handle_t*)&g.conns[i].tcp, &sz);
   clients.push_back(Peer{fd, {}, 0});
@@ -376,6 +378,31 @@ std::string user_token(const char* sub, const char* role) {
   return hs256("{\"alg\":\"HS256\",\"typ\":\"JWT\"}", claims);
 }
 
+// --- shutdown -------------------------------------------------------------------
+
+// SIGTERM, then the shutdown deadline, as tick_cb would run them; the
+// listeners shutdown_begin closed are opened again for the next input.
+void stop_linkd() {
+  if (g.shutting_down) return;
+  shutdown_begin("fuzz");
+  uv_timer_stop(&g.tick);   // the harness drives the steps itself
+  settle();
+  shutdown_tell_services();
+  settle();
+}
+
+void restart_listeners() {
+  if (!g.shutting_down) return;
+  g.shutting_down = g.services_told = false;
+  if (uv_is_closing((uv_handle_t*)&g.listener) || uv_is_closing((uv_handle_t*)&g.svc_listener)) settle();
+  if (listen_tcp() || listen_unix()) die("cannot listen again");
+  sockaddr_storage ss;
+  int len = sizeof ss;
+  uv_tcp_getsockname(&g.listener, (sockaddr*)&ss, &len);
+  port = ntohs(((sockaddr_in*)&ss)->sin_port);
+}
+
+
 // --- per input ------------------------------------------------------------------
 
 void begin() {
@@ -383,6 +410,7 @@ void begin() {
   g.nroutes = 0;
   g.req_seq = 0;          // request ids and connection ids repeat from input to input
   g.except_serial = 0;
+  skew = 0;
   memset(g.http_status, 0, sizeof g.http_status);
   g.http_bytes_in = g.http_bytes_out = 0;
   g.ws_msgs_in = g.ws_msgs_out = g.ws_bytes_in = g.ws_bytes_out = g.ws_drops = 0;
@@ -390,10 +418,19 @@ void begin() {
   progress = false;
 }
 
+// The 1 s tick as if `ms` more had passed since the last call in this
+// input (the clock linkd's housekeeping is given runs ahead of the loop's).
+void later(uint64_t ms) {
+  skew += ms;
+  housekeeping(now_ms() + skew);
+  settle();
+}
+
 // What housekeeping and the pending timer would do later: time runs on by
 // `ms`, every reply still owed expires.
 void time_passes(uint64_t ms) {
-  housekeeping(now_ms() + ms);
+  skew += ms;
+  housekeeping(now_ms() + skew);
   settle();
   for (int i = 0; i < 64 && g.pend_head != NIL; i++) { pend_expire(g.pend_head, true); settle(); }
 }
@@ -407,6 +444,7 @@ bool all_free() {
 // Closes everything (clients with RST first, then services, then whatever
 // linkd still holds), checks the tables are empty and frees them.
 void end() {
+  restart_listeners();
   for (Peer& c : clients) close(c.fd);
   clients.clear();
   spin(2);

@@ -99,12 +99,16 @@ def http_seeds():
         'ws-raw-token': (0, 'GET /raw?token=' + USER + ' HTTP/1.1\r\n' + H + 'Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n\x82\x83\x00\x00\x00\x00abc'),
     }
     for name, (opt, text) in reqs.items():
-        seed('http', name, bytes([opt]) + text.encode('latin-1'))
+        seed('http', name, bytes([opt, 0]) + text.encode('latin-1'))
     base = reqs['health-pipelined'][1] + 'POST /items HTTP/1.1\r\n' + H + 'Authorization: Bearer ' + ADMIN + '\r\nContent-Length: 2\r\n\r\n{}'
     variants = {'split-1': 0x01, 'split-3': 0x03, 'split-7': 0x04, 'half-close': 0x08, 'unanswered-504': 0x10,
                 'answer-204': 0x20, 'answer-1xx': 0x40, 'answer-bad-header': 0x60, 'service-drops': 0x80, 'split-16-half-close': 0x0d}
     for name, opt in variants.items():
-        seed('http', 'opt-' + name, bytes([opt]) + base.encode())
+        seed('http', 'opt-' + name, bytes([opt, 0]) + base.encode())
+    seed('http', 'opt-table-full', b'\x00\x01' + base.encode())
+    seed('http', 'opt-shutdown', b'\x10\x02' + base.encode())
+    seed('http', 'opt-time-passes', b'\x05\x04' + base.encode())
+    seed('http', 'opt-time-passes-upgrade', b'\x06\x04' + (reqs['ws-upgrade-ok'][1] + '\x89\x80\0\0\0\0').encode('latin-1'))
 
 
 # ---------------------------------------------------------------- ws
@@ -175,8 +179,11 @@ def ws_seeds():
         'len16-len64': (0, frame(1, env(type='l', data='y' * 200)) + bytes([0x81, 0xff]) + struct.pack('>Q', 5) + b'\0\0\0\0' + b'{"t":'),
         'len64-huge': (0, bytes([0x81, 0xff]) + struct.pack('>Q', 1 << 62) + b'\0\0\0\0'),
     }
+    s['shutdown'] = (0x20, T(env(type='a', id='s1')))
+    s['heartbeats'] = (0x04, T(env(type='a')) + frame(10, '') + frame(9, 'x') + T(env(type='b')))
     for name, (opt, data) in s.items():
-        seed('ws', name, bytes([opt]) + data)
+        opt2 = {'shutdown': 1, 'heartbeats': 2}.get(name, 0)
+        seed('ws', name, bytes([opt, opt2]) + data)
 
 
 # ---------------------------------------------------------------- service
@@ -243,6 +250,7 @@ def service_seeds():
     }
     # Findings (reproducers of fixed bugs; see tests/fuzz/README.md).
     s['finding-response-header-without-value'] = msg(http_response=pb.HttpResponse(request_id=REQ, headers=[pb.Header(name='X-Empty')]))
+    s['finding-room-operation-out-of-enum'] = msg(ws_room_operation=pb.WebSocketRoomOperation(connection_id='0.1', room='lobby', operation=44, op_id=9))
     for name, data in s.items():
         seed('service', name, b'\x00\x00' + data)
     # A fresh link: registration first.

@@ -17,6 +17,13 @@
 //   bits 5-6  the answer: 200 with headers and a body, 204, a 1xx, a
 //             header with CR/LF
 //   bit 7     the service link goes away after the first forwarded request
+// Byte 1:
+//   bit 0     7 idle keep-alive connections (one request answered on each)
+//             hold the rest of the HTTP table; after the input one more
+//             client connects and asks for /health
+//   bit 1     linkd stops after the input (shutdown_begin, the deadline)
+//   bit 2     16 s pass after every write (housekeeping: 408 for a request
+//             still incomplete, heartbeats after an upgrade)
 // The rest: bytes written to the connection.
 
 #include "fuzz_common.h"
@@ -77,11 +84,12 @@ void answer(size_t svc, uint32_t tag, const uint8_t* p, size_t n) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static bool once = (fz::config_defaults(), fz::init(), true);
   (void)once;
-  if (size < 1) return 0;
+  if (size < 2) return 0;
   opts = data[0];
+  uint8_t opts2 = data[1];
   answered = 0;
-  data++;
-  size--;
+  data += 2;
+  size -= 2;
   fz::begin();
   fz::on_service_frame = answer;
   fz::service_register("api", api_routes, {"/ws", true, false, false, 4096});
@@ -90,6 +98,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   close(fz::services[gone].fd);   // its route answers 503 from now on
   fz::services[gone].fd = -1;
   fz::settle();
+  static const char health[] = "GET /health HTTP/1.1\r\nHost: fuzz\r\n\r\n";
+  if (opts2 & 1)
+    for (int i = 0; i < 7; i++) fz::send_bytes(fz::clients[fz::client_open()].fd, health, sizeof health - 1);
   size_t c = fz::client_open();
   static const size_t chunks[] = {0, 1, 2, 3, 7, 16, 64, 512};
   size_t step = chunks[opts & 7] ? chunks[opts & 7] : size;
@@ -97,10 +108,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     size_t n = std::min(step, size - off);
     size_t w = fz::send_bytes(fz::clients[c].fd, data + off, n);
     fz::settle();
+    if (opts2 & 4) fz::later(16000);
     if (w < n) break;   // linkd stopped reading and the socket is full
     off += n;
   }
   if (opts & 8) shutdown(fz::clients[c].fd, SHUT_WR);
+  fz::settle();
+  if (opts2 & 1) fz::send_bytes(fz::clients[fz::client_open(false, true)].fd, health, sizeof health - 1);
+  if (opts2 & 2) fz::stop_linkd();
   fz::settle();
   fz::time_passes(10 * 60 * 1000);
   fz::end();

@@ -40,28 +40,6 @@ const fz::RouteSpec chat_routes[] = {
   {nullptr, nullptr, false, nullptr, nullptr},
 };
 
-// SIGTERM, then the shutdown deadline, as tick_cb would run them; the
-// listeners shutdown_begin closed are opened again for the next input.
-void stop_linkd() {
-  if (g.shutting_down) return;
-  shutdown_begin("fuzz");
-  uv_timer_stop(&g.tick);   // the harness drives the steps itself
-  fz::settle();
-  shutdown_tell_services();
-  fz::settle();
-}
-
-void restart_listeners() {
-  if (!g.shutting_down) return;
-  g.shutting_down = g.services_told = false;
-  if (uv_is_closing((uv_handle_t*)&g.listener) || uv_is_closing((uv_handle_t*)&g.svc_listener)) fz::settle();
-  if (listen_tcp() || listen_unix()) fz::die("cannot listen again");
-  sockaddr_storage ss;
-  int len = sizeof ss;
-  uv_tcp_getsockname(&g.listener, (sockaddr*)&ss, &len);
-  fz::port = ntohs(((sockaddr_in*)&ss)->sin_port);
-}
-
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -99,7 +77,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const size_t chunks[] = {0, 1, 2, 3, 7, 16, 64, 512};
   size_t step = chunks[(opts >> 1) & 7] ? chunks[(opts >> 1) & 7] : size;
   for (size_t off = 0; off < size;) {
-    if ((opts2 & 2) && off >= size / 2) stop_linkd();
+    if ((opts2 & 2) && off >= size / 2) fz::stop_linkd();
     size_t n = std::min(step, size - off);
     size_t w = fz::send_bytes(fz::services[target].fd, data + off, n);
     fz::settle();
@@ -109,9 +87,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (opts & 0x10) { close(fz::services[a].fd); fz::services[a].fd = -1; fz::settle(); }
   fz::read_clients = true;
   fz::settle();
-  if (opts2 & 1) stop_linkd();
+  if (opts2 & 1) fz::stop_linkd();
   fz::time_passes(10 * 60 * 1000);
-  restart_listeners();
   fz::end();
   cfg.outbound_policy = 0;
   return 0;

@@ -18,6 +18,10 @@
 //             data; an error when the id has an odd length)
 //   bit 6     the service link goes away at the end
 //   bit 7     the service pushes to everyone and to the connection
+// Byte 1:
+//   bit 0     linkd stops after the input (shutdown_begin, the deadline)
+//   bit 1     16 s pass after every write (heartbeat pings; two missed
+//             without a frame from the client close the connection)
 // The rest: bytes written after the handshake (client frames are masked).
 
 #include "fuzz_common.h"
@@ -78,10 +82,11 @@ void push(size_t svc, bool raw) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static bool once = (fz::config_defaults(), fz::init(), true);
   (void)once;
-  if (size < 1) return 0;
+  if (size < 2) return 0;
   opts = data[0];
-  data++;
-  size--;
+  uint8_t opts2 = data[1];
+  data += 2;
+  size -= 2;
   fz::begin();
   fz::on_service_frame = reply;
   bool raw = opts & 0x10;
@@ -107,11 +112,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     size_t n = std::min(step, size - off);
     size_t w = fz::send_bytes(fz::clients[c].fd, data + off, n);
     fz::settle();
+    if (opts2 & 2) fz::later(16000);
     if (w < n) break;
     off += n;
   }
   if (opts & 0x80) { push(svc, raw); fz::settle(); }
   if (opts & 0x40) { close(fz::services[svc].fd); fz::services[svc].fd = -1; fz::settle(); }
+  if (opts2 & 1) fz::stop_linkd();
   fz::time_passes(10 * 60 * 1000);
   fz::end();
   return 0;
