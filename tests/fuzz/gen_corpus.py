@@ -201,6 +201,11 @@ def varint(n):
     return bytes(out)
 
 
+def delim_raw(member, body):
+    inner = varint(member << 3 | 2) + varint(len(body)) + body
+    return varint(len(inner)) + inner
+
+
 def msg(**kw):
     m = pb.ServiceMessage()
     for k, v in kw.items():
@@ -251,6 +256,10 @@ def service_seeds():
     # Findings (reproducers of fixed bugs; see tests/fuzz/README.md).
     s['finding-response-header-without-value'] = msg(http_response=pb.HttpResponse(request_id=REQ, headers=[pb.Header(name='X-Empty')]))
     s['finding-room-operation-out-of-enum'] = msg(ws_room_operation=pb.WebSocketRoomOperation(connection_id='0.1', room='lobby', operation=44, op_id=9))
+    # callback fields (payload, body, data) sent with a scalar wire type: key, then a fixed64
+    scalar = lambda member, m, field: delim_raw(member, m.SerializeToString() + bytes([field << 3 | 1]) + b'"abcdef"')
+    s['finding-payload-scalar-wire-type'] = scalar(22, O(room='lobby', event='e'), 5) + scalar(22, O(connection_id='2.1', event='e'), 5)
+    s['scalar-wire-type-body-data'] = scalar(4, pb.HttpResponse(request_id=REQ, status=200), 4) + scalar(24, pb.WebSocketResponse(connection_id='0.1', correlation_id='m1'), 3)
     for name, data in s.items():
         seed('service', name, b'\x00\x00' + data)
     # A fresh link: registration first.

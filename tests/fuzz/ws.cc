@@ -30,20 +30,27 @@ namespace {
 
 uint8_t opts;
 
+// The payload of what linkd sent (linkd's own dec_slice only takes bytes
+// of a frame it is decoding itself).
+bool dec_payload(pb_istream_t* s, const pb_field_t*, void** arg) noexcept {
+  std::string* out = (std::string*)*arg;
+  out->assign((const char*)s->state, s->bytes_left);
+  return pb_read(s, nullptr, s->bytes_left);
+}
+
 // The fixture's service: replies to messages with an id.
 void reply(size_t svc, uint32_t tag, const uint8_t* p, size_t n) {
   if (tag != TAG_WS_INBOUND || !(opts & 0x20)) return;
   linkd_WebSocketInbound in = {};
-  Slice payload{};
-  in.payload.funcs.decode = dec_slice;
-  in.payload.arg = &payload;
+  std::string data;
+  in.payload.funcs.decode = dec_payload;
+  in.payload.arg = &data;
   pb_istream_t is = pb_istream_from_buffer(p, n);
   if (!pb_decode(&is, linkd_WebSocketInbound_fields, &in)) fz::die("linkd sent a WebSocketInbound that does not decode");
   if (!in.correlation_id[0]) return;
   linkd_WebSocketResponse r = {};
   snprintf(r.connection_id, sizeof r.connection_id, "%s", in.connection_id);
   snprintf(r.correlation_id, sizeof r.correlation_id, "%s", in.correlation_id);
-  std::string data(payload.p ? payload.p : "", payload.n);
   Slice d{data.data(), data.size()};
   if (strlen(in.correlation_id) % 2) {
     r.has_error = true;
