@@ -509,14 +509,40 @@ void buf_consume(Buf* b, size_t n) {
 }
 void buf_free(Buf* b) { free(b->p); *b = Buf{}; }
 
-// JSON string body (no quotes) with the escapes RFC 8259 requires.
+// Strict UTF-8 (no overlongs, surrogates or code points past U+10FFFF):
+// the length of the character at s[0], or 0 if it is not valid there.
+size_t utf8_char(const uint8_t* s, size_t n) {
+  uint8_t c = s[0];
+  if (c < 0x80) return 1;
+  size_t len = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc2 ? 2 : 0;
+  if (!len || c > 0xf4 || len > n) return 0;
+  for (size_t k = 1; k < len; k++) if ((s[k] & 0xc0) != 0x80) return 0;
+  if (c == 0xe0 && s[1] < 0xa0) return 0;               // overlong
+  if (c == 0xed && s[1] >= 0xa0) return 0;              // surrogate
+  if (c == 0xf0 && s[1] < 0x90) return 0;               // overlong
+  if (c == 0xf4 && s[1] >= 0x90) return 0;              // past U+10FFFF
+  return len;
+}
+
+bool utf8_valid(const uint8_t* s, size_t n) {
+  for (size_t i = 0, k; i < n; i += k)
+    if (!(k = utf8_char(s + i, n - i))) return false;
+  return true;
+}
+
+// JSON string body (no quotes) with the escapes RFC 8259 requires. Bytes
+// that are not UTF-8 (a service's error text, say) become U+FFFD, so what
+// linkd builds is always valid JSON in valid UTF-8.
 void buf_json_escape(Buf* b, const char* s, size_t n) {
   buf_reserve(b, n + 2);
-  for (size_t i = 0; i < n; i++) {
+  for (size_t i = 0; i < n;) {
     unsigned char ch = (unsigned char)s[i];
+    size_t k = utf8_char((const uint8_t*)s + i, n - i);
+    if (!k) { buf_puts(b, "\\ufffd"); i++; continue; }
     if (ch == '"' || ch == '\\') { char e[2] = {'\\', (char)ch}; buf_put(b, e, 2); }
     else if (ch < 0x20) buf_printf(b, "\\u%04x", ch);
-    else buf_put(b, &ch, 1);
+    else buf_put(b, s + i, k);
+    i += k;
   }
 }
 
@@ -570,6 +596,81 @@ int json_skip(const jsmntok_t* t, int n, int i) {
   return i;
 }
 
+// One JSON value (RFC 8259) with nothing but white space around it:
+// strict numbers, literals and escapes, no raw control characters in
+// strings, UTF-8 throughout, nesting at most MAX_JSON_DEPTH (so no
+// recursive parser downstream, a service's or a browser's, is handed a
+// stack bomb through linkd). No tokens and no recursion: a value of any
+// size is checked completely in fixed memory.
+constexpr int MAX_JSON_DEPTH = 128;
+
+bool json_valid(const char* s, size_t n) {
+  if (!utf8_valid((const uint8_t*)s, n)) return false;
+  const char* p = s;
+  const char* end = s + n;
+  char open[MAX_JSON_DEPTH];   // '{' or '[' for each container we are in
+  int depth = 0;
+  auto ws = [&] { while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++; };
+  auto digits = [&] { const char* q = p; while (p < end && *p >= '0' && *p <= '9') p++; return p > q; };
+  auto string = [&] {          // at '"': past the closing quote, or false
+    for (p++; p < end; p++) {
+      unsigned char ch = (unsigned char)*p;
+      if (ch == '"') { p++; return true; }
+      if (ch < 0x20) return false;
+      if (ch != '\\') continue;
+      if (++p == end) return false;
+      if (*p == 'u') {
+        if (end - p < 5) return false;
+        for (int k = 1; k <= 4; k++) if (hex_digit(p[k]) < 0) return false;
+        p += 4;
+      } else if (!strchr("\"\\/bfnrt", *p) || !*p) {
+        return false;
+      }
+    }
+    return false;
+  };
+  auto key = [&] { ws(); if (p == end || *p != '"' || !string()) return false; ws(); return p < end && *p++ == ':'; };
+  for (;;) {
+    ws();                       // a value is expected here
+    if (p == end) return false;
+    if (*p == '{' || *p == '[') {
+      if (depth == MAX_JSON_DEPTH) return false;
+      char o = *p++;
+      open[depth++] = o;
+      ws();
+      if (p < end && *p == (o == '{' ? '}' : ']')) { p++; depth--; }
+      else if (o == '[' || key()) continue;
+      else return false;
+    } else if (*p == '"') {
+      if (!string()) return false;
+    } else if (end - p >= 4 && (!memcmp(p, "true", 4) || !memcmp(p, "null", 4))) {
+      p += 4;
+    } else if (end - p >= 5 && !memcmp(p, "false", 5)) {
+      p += 5;
+    } else {                    // -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
+      if (*p == '-') p++;
+      if (p < end && *p == '0') p++;
+      else if (p == end || *p < '1' || *p > '9' || !digits()) return false;
+      if (p < end && *p == '.' && (++p, !digits())) return false;
+      if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < end && (*p == '+' || *p == '-')) p++;
+        if (!digits()) return false;
+      }
+    }
+    for (;;) {                  // after a value: ',', a close, or the end
+      ws();
+      if (!depth) return p == end;
+      if (p == end) return false;
+      char close = open[depth - 1] == '{' ? '}' : ']';
+      if (*p == close) { p++; depth--; continue; }
+      if (*p++ != ',') return false;
+      if (open[depth - 1] == '{' && !key()) return false;
+      break;
+    }
+  }
+}
+
 // True if the comma-separated header value has the token (case-insensitive).
 bool header_has_token(const char* v, size_t n, const char* tok) {
   size_t tn = strlen(tok);
@@ -605,8 +706,15 @@ constexpr uint64_t HTTP_HEAD_MS = 30000;      // whole request must arrive withi
 constexpr uint64_t SERVICE_TELL_MS = 2000;    // at stop, a backed-up service's time to read its notice
 constexpr size_t HTTP_OUT_CAP = 256 * 1024;   // unread answers queued before pipelined parsing pauses
 constexpr uint64_t SERVICE_REGISTER_MS = 10000;  // a service link must register within this
+constexpr uint64_t LINGER_MS = 2000;          // a finished connection's time to send its FIN
+constexpr uint32_t MAX_LINGER = 256;          // lingering connections at most (beyond: closed at once)
+constexpr uint32_t CLOSING_SLACK = MAX_LINGER + 64;  // slots for connections lingering or closing
 
-enum class CState : uint8_t { Free, Http, Ws, Closed };
+// Linger: done (answered, or the close handshake is over), the write side
+// shut down after the last bytes, input read and dropped until the peer's
+// FIN or a deadline, so that unread input does not make the kernel reset
+// the connection and lose what was sent last (an error answer, a close frame).
+enum class CState : uint8_t { Free, Http, Ws, Linger, Closed };
 
 struct HdrRef { uint32_t name_off, name_len, val_off, val_len; };  // into Http::head
 
@@ -648,13 +756,14 @@ struct Conn {
   bool frame_open;        // wslay: a frame header was seen, its end not yet
   bool msg_open;          // wslay: a fragmented message is in progress
   bool ws_closing;        // close frame queued: ignore further messages
-  bool close_after_write; // close the socket once the write queue drains
+  bool read_paused;       // WebSocket: reading stopped while the output is over --max-outbound
   bool counted_ws;        // counted in g.ws_count and the tallies
   bool deflate;           // permessage-deflate negotiated (no context takeover either way)
   uint16_t group;         // service (by name) whose WebSocket path this is on
   uint16_t backend;       // instance this connection is bound to, or NIL16
   uint16_t nrooms;        // memberships of this connection
   uint16_t close_code;    // for the DISCONNECTED event
+  uint16_t msg_frames;    // frames of the client message in progress (capped: ws_frames_max)
   uint32_t rooms;         // head of this connection's membership list
   uint32_t pend;          // head of this connection's pending replies
   uint32_t except_mark;   // broadcast serial that skips this connection
@@ -787,7 +896,7 @@ struct Global {
   uint64_t services_deadline;
 
   Conn* conns; uint32_t nconns, conn_free, conn_hw;  // hw: slots ever used
-  uint32_t ws_count, http_count;
+  uint32_t ws_count, http_count, linger_count;
   Backend* backends; uint32_t nbackends, backend_free;
   Group* groups; uint32_t ngroups;
   Route* routes; uint32_t nroutes, max_routes;
@@ -809,6 +918,7 @@ struct Global {
   bool deflater_ok, inflater_ok; // initialised on first use
   Buf zbuf;               // inflated message / deflated payload (owner: g)
   Buf pathdec;            // the percent-decoded segments of the last route_match (owner: g)
+  Buf wsout;              // control frames wslay writes during one ws_flush (owner: g)
   const char* rd; size_t rdlen;  // bytes wslay may read now
   uint32_t except_serial;
   uint32_t req_seq;       // HTTP request ids: slot | seq << 32
@@ -874,7 +984,7 @@ void index_remove(Index* x, uint32_t h, uint32_t v, HashOf hash_of) {
 }
 
 void tables_init() {
-  g.nconns = (uint32_t)(cfg.max_connections + cfg.max_http_connections);
+  g.nconns = (uint32_t)(cfg.max_connections + cfg.max_http_connections) + CLOSING_SLACK;
   g.conns = table_alloc<Conn>(g.nconns);
   g.conn_free = NIL;
   g.conn_hw = 0;
@@ -897,7 +1007,7 @@ void tables_init() {
   g.nmembers = (uint32_t)cfg.max_memberships;
   g.members = table_alloc<Member>(g.nmembers);
   index_init(&g.member_index, g.nmembers);
-  g.ntallies = (uint32_t)cfg.max_connections * 2;   // one address and one user per connection at most
+  g.ntallies = (uint32_t)cfg.max_connections * 2 + (uint32_t)cfg.max_http_connections;   // WebSocket: address and user; HTTP: address
   g.tallies = table_alloc<Tally>(g.ntallies);
   g.tally_free = NIL;
   g.tally_hw = 0;
@@ -935,6 +1045,7 @@ void tables_free() {
   g.deflater_ok = g.inflater_ok = false;
   buf_free(&g.zbuf);
   buf_free(&g.pathdec);
+  buf_free(&g.wsout);
 }
 
 // --- connection slots ---------------------------------------------------
@@ -1225,6 +1336,8 @@ struct WriteReq {
 void conn_close(Conn* c, const char* why);
 void backend_close(Backend* b, const char* why);
 void http_pump(Conn* c);
+void alloc_cb(uv_handle_t*, size_t, uv_buf_t* buf) noexcept;
+void conn_read_cb(uv_stream_t* st, ssize_t n, const uv_buf_t* buf) noexcept;
 
 void write_done_cb(uv_write_t* req, int status) noexcept {
   WriteReq* w = (WriteReq*)req;
@@ -1235,10 +1348,12 @@ void write_done_cb(uv_write_t* req, int status) noexcept {
     Conn* c = (Conn*)stream->data;
     if (c->state == CState::Closed || c->state == CState::Free) return;
     if (status < 0) { conn_close(c, uv_strerror(status)); return; }
-    if (c->close_after_write && stream->write_queue_size == 0) conn_close(c, "response sent");
-    else if (c->state == CState::Http && c->http && c->http->blocked && stream->write_queue_size <= HTTP_OUT_CAP / 2) {
+    if (c->state == CState::Http && c->http && c->http->blocked && stream->write_queue_size <= HTTP_OUT_CAP / 2) {
       c->http->blocked = false;
       http_pump(c);
+    } else if (c->state == CState::Ws && c->read_paused && stream->write_queue_size <= (size_t)cfg.max_outbound / 2) {
+      c->read_paused = false;
+      uv_read_start(stream, alloc_cb, conn_read_cb);
     }
   } else {
     Backend* b = (Backend*)stream->data;
@@ -1305,37 +1420,55 @@ void conn_send_bytes(Conn* c, const char* p, size_t n) {
   if (int r = stream_send_bytes((uv_stream_t*)&c->tcp, p, n)) conn_close(c, uv_strerror(r));
 }
 
-// After the queue drains, close (HTTP "Connection: close", WS after close).
-void conn_close_after_flush(Conn* c) {
-  if (c->state == CState::Closed || c->state == CState::Free) return;
-  if (c->tcp.write_queue_size == 0) conn_close(c, "done");
-  else { c->close_after_write = true; uv_read_stop((uv_stream_t*)&c->tcp); }
-}
-
 void conn_closed_cb(uv_handle_t* h) noexcept {
   Conn* c = (Conn*)h->data;
   conn_free_slot(c);
 }
 
-void ws_detach(Conn* c);  // section 9: tell the service, leave rooms
+void ws_detach(Conn* c);  // section 10: tell the service, leave rooms
+void http_free(Conn* c);  // section 9
+
+// What a connection holds besides its socket: its service is told, its
+// rooms left, its Http record and claims freed. Once, at linger or close.
+void conn_release(Conn* c) {
+  if (c->state == CState::Ws) ws_detach(c);
+  if (c->http) http_free(c);
+  free(c->user);
+  c->user = nullptr;
+}
 
 void conn_close(Conn* c, const char* why) {
   if (c->state == CState::Closed || c->state == CState::Free) return;
   LOG_DEBUG("conn %u closed: %s", conn_index(c), why);
-  if (c->state == CState::Ws) ws_detach(c);
-  if (c->http) {
-    if (c->http->pending != NIL) pend_free(c->http->pending);
-    buf_free(&c->http->in);
-    buf_free(&c->http->head);
-    buf_free(&c->http->body);
-    free(c->http);
-    c->http = nullptr;
-    g.http_count--;
-  }
-  free(c->user);
-  c->user = nullptr;
+  if (c->state == CState::Linger) g.linger_count--;
+  else conn_release(c);
   c->state = CState::Closed;
   uv_close((uv_handle_t*)&c->tcp, conn_closed_cb);
+}
+
+void linger_shutdown_cb(uv_shutdown_t* req, int status) noexcept {
+  Conn* c = (Conn*)req->handle->data;
+  free(req);
+  if (status < 0 && c->state == CState::Linger) conn_close(c, uv_strerror(status));
+}
+
+void linger_read_cb(uv_stream_t* st, ssize_t n, const uv_buf_t*) noexcept {
+  if (n < 0) conn_close((Conn*)st->data, "closed after lingering");
+}
+
+// The connection is done (HTTP "Connection: close", an error answer, the
+// WebSocket close handshake): FIN after what is queued, then input is
+// read and dropped until the peer closes too or LINGER_MS pass.
+void conn_close_after_flush(Conn* c) {
+  if (c->state != CState::Http && c->state != CState::Ws) return;
+  if (g.linger_count >= MAX_LINGER) { conn_close(c, "done (no linger slot)"); return; }
+  uv_shutdown_t* req = (uv_shutdown_t*)malloc(sizeof *req);
+  if (!req || uv_shutdown(req, (uv_stream_t*)&c->tcp, linger_shutdown_cb)) { free(req); conn_close(c, "done"); return; }
+  conn_release(c);
+  c->state = CState::Linger;
+  g.linger_count++;
+  c->close_deadline = now_ms() + LINGER_MS;
+  uv_read_start((uv_stream_t*)&c->tcp, alloc_cb, linger_read_cb);
 }
 
 // WebSocket frame header for a server frame (never masked). Returns length.
@@ -1410,23 +1543,6 @@ int ws_inflate(const uint8_t* p, size_t n, size_t limit) {
     }
   }
   return 0;
-}
-
-// Strict UTF-8 (no overlongs, surrogates or code points past U+10FFFF).
-bool utf8_valid(const uint8_t* s, size_t n) {
-  for (size_t i = 0; i < n;) {
-    uint8_t c = s[i];
-    if (c < 0x80) { i++; continue; }
-    size_t len = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc2 ? 2 : 0;
-    if (!len || c > 0xf4 || i + len > n) return false;
-    for (size_t k = 1; k < len; k++) if ((s[i + k] & 0xc0) != 0x80) return false;
-    if (c == 0xe0 && s[i + 1] < 0xa0) return false;               // overlong
-    if (c == 0xed && s[i + 1] >= 0xa0) return false;              // surrogate
-    if (c == 0xf0 && s[i + 1] < 0x90) return false;               // overlong
-    if (c == 0xf4 && s[i + 1] >= 0x90) return false;              // past U+10FFFF
-    i += len;
-  }
-  return true;
 }
 
 // One message for one or many connections: the plain frame and, for
@@ -1688,8 +1804,14 @@ struct UserBlob {
   char data[];            // user_id\0username\0tenant\0role\0role\0...
 };
 
+// Public keys from --jwt-keys, with what a JWKS entry says of each
+// (kid, alg); PEM keys have neither and serve any token of their type.
+constexpr int MAX_KEYS = 32;
+
 struct Keys {
-  mbedtls_pk_context pk[8];
+  mbedtls_pk_context pk[MAX_KEYS];
+  char kid[MAX_KEYS][64];
+  char alg[MAX_KEYS][8];  // RS256 / ES256, or empty: by the key's type
   int n;
 };
 Keys keys;
@@ -1707,9 +1829,12 @@ int b64url_decode(const char* s, size_t n, unsigned char* out, size_t outn) {
 }
 
 // The text of a JSON string token with its escapes decoded (\n, \u00e9,
-// surrogate pairs) into at most `room` bytes of UTF-8; a code point that
-// does not fit is dropped whole. Returns the bytes written, or SIZE_MAX for
-// a malformed escape or an escaped NUL (refused: claims are NUL-separated).
+// surrogate pairs) into at most `room` bytes of UTF-8. Returns the bytes
+// written; JSON_BAD for a malformed escape or an escaped NUL (refused:
+// claims are packed NUL-separated); JSON_LONG when it does not fit (a
+// claim cut short could merge two identities, so it is refused whole).
+constexpr size_t JSON_BAD = SIZE_MAX, JSON_LONG = SIZE_MAX - 1;
+
 size_t json_unescape(Slice s, char* out, size_t room) {
   size_t o = 0;
   auto hex4 = [&](size_t i) -> long {   // exactly four hex digits, else -1
@@ -1735,7 +1860,7 @@ size_t json_unescape(Slice s, char* out, size_t room) {
         case 'f': cp = '\f'; break;
         case 'u': {
           long v = hex4(i);
-          if (v <= 0) return SIZE_MAX;   // malformed, or \u0000: a NUL would split the packed claims
+          if (v <= 0) return JSON_BAD;   // malformed, or \u0000
           i += 4;
           cp = (uint32_t)v;
           if (cp >= 0xd800 && cp < 0xdc00 && i + 6 <= s.n && s.p[i] == '\\' && s.p[i + 1] == 'u') {
@@ -1753,21 +1878,13 @@ size_t json_unescape(Slice s, char* out, size_t room) {
       else if (n == 2) { u[0] = (char)(0xc0 | cp >> 6); u[1] = (char)(0x80 | (cp & 0x3f)); }
       else if (n == 3) { u[0] = (char)(0xe0 | cp >> 12); u[1] = (char)(0x80 | ((cp >> 6) & 0x3f)); u[2] = (char)(0x80 | (cp & 0x3f)); }
       else { u[0] = (char)(0xf0 | cp >> 18); u[1] = (char)(0x80 | ((cp >> 12) & 0x3f)); u[2] = (char)(0x80 | ((cp >> 6) & 0x3f)); u[3] = (char)(0x80 | (cp & 0x3f)); }
-      if (o + n > room) break;
+      if (o + n > room) return JSON_LONG;
       memcpy(out + o, u, n);
       o += n;
       continue;
     }
-    if (o + 1 > room) break;
+    if (o + 1 > room) return JSON_LONG;
     out[o++] = ch;
-  }
-  // Cut short in the middle of a multi-byte character: drop its start too.
-  size_t k = o;
-  while (k > 0 && ((unsigned char)out[k - 1] & 0xc0) == 0x80) k--;
-  if (k > 0 && (unsigned char)out[k - 1] >= 0xc0) {
-    unsigned char lead = (unsigned char)out[k - 1];
-    size_t want = lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : 2;
-    if (o - (k - 1) < want) o = k - 1;
   }
   return o;
 }
@@ -1777,36 +1894,49 @@ bool tok_eq(const char* js, const jsmntok_t& t, const char* s) {
   return t.type == JSMN_STRING && (size_t)(t.end - t.start) == n && !memcmp(js + t.start, s, n);
 }
 
-// One JWKS key ({"kty":"RSA","n","e"} or {"kty":"EC","crv":"P-256","x","y"})
-// at token i of js into keys.pk[keys.n].
-bool jwk_load(const char* js, const jsmntok_t* t, int k, int i) {
-  Slice kty{}, n{}, e{}, crv{}, x{}, y{};
+Slice tok_slice(const char* js, const jsmntok_t& t) { return Slice{js + t.start, (size_t)(t.end - t.start)}; }
+
+// One JWK (RFC 7517): {"kty":"RSA","n","e"} or {"kty":"EC","crv":"P-256",
+// "x","y"}, with optional kid, alg and use, at token i of js. A key meant
+// for something else ("use" other than "sig", another kty or curve) is
+// skipped with a warning; a malformed one fails with *why.
+bool jwk_load(const char* js, const jsmntok_t* t, int k, int i, const char** why) {
+  Slice kty{}, n{}, e{}, crv{}, x{}, y{}, kid{}, alg{}, use{};
   for (int j = i + 1, f = 0; f < t[i].size && j + 1 < k; f++, j = json_skip(t, k, j + 1)) {
-    Slice v{js + t[j + 1].start, (size_t)(t[j + 1].end - t[j + 1].start)};
-    if (tok_eq(js, t[j], "kty")) kty = v;
-    else if (tok_eq(js, t[j], "n")) n = v;
-    else if (tok_eq(js, t[j], "e")) e = v;
-    else if (tok_eq(js, t[j], "crv")) crv = v;
-    else if (tok_eq(js, t[j], "x")) x = v;
-    else if (tok_eq(js, t[j], "y")) y = v;
+    if (t[j + 1].type != JSMN_STRING) continue;
+    Slice v = tok_slice(js, t[j + 1]);
+    Slice* dst = tok_eq(js, t[j], "kty") ? &kty : tok_eq(js, t[j], "n") ? &n : tok_eq(js, t[j], "e") ? &e : tok_eq(js, t[j], "crv") ? &crv
+               : tok_eq(js, t[j], "x") ? &x : tok_eq(js, t[j], "y") ? &y : tok_eq(js, t[j], "kid") ? &kid : tok_eq(js, t[j], "alg") ? &alg
+               : tok_eq(js, t[j], "use") ? &use : nullptr;
+    if (dst) *dst = v;
   }
+  auto is = [](Slice s, const char* lit) { return s.n == strlen(lit) && !memcmp(s.p, lit, s.n); };
+  if (use.p && !is(use, "sig")) { LOG_WARN("jwt-keys: key '%.*s' is for \"%.*s\", not signatures: skipped", (int)kid.n, kid.p, (int)use.n, use.p); return true; }
+  bool rsa = is(kty, "RSA"), ec = is(kty, "EC") && is(crv, "P-256");
+  if (!rsa && !ec) { LOG_WARN("jwt-keys: key '%.*s' (kty %.*s) is not RSA or EC P-256: skipped", (int)kid.n, kid.p, (int)kty.n, kty.p); return true; }
+  if (alg.p && !is(alg, rsa ? "RS256" : "ES256")) { LOG_WARN("jwt-keys: key '%.*s' has alg %.*s, which linkd does not verify: skipped", (int)kid.n, kid.p, (int)alg.n, alg.p); return true; }
+  if (kid.n >= sizeof keys.kid[0]) { *why = "kid longer than 63 bytes"; return false; }
+  if (keys.n == MAX_KEYS) { *why = "more than 32 usable keys"; return false; }
   static unsigned char nb[1024], eb[16], xb[66], yb[66];
   mbedtls_pk_context* pk = &keys.pk[keys.n];
   mbedtls_pk_init(pk);
-  if (kty.n == 3 && !memcmp(kty.p, "RSA", 3)) {
+  bool ok;
+  if (rsa) {
     int nl = b64url_decode(n.p, n.n, nb, sizeof nb), el = b64url_decode(e.p, e.n, eb, sizeof eb);
-    if (nl <= 0 || el <= 0 || mbedtls_pk_setup(pk, mbedtls_pk_info_from_type(MBEDTLS_PK_RSA))) return false;
-    mbedtls_rsa_context* rsa = mbedtls_pk_rsa(*pk);
-    if (mbedtls_rsa_import_raw(rsa, nb, (size_t)nl, nullptr, 0, nullptr, 0, nullptr, 0, eb, (size_t)el) || mbedtls_rsa_complete(rsa)) return false;
-  } else if (kty.n == 2 && !memcmp(kty.p, "EC", 2) && crv.n == 5 && !memcmp(crv.p, "P-256", 5)) {
-    int xl = b64url_decode(x.p, x.n, xb, sizeof xb), yl = b64url_decode(y.p, y.n, yb, sizeof yb);
-    if (xl != 32 || yl != 32 || mbedtls_pk_setup(pk, mbedtls_pk_info_from_type(MBEDTLS_PK_ECKEY))) return false;
-    mbedtls_ecp_keypair* kp = mbedtls_pk_ec(*pk);
-    if (mbedtls_ecp_group_load(&kp->grp, MBEDTLS_ECP_DP_SECP256R1) || mbedtls_mpi_read_binary(&kp->Q.X, xb, 32) ||
-        mbedtls_mpi_read_binary(&kp->Q.Y, yb, 32) || mbedtls_mpi_lset(&kp->Q.Z, 1) || mbedtls_ecp_check_pubkey(&kp->grp, &kp->Q)) return false;
+    ok = nl > 0 && el > 0 && !mbedtls_pk_setup(pk, mbedtls_pk_info_from_type(MBEDTLS_PK_RSA));
+    mbedtls_rsa_context* r = ok ? mbedtls_pk_rsa(*pk) : nullptr;
+    ok = ok && !mbedtls_rsa_import_raw(r, nb, (size_t)nl, nullptr, 0, nullptr, 0, nullptr, 0, eb, (size_t)el) && !mbedtls_rsa_complete(r) &&
+         mbedtls_rsa_get_len(r) >= 256;   // RSA under 2048 bits is refused
   } else {
-    return true;   // other key types are not ours to use: skipped
+    int xl = b64url_decode(x.p, x.n, xb, sizeof xb), yl = b64url_decode(y.p, y.n, yb, sizeof yb);
+    ok = xl == 32 && yl == 32 && !mbedtls_pk_setup(pk, mbedtls_pk_info_from_type(MBEDTLS_PK_ECKEY));
+    mbedtls_ecp_keypair* kp = ok ? mbedtls_pk_ec(*pk) : nullptr;
+    ok = ok && !mbedtls_ecp_group_load(&kp->grp, MBEDTLS_ECP_DP_SECP256R1) && !mbedtls_mpi_read_binary(&kp->Q.X, xb, 32) &&
+         !mbedtls_mpi_read_binary(&kp->Q.Y, yb, 32) && !mbedtls_mpi_lset(&kp->Q.Z, 1) && !mbedtls_ecp_check_pubkey(&kp->grp, &kp->Q);
   }
+  if (!ok) { mbedtls_pk_free(pk); *why = rsa ? "RSA key does not load (n, e; 2048 bits at least)" : "EC key does not load (x, y on P-256)"; return false; }
+  snprintf(keys.kid[keys.n], sizeof keys.kid[0], "%.*s", (int)kid.n, kid.p);
+  snprintf(keys.alg[keys.n], sizeof keys.alg[0], "%s", rsa ? "RS256" : "ES256");
   keys.n++;
   return true;
 }
@@ -1815,37 +1945,46 @@ bool jwk_load(const char* js, const jsmntok_t* t, int k, int i) {
 bool keys_load(char* err, size_t errn) {
   if (!*cfg.jwt_keys) return true;
   FILE* f = fopen(cfg.jwt_keys, "r");
-  if (!f) { snprintf(err, errn, "jwt-keys: cannot open %s", cfg.jwt_keys); return false; }
-  static char text[64 * 1024];
+  if (!f) { snprintf(err, errn, "jwt-keys: cannot open %s: %s", cfg.jwt_keys, strerror(errno)); return false; }
+  static char text[256 * 1024];
   size_t n = fread(text, 1, sizeof text - 1, f);
+  bool more = fgetc(f) != EOF;
   fclose(f);
+  if (more) { snprintf(err, errn, "jwt-keys: %s is over %zu KiB", cfg.jwt_keys, sizeof text / 1024); return false; }
   text[n] = 0;
   const char* p0 = text;
   while (*p0 == ' ' || *p0 == '\n' || *p0 == '\r' || *p0 == '\t') p0++;
   if (*p0 == '{') {
-    static jsmntok_t t[2048];
+    static jsmntok_t t[8192];
     jsmn_parser jp;
     jsmn_init(&jp);
-    int k = jsmn_parse(&jp, text, n, t, 2048);
-    if (k < 1 || t[0].type != JSMN_OBJECT) { snprintf(err, errn, "jwt-keys: %s is not a JWKS JSON object", cfg.jwt_keys); return false; }
+    int k = json_valid(text, n) ? jsmn_parse(&jp, text, n, t, 8192) : -1;
+    if (k < 1 || t[0].type != JSMN_OBJECT) { snprintf(err, errn, "jwt-keys: %s is not a JWKS document (JSON object with \"keys\")", cfg.jwt_keys); return false; }
+    bool has_keys = false;
     for (int i = 1; i + 1 < k; i = json_skip(t, k, i + 1)) {
       if (!tok_eq(text, t[i], "keys") || t[i + 1].type != JSMN_ARRAY) continue;
-      for (int j = i + 2, m = 0; m < t[i + 1].size && j < k && keys.n < 8; m++, j = json_skip(t, k, j))
-        if (t[j].type != JSMN_OBJECT || !jwk_load(text, t, k, j)) { snprintf(err, errn, "jwt-keys: key %d in %s is not a valid JWK", m + 1, cfg.jwt_keys); return false; }
+      has_keys = true;
+      for (int j = i + 2, m = 0; m < t[i + 1].size && j < k; m++, j = json_skip(t, k, j)) {
+        const char* why = "not a JSON object";
+        if (t[j].type != JSMN_OBJECT || !jwk_load(text, t, k, j, &why)) { snprintf(err, errn, "jwt-keys: key %d in %s: %s", m + 1, cfg.jwt_keys, why); return false; }
+      }
     }
+    if (!has_keys) { snprintf(err, errn, "jwt-keys: %s has no \"keys\" array", cfg.jwt_keys); return false; }
   } else {
     const char* begin = "-----BEGIN PUBLIC KEY-----";
     const char* end = "-----END PUBLIC KEY-----";
-    for (char* p = strstr(text, begin); p && keys.n < 8; p = strstr(p, begin)) {
+    for (char* p = strstr(text, begin); p; p = strstr(p, begin)) {
       char* e = strstr(p, end);
       if (!e) break;
+      if (keys.n == MAX_KEYS) { snprintf(err, errn, "jwt-keys: more than %d keys in %s", MAX_KEYS, cfg.jwt_keys); return false; }
       e += strlen(end);
       char saved = *e;
       *e = 0;
       mbedtls_pk_init(&keys.pk[keys.n]);
       int r = mbedtls_pk_parse_public_key(&keys.pk[keys.n], (const unsigned char*)p, (size_t)(e - p) + 1);
       *e = saved;
-      if (r) { snprintf(err, errn, "jwt-keys: key %d in %s does not parse (mbedtls -0x%04x)", keys.n + 1, cfg.jwt_keys, -r); return false; }
+      if (r) { mbedtls_pk_free(&keys.pk[keys.n]); snprintf(err, errn, "jwt-keys: key %d in %s does not parse (mbedtls -0x%04x)", keys.n + 1, cfg.jwt_keys, -r); return false; }
+      keys.kid[keys.n][0] = keys.alg[keys.n][0] = 0;
       keys.n++;
       p = e;
     }
@@ -1854,7 +1993,14 @@ bool keys_load(char* err, size_t errn) {
   return true;
 }
 
-bool sig_verify(const char* alg, const unsigned char* signed_part, size_t sn, const unsigned char* sig, int sl) {
+void keys_free() {
+  for (int i = 0; i < keys.n; i++) mbedtls_pk_free(&keys.pk[i]);
+  keys.n = 0;
+}
+
+// kid: the token's "kid", or empty. A token naming a kid is checked against
+// that key only.
+bool sig_verify(const char* alg, const char* kid, const unsigned char* signed_part, size_t sn, const unsigned char* sig, int sl) {
   if (!strcmp(alg, "HS256")) {
     if (!*cfg.jwt_secret) return false;
     unsigned char mac[32];
@@ -1867,6 +2013,8 @@ bool sig_verify(const char* alg, const unsigned char* signed_part, size_t sn, co
   unsigned char hash[32];
   mbedtls_sha256_ret(signed_part, sn, hash, 0);
   for (int k = 0; k < keys.n; k++) {
+    if (*kid && strcmp(kid, keys.kid[k])) continue;
+    if (*keys.alg[k] && strcmp(alg, keys.alg[k])) continue;
     mbedtls_pk_type_t t = mbedtls_pk_get_type(&keys.pk[k]);
     if (!strcmp(alg, "RS256") && t == MBEDTLS_PK_RSA) {
       if (mbedtls_pk_verify(&keys.pk[k], MBEDTLS_MD_SHA256, hash, 32, sig, (size_t)sl) == 0) return true;
@@ -1886,6 +2034,25 @@ bool sig_verify(const char* alg, const unsigned char* signed_part, size_t sn, co
   return false;
 }
 
+// The members of a JSON object (token 0) this code reads, each at most once:
+// a repeated member is ambiguous (which one did the issuer mean?) and refused.
+struct Members {
+  const char* const* names;
+  int n;
+  int at[8];              // token index of each name's value, or -1
+};
+
+bool members_find(const char* js, const jsmntok_t* t, int k, Members* m) {
+  for (int q = 0; q < m->n; q++) m->at[q] = -1;
+  for (int i = 1; i + 1 < k; i = json_skip(t, k, i + 1))
+    for (int q = 0; q < m->n; q++)
+      if (tok_eq(js, t[i], m->names[q])) {
+        if (m->at[q] >= 0) return false;
+        m->at[q] = i + 1;
+      }
+  return true;
+}
+
 // Verifies a token and packs its claims. Null with *why set when invalid.
 UserBlob* jwt_verify(const char* tok, size_t n, const char** why) {
   const char* d1 = (const char*)memchr(tok, '.', n);
@@ -1899,53 +2066,69 @@ UserBlob* jwt_verify(const char* tok, size_t n, const char** why) {
   jsmntok_t t[128];
   jsmn_parser jp;
   jsmn_init(&jp);
-  int k = jsmn_parse(&jp, (const char*)head, (size_t)hl, t, 128);
-  if (k < 1 || t[0].type != JSMN_OBJECT) { *why = "token header is not JSON"; return nullptr; }
-  char alg[16] = "";
-  for (int i = 1; i + 1 < k; i = json_skip(t, k, i + 1))
-    if (tok_eq((const char*)head, t[i], "alg") && t[i + 1].type == JSMN_STRING)
-      snprintf(alg, sizeof alg, "%.*s", t[i + 1].end - t[i + 1].start, head + t[i + 1].start);
+  int k = json_valid((const char*)head, (size_t)hl) ? jsmn_parse(&jp, (const char*)head, (size_t)hl, t, 128) : -1;
+  static const char* const head_names[] = {"alg", "kid", "crit"};
+  Members hm{head_names, 3, {}};
+  if (k < 1 || t[0].type != JSMN_OBJECT || !members_find((const char*)head, t, k, &hm)) { *why = "token header is not a JSON object"; return nullptr; }
+  if (hm.at[2] >= 0) { *why = "token has critical extensions linkd does not know"; return nullptr; }   // RFC 7515 §4.1.11
+  char alg[16] = "", kid[64] = "";
+  if (hm.at[0] >= 0 && t[hm.at[0]].type == JSMN_STRING)
+    snprintf(alg, sizeof alg, "%.*s", t[hm.at[0]].end - t[hm.at[0]].start, head + t[hm.at[0]].start);
   if (strcmp(alg, "HS256") && strcmp(alg, "RS256") && strcmp(alg, "ES256")) { *why = "token algorithm refused"; return nullptr; }
-  if (!sig_verify(alg, (const unsigned char*)tok, (size_t)(d2 - tok), sig, sl)) { *why = "token signature invalid"; return nullptr; }
-  jsmn_init(&jp);
-  k = jsmn_parse(&jp, (const char*)body, (size_t)bl, t, 128);
-  if (k < 1 || t[0].type != JSMN_OBJECT || !utf8_valid(body, (size_t)bl)) { *why = "token claims are not JSON in UTF-8"; return nullptr; }
-  const char* js = (const char*)body;
-  Slice sub{}, name{}, tenant{};
-  int roles_at = -1;
-  double now = (double)wall_ms() / 1000.0;
-  for (int i = 1; i + 1 < k; i = json_skip(t, k, i + 1)) {
-    const jsmntok_t& v = t[i + 1];
-    Slice val{js + v.start, (size_t)(v.end - v.start)};
-    if (tok_eq(js, t[i], "exp") || tok_eq(js, t[i], "nbf")) {
-      if (v.type != JSMN_PRIMITIVE) { *why = "token exp/nbf is not a number"; return nullptr; }
-      double at = strtod(val.p, nullptr);   // stops at the ',' or '}' after the number
-      if (tok_eq(js, t[i], "exp") && now >= at) { *why = "token expired"; return nullptr; }
-      if (tok_eq(js, t[i], "nbf") && now < at) { *why = "token not valid yet"; return nullptr; }
-    } else if (tok_eq(js, t[i], "sub") && v.type == JSMN_STRING) sub = val;
-    else if ((tok_eq(js, t[i], "preferred_username") || (tok_eq(js, t[i], "username") && !name.p)) && v.type == JSMN_STRING) name = val;
-    else if (tok_eq(js, t[i], "tenant_id") && v.type == JSMN_STRING) tenant = val;
-    else if (tok_eq(js, t[i], "roles") && v.type == JSMN_ARRAY) roles_at = i + 1;
+  if (hm.at[1] >= 0) {
+    const jsmntok_t& kt = t[hm.at[1]];
+    if (kt.type != JSMN_STRING || kt.end - kt.start >= (int)sizeof kid) { *why = "token kid is not a short string"; return nullptr; }
+    snprintf(kid, sizeof kid, "%.*s", kt.end - kt.start, head + kt.start);
   }
-  if (!sub.p) { *why = "token has no sub"; return nullptr; }
-  char packed[2048];
+  if (!sig_verify(alg, kid, (const unsigned char*)tok, (size_t)(d2 - tok), sig, sl)) { *why = "token signature invalid"; return nullptr; }
+  const char* js = (const char*)body;
+  jsmn_init(&jp);
+  k = json_valid(js, (size_t)bl) ? jsmn_parse(&jp, js, (size_t)bl, t, 128) : -1;
+  static const char* const claim_names[] = {"exp", "nbf", "sub", "preferred_username", "username", "tenant_id", "roles"};
+  Members cm{claim_names, 7, {}};
+  if (k < 1 || t[0].type != JSMN_OBJECT) { *why = "token claims are not one JSON object in UTF-8"; return nullptr; }
+  if (!members_find(js, t, k, &cm)) { *why = "token repeats a claim"; return nullptr; }
+  double now = (double)wall_ms() / 1000.0;
+  for (int q = 0; q < 2; q++) {
+    if (cm.at[q] < 0) continue;
+    const jsmntok_t& v = t[cm.at[q]];
+    char c0 = js[v.start];
+    if (v.type != JSMN_PRIMITIVE || (c0 != '-' && (c0 < '0' || c0 > '9'))) { *why = "token exp/nbf is not a number"; return nullptr; }
+    double at = strtod(js + v.start, nullptr);   // a JSON number (json_valid); stops at the ',' or '}' after it
+    if (q == 0 && now >= at) { *why = "token expired"; return nullptr; }
+    if (q == 1 && now < at) { *why = "token not valid yet"; return nullptr; }
+  }
+  auto str_claim = [&](int q) { return cm.at[q] >= 0 && t[cm.at[q]].type == JSMN_STRING ? tok_slice(js, t[cm.at[q]]) : Slice{}; };
+  for (int q = 2; q < 6; q++)
+    if (cm.at[q] >= 0 && t[cm.at[q]].type != JSMN_STRING) { *why = "token sub/username/tenant_id is not a string"; return nullptr; }
+  Slice sub = str_claim(2), name = str_claim(3).p ? str_claim(3) : str_claim(4), tenant = str_claim(5);
+  if (!sub.p || !sub.n) { *why = "token has no sub"; return nullptr; }
+  int roles_at = cm.at[6];
+  if (roles_at >= 0 && t[roles_at].type != JSMN_ARRAY) { *why = "token roles is not an array"; return nullptr; }
+  if (roles_at >= 0 && t[roles_at].size > 16) { *why = "token has more than 16 roles"; return nullptr; }
+  // Packed as user_id\0username\0tenant\0role\0...; each must fit the
+  // protocol's UserContext (127 bytes, roles 63) whole.
+  char packed[3 * 128 + 16 * 64];
   size_t len = 0;
   uint8_t nroles = 0;
-  bool bad_escape = false;
-  auto put = [&](Slice s, size_t max) {
-    size_t room = std::min(max - 1, sizeof packed - len - 1);
-    size_t w = json_unescape(s, packed + len, room);
-    if (w == SIZE_MAX) { bad_escape = true; w = 0; }
+  const char* bad = nullptr;
+  auto put = [&](Slice v, size_t max, const char* what) {
+    size_t w = json_unescape(v, packed + len, max - 1);
+    if (w == JSON_BAD) { bad = "token claims have a malformed or NUL escape"; w = 0; }
+    else if (w == JSON_LONG) { bad = what; w = 0; }
     len += w;
     packed[len++] = 0;
   };
-  put(sub, 128);
-  put(name, 128);
-  put(tenant, 128);
+  put(sub, 128, "token sub is over 127 bytes");
+  put(name, 128, "token username is over 127 bytes");
+  put(tenant, 128, "token tenant_id is over 127 bytes");
   if (roles_at >= 0)
-    for (int i = roles_at + 1, r = 0; r < t[roles_at].size && i < k && nroles < 16 && len < sizeof packed - 80; r++, i = json_skip(t, k, i))
-      if (t[i].type == JSMN_STRING) { put(Slice{js + t[i].start, (size_t)(t[i].end - t[i].start)}, 64); nroles++; }
-  if (bad_escape) { *why = "token claims have a malformed or NUL escape"; return nullptr; }
+    for (int i = roles_at + 1, r = 0; r < t[roles_at].size && i < k; r++, i = json_skip(t, k, i)) {
+      if (t[i].type != JSMN_STRING) { *why = "token roles must be strings"; return nullptr; }
+      put(tok_slice(js, t[i]), 64, "token has a role over 63 bytes");
+      nroles++;
+    }
+  if (bad) { *why = bad; return nullptr; }
   UserBlob* u = (UserBlob*)malloc(sizeof(UserBlob) + len);
   if (!u) { *why = "out of memory"; return nullptr; }
   u->nroles = nroles;
@@ -2106,11 +2289,12 @@ void conn_remote(const Conn* c, char* out, size_t n) {
   snprintf(out, n, c->family == 6 ? "[%s]:%u" : "%s:%u", ip, c->port);
 }
 
-void command_result(Backend* b, uint64_t op_id, const char* type, const char* msg, int code) {
+void command_result(Backend* b, uint64_t op_id, const char* type, const char* msg, int code, uint32_t delivered = 0) {
   if (!op_id) return;
   linkd_CommandResult r = {};
   r.op_id = op_id;
   r.ok = type == nullptr;
+  r.delivered = delivered;
   if (type) {
     r.has_error = true;
     r.error.code = code;
@@ -2164,10 +2348,18 @@ Backend* conn_backend(Conn* c) {
 
 // --- decoding (service → linkd) ------------------------------------------------
 
+// The frame backend_frame is decoding. A slice must lie in it: nanopb
+// hands a callback field sent with a scalar wire type (varint, fixed32,
+// fixed64) over in a 10-byte buffer on its own stack, gone once the
+// callback returns; such a field is refused (the frame does not decode).
+Slice frame_in;
+
 bool dec_slice(pb_istream_t* s, const pb_field_t*, void** arg) noexcept {
   Slice* sl = (Slice*)*arg;
   sl->p = (const char*)s->state;   // buffer stream: state is the read position
   sl->n = s->bytes_left;
+  uintptr_t at = (uintptr_t)sl->p, lo = (uintptr_t)frame_in.p;
+  if (at < lo || at - lo > frame_in.n || sl->n > frame_in.n - (at - lo)) return false;
   return pb_read(s, nullptr, s->bytes_left);
 }
 
@@ -2541,6 +2733,7 @@ void on_heartbeat(Backend* b, pb_istream_t* s) {
 // member present (normally exactly one).
 void backend_frame(Backend* b, const uint8_t* p, size_t n) {
   g.svc_frames_in++;
+  frame_in = Slice{(const char*)p, n};
   pb_istream_t s = pb_istream_from_buffer(p, n);
   while (s.bytes_left && b->state != BState::Closed && !b->close_why) {
     pb_wire_type_t wt;
@@ -3008,6 +3201,13 @@ void http_respond(Conn* c, unsigned status, const char* headers, size_t headers_
   if (c->state != CState::Http) return;
   h->complete = false;
   h->since = now_ms();
+  // The request is done: an idle keep-alive connection holds no head, and
+  // no big body buffer.
+  h->head.len = h->body.len = 0;
+  h->nhdrs = 0;
+  h->url_len = 0;
+  if (h->body.cap > 16 * 1024) buf_free(&h->body);
+  if (h->head.cap > 16 * 1024) buf_free(&h->head);
   if (!keep) { conn_close_after_flush(c); return; }
   // A request that asked for another protocol (h2c, ...) was answered as
   // plain HTTP: the connection goes on as HTTP/1.1.
@@ -3149,7 +3349,7 @@ bool http_scan_head(Http* h) {
 void http_pump(Conn* c) {
   Http* h = c->http;
   h->pumping = true;
-  while (c->state == CState::Http && h == c->http && !h->complete && h->in.len && !c->close_after_write) {
+  while (c->state == CState::Http && h == c->http && !h->complete && h->in.len) {
     if (c->tcp.write_queue_size > HTTP_OUT_CAP) { h->blocked = true; break; }   // resumed by write_done_cb
     if (!http_scan_head(h)) {
       h->in.len = 0;
@@ -3188,7 +3388,7 @@ void http_pump(Conn* c) {
     h->pumping = false;
     if (h->eof && !h->complete) { conn_close_after_flush(c); return; }
   }
-  if (c->state == CState::Http && c->http && !c->http->complete && !c->close_after_write) {
+  if (c->state == CState::Http && c->http && !c->http->complete) {
     if (c->http->blocked) uv_read_stop((uv_stream_t*)&c->tcp);
     else uv_read_start((uv_stream_t*)&c->tcp, alloc_cb, conn_read_cb);
   }
@@ -3215,24 +3415,34 @@ ssize_t on_ws_recv(wslay_event_context_ptr ctx, uint8_t* buf, size_t len, int, v
   return (ssize_t)n;
 }
 
+// What wslay writes (pongs, close frames) is gathered in g.wsout and
+// written once per ws_flush: a burst of pings costs one write, not one
+// queued request per pong, and counts against --max-outbound like data.
 ssize_t on_ws_send(wslay_event_context_ptr ctx, const uint8_t* data, size_t len, int, void*) noexcept {
-  Conn* c = g.cur;
-  if (c->state != CState::Ws) { wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE); return -1; }
-  Shared* s = shared_new(len);
-  memcpy(s->data, data, len);
-  int r = stream_send((uv_stream_t*)&c->tcp, s);   // control frames bypass the outbound cap
-  shared_unref(s);
-  if (r) { wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE); return -1; }
+  if (g.cur->state != CState::Ws) { wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE); return -1; }
+  buf_put(&g.wsout, data, len);
   return (ssize_t)len;
 }
 
-void on_ws_frame_start(wslay_event_context_ptr, const wslay_event_on_frame_recv_start_arg* a, void*) noexcept {
+bool ws_close(Conn* c, uint16_t code, const char* reason);
+
+// Fragments one message may have: wslay keeps a chunk per fragment, so a
+// message of many tiny fragments costs far more than its bytes. At least
+// 512 bytes per fragment on average, or 64 fragments, whichever is more.
+uint32_t ws_frames_max(const Conn* c) { return std::min<uint32_t>(65535, std::max<uint32_t>(64, g.groups[c->group].ws_max_msg / 512)); }
+
+void on_ws_frame_start(wslay_event_context_ptr ctx, const wslay_event_on_frame_recv_start_arg* a, void*) noexcept {
   Conn* c = g.cur;
   uint64_t n = a->payload_length;
   c->ws_framed += 2 + 4 + (n < 126 ? 0 : n < 65536 ? 2 : 8) + n;   // client frames are masked
   c->frame_open = true;
   if (a->opcode == WSLAY_TEXT_FRAME || a->opcode == WSLAY_BINARY_FRAME || a->opcode == WSLAY_CONTINUATION_FRAME)
     c->msg_open = !a->fin;
+  if (a->opcode == WSLAY_TEXT_FRAME || a->opcode == WSLAY_BINARY_FRAME) c->msg_frames = 1;
+  else if (a->opcode == WSLAY_CONTINUATION_FRAME && ++c->msg_frames > ws_frames_max(c)) {
+    wslay_event_shutdown_read(ctx);   // wslay stops parsing (and buffering) this input at once
+    ws_close(c, 1009, "message in too many fragments");
+  }
 }
 
 void on_ws_frame_end(wslay_event_context_ptr, void*) noexcept { g.cur->frame_open = false; }
@@ -3286,8 +3496,14 @@ void ws_flush(Conn* c) {
   if (!c->ws || c->state != CState::Ws) return;
   if (g.recv_conn == c) return;   // ws_feed flushes once wslay_event_recv returns
   CurScope scope(c);
+  g.wsout.len = 0;
   if (wslay_event_want_write(c->ws) && wslay_event_send(c->ws)) { conn_close(c, "write failed"); return; }
   if (c->state != CState::Ws) return;
+  if (g.wsout.len) {
+    int r = stream_send_bytes((uv_stream_t*)&c->tcp, g.wsout.p, g.wsout.len);
+    if (g.wsout.cap > 64 * 1024) buf_free(&g.wsout);
+    if (r) { conn_close(c, uv_strerror(r)); return; }
+  }
   if (!wslay_event_want_read(c->ws) && !wslay_event_want_write(c->ws)) { conn_close_after_flush(c); return; }
   if (wslay_event_get_close_sent(c->ws) || wslay_event_get_close_received(c->ws)) {
     c->ws_closing = true;
@@ -3370,59 +3586,6 @@ bool rate_take(Conn* c) {
   return true;
 }
 
-// One JSON value and nothing but white space after it. jsmn checks the
-// structure; primitives are checked here (jsmn only looks at their first
-// character). Values with more tokens than the shared array are checked
-// for structure only.
-bool json_primitive_ok(const char* s, size_t len) {
-  if ((len == 4 && !memcmp(s, "true", 4)) || (len == 5 && !memcmp(s, "false", 5)) || (len == 4 && !memcmp(s, "null", 4))) return true;
-  char num[64];
-  if (len == 0 || len >= sizeof num) return false;
-  memcpy(num, s, len);
-  num[len] = 0;
-  char* end;
-  strtod(num, &end);
-  return !*end && (num[0] == '-' || (num[0] >= '0' && num[0] <= '9'));
-}
-
-// Primitives inside parsed tokens: jsmn looks only at their first character.
-// Strings: no raw control characters (RFC 8259 wants them escaped).
-// Nesting: at most MAX_JSON_DEPTH, so no recursive parser downstream (a
-// service's, a browser's) is handed a stack bomb through linkd.
-constexpr int MAX_JSON_DEPTH = 128;
-
-bool json_tokens_ok(const char* p, const jsmntok_t* t, int k) {
-  int open_end[MAX_JSON_DEPTH + 1];   // end offsets of the containers we are inside
-  int depth = 0;
-  for (int i = 0; i < k; i++) {
-    while (depth && t[i].start >= open_end[depth - 1]) depth--;
-    if (t[i].type == JSMN_OBJECT || t[i].type == JSMN_ARRAY) {
-      if (depth == MAX_JSON_DEPTH) return false;
-      open_end[depth++] = t[i].end;
-    }
-    if (t[i].type == JSMN_PRIMITIVE && !json_primitive_ok(p + t[i].start, (size_t)(t[i].end - t[i].start))) return false;
-    if (t[i].type == JSMN_STRING)
-      for (int j = t[i].start; j < t[i].end; j++)
-        if ((unsigned char)p[j] < 0x20) return false;
-  }
-  return true;
-}
-
-bool json_valid(const char* p, size_t n) {
-  while (n && strchr(" \t\r\n", p[n - 1])) n--;
-  while (n && strchr(" \t\r\n", *p)) { p++; n--; }
-  if (!n) return false;
-  if (*p != '{' && *p != '[' && *p != '"') return json_primitive_ok(p, n);   // jsmn's strict mode wants a delimiter after a bare primitive
-  jsmn_parser jp;
-  jsmn_init(&jp);
-  int k = jsmn_parse(&jp, p, n, g.toks, g.ntoks);
-  if (k == JSMN_ERROR_NOMEM) {   // more tokens than the shared array: structure only
-    jsmn_init(&jp);
-    return jsmn_parse(&jp, p, n, nullptr, 0) >= 1;
-  }
-  return k >= 1 && (size_t)g.toks[0].end + (g.toks[0].type == JSMN_STRING) == n && json_tokens_ok(p, g.toks, k);
-}
-
 Sent send_inbound(Backend* b, Conn* c, Slice type, Slice payload, Slice corr, bool binary) {
   linkd_WebSocketInbound m = {};
   conn_id(c, m.connection_id, sizeof m.connection_id);
@@ -3455,14 +3618,14 @@ void ws_message(Conn* c, int opcode, const char* msg, size_t len) {
     return;
   }
   if (opcode == WSLAY_BINARY_FRAME) { ws_send_error(c, nullptr, 0, false, "INVALID_MESSAGE", "binary frames are not accepted on this path", 400); return; }
+  // The whole message is checked first; jsmn then finds the fields (a
+  // valid message never has more tokens than g.toks holds: see tables_init).
+  if (!json_valid(msg, len)) { ws_send_error(c, nullptr, 0, false, "INVALID_MESSAGE", "message is not valid JSON", 400); return; }
   jsmn_parser jp;
   jsmn_init(&jp);
   int n = jsmn_parse(&jp, msg, len, g.toks, g.ntoks);
   const jsmntok_t* t = g.toks;
-  // jsmn stops at a NUL byte as if the text ended there: refuse any first.
-  if ((len && memchr(msg, 0, len)) || n < 1 || t[0].type != JSMN_OBJECT || !json_tokens_ok(msg, t, n)) { ws_send_error(c, nullptr, 0, false, "INVALID_MESSAGE", "message is not a JSON object", 400); return; }
-  for (size_t k = (size_t)t[0].end; k < len; k++)
-    if (!strchr(" \t\r\n", msg[k])) { ws_send_error(c, nullptr, 0, false, "INVALID_MESSAGE", "trailing data after the JSON object", 400); return; }
+  if (n < 1 || t[0].type != JSMN_OBJECT) { ws_send_error(c, nullptr, 0, false, "INVALID_MESSAGE", "message is not a JSON object", 400); return; }
   Slice type{}, id{}, data{"null", 4};
   bool id_quoted = false, type_ok = false;
   for (int i = 1, k = 0; k < t[0].size; k++) {
@@ -3662,11 +3825,7 @@ void ws_accept(Conn* c, uint16_t gi) {
   g.http_status[101]++;
   Buf rest = h->in;   // bytes after the request are frames
   h->in = Buf{};
-  buf_free(&h->head);
-  buf_free(&h->body);
-  free(h);
-  c->http = nullptr;
-  g.http_count--;
+  http_free(c);
   c->state = CState::Ws;
   c->counted_ws = true;
   g.ws_count++;
@@ -3718,28 +3877,35 @@ void ws_outbound(Backend* b, const linkd_WebSocketOutbound* m, Slice payload) {
   OutMsg msg{1, payload.p, payload.n, nullptr, nullptr, false};
   if (gr->ws_raw) {
     msg.opcode = m->binary ? 2 : 1;
+    if (!m->binary && !utf8_valid((const uint8_t*)payload.p, payload.n)) {   // a client would close with 1007
+      command_result(b, m->op_id, "BAD_MESSAGE", "a text frame must be UTF-8 (send it as binary)", 400);
+      return;
+    }
   } else {
-    if (!m->event[0]) { command_result(b, m->op_id, "BAD_MESSAGE", "event (envelope type) is empty", 400); return; }
+    size_t en = strlen(m->event);
+    if (!en || !utf8_valid((const uint8_t*)m->event, en)) { command_result(b, m->op_id, "BAD_MESSAGE", "event (envelope type) must be 1-127 bytes of UTF-8", 400); return; }
     if (payload.n && !json_valid(payload.p, payload.n)) {
       LOG_WARN("service '%s' pushed invalid JSON for '%s': dropped", gr->name, m->event);
       command_result(b, m->op_id, "BAD_MESSAGE", "payload is not valid JSON", 400);
       return;
     }
     buf_puts(&e, "{\"type\":\"");
-    buf_json_escape(&e, m->event, strlen(m->event));
+    buf_json_escape(&e, m->event, en);
     buf_puts(&e, "\",\"data\":");
     if (payload.n) buf_put(&e, payload.p, payload.n); else buf_puts(&e, "null");
     buf_puts(&e, "}");
     msg.p = e.p;
     msg.n = e.len;
   }
-  uint32_t serial = g.except_serial;
+  uint32_t serial = g.except_serial, delivered = 0;
   if (m->connection_id[0]) {
     Conn* c = conn_lookup(m->connection_id);
     if (!c || c->group != b->group) command_result(b, m->op_id, "NOT_FOUND", "no such connection", 404);
+    else if (c->except_mark == serial) command_result(b, m->op_id, nullptr, nullptr, 0);
     else {
-      if (c->except_mark != serial) ws_send_msg(c, &msg);
-      command_result(b, m->op_id, nullptr, nullptr, 0);
+      bool closing = c->ws_closing;
+      if (ws_send_msg(c, &msg)) command_result(b, m->op_id, nullptr, nullptr, 0, 1);
+      else command_result(b, m->op_id, "NOT_DELIVERED", closing ? "connection is closing" : "connection over its outbound cap", 410);
     }
   } else if (m->room[0]) {
     size_t rn = strlen(m->room);
@@ -3751,20 +3917,20 @@ void ws_outbound(Backend* b, const linkd_WebSocketOutbound* m, Slice payload) {
     for (uint32_t i = r == NIL ? NIL : g.rooms[r].head; i != NIL;) {
       uint32_t next = g.members[i].rnext;
       Conn* c = &g.conns[g.members[i].conn];
-      if (c->except_mark != serial) { c->except_mark = serial; ws_send_msg(c, &msg); }
+      if (c->except_mark != serial) { c->except_mark = serial; delivered += ws_send_msg(c, &msg); }
       if (next != NIL && g.members[next].room != r) {
         r = room_find(b->group, m->room, rn);
         next = r == NIL ? NIL : g.rooms[r].head;
       }
       i = next;
     }
-    command_result(b, m->op_id, nullptr, nullptr, 0);
+    command_result(b, m->op_id, nullptr, nullptr, 0, delivered);
   } else if (m->broadcast_all) {
     for (uint32_t i = 0; i < g.conn_hw; i++) {
       Conn* c = &g.conns[i];
-      if (c->state == CState::Ws && c->group == b->group && c->except_mark != serial) ws_send_msg(c, &msg);
+      if (c->state == CState::Ws && c->group == b->group && c->except_mark != serial) delivered += ws_send_msg(c, &msg);
     }
-    command_result(b, m->op_id, nullptr, nullptr, 0);
+    command_result(b, m->op_id, nullptr, nullptr, 0, delivered);
   } else {
     command_result(b, m->op_id, "BAD_MESSAGE", "no target: set connection_id, room or broadcast_all", 400);
   }
@@ -3844,6 +4010,8 @@ void housekeeping(uint64_t now) {
       c->missed++;
       c->next_ping = now + g.groups[c->group].ws_heartbeat_ms;
       if (int r = stream_send((uv_stream_t*)&c->tcp, ping)) conn_close(c, uv_strerror(r));
+    } else if (c->state == CState::Linger) {
+      if (now >= c->close_deadline) conn_close(c, "linger deadline");
     } else if (c->state == CState::Http && c->http && !c->http->complete) {
       Http* h = c->http;
       bool partial = h->in.len || llhttp_get_errno(&h->parser) != HPE_OK || h->head.len;
@@ -3989,53 +4157,126 @@ void conn_read_cb(uv_stream_t* st, ssize_t n, const uv_buf_t*) noexcept {
   } else if (c->state == CState::Ws) {
     c->missed = 0;
     ws_feed(c, g.readbuf, (size_t)n);
+    // Output not read by the client is over its cap (pongs to a ping
+    // flood, replies): stop reading until it drains (write_done_cb).
+    if (c->state == CState::Ws && c->tcp.write_queue_size > (size_t)cfg.max_outbound) {
+      c->read_paused = true;
+      uv_read_stop(st);
+    }
   }
+}
+
+// An address's key for the per-address HTTP cap: IPv4, or an IPv6 /64
+// (one host usually holds a whole /64, so it counts as one address).
+size_t tally_key_http(const Conn* c, char* key) {
+  key[0] = 'h';
+  key[1] = (char)c->family;
+  memset(key + 2, 0, 16);
+  memcpy(key + 2, c->addr, c->family == 6 ? 8 : 4);
+  return 18;
+}
+
+// Plain HTTP connections and their per-address tally, held from accept to
+// upgrade or close.
+void http_free(Conn* c) {
+  Http* h = c->http;
+  if (h->pending != NIL) pend_free(h->pending);
+  buf_free(&h->in);
+  buf_free(&h->head);
+  buf_free(&h->body);
+  free(h);
+  c->http = nullptr;
+  g.http_count--;
+  char key[20];
+  tally_sub(key, tally_key_http(c, key));
+}
+
+// When the HTTP table (or an address's share of it) is full, the
+// connection idle the longest (keep-alive, nothing buffered or owed) makes
+// room: holding idle connections must not lock everyone out.
+bool http_evict_idle(const Conn* like) {
+  Conn* victim = nullptr;
+  for (uint32_t i = 0; i < g.conn_hw; i++) {
+    Conn* c = &g.conns[i];
+    if (c->state != CState::Http || !c->http || c == like) continue;
+    const Http* h = c->http;
+    if (h->complete || h->in.len || h->head.len || h->pending != NIL || c->tcp.write_queue_size) continue;
+    if (like && (c->family != like->family || memcmp(c->addr, like->addr, like->family == 6 ? 8 : 4))) continue;
+    if (!victim || h->since < victim->http->since) victim = c;
+  }
+  if (!victim) return false;
+  conn_close(victim, "idle, evicted for a new connection");
+  return true;
+}
+
+void conn_peer(Conn* c) {
+  sockaddr_storage ss;
+  int len = sizeof ss;
+  if (uv_tcp_getpeername(&c->tcp, (sockaddr*)&ss, &len)) return;
+  if (ss.ss_family == AF_INET) {
+    sockaddr_in* a = (sockaddr_in*)&ss;
+    memcpy(c->addr, &a->sin_addr, 4);
+    c->port = ntohs(a->sin_port);
+    c->family = 4;
+  } else if (ss.ss_family == AF_INET6) {
+    sockaddr_in6* a = (sockaddr_in6*)&ss;
+    memcpy(c->addr, &a->sin6_addr, 16);
+    c->port = ntohs(a->sin6_port);
+    c->family = 6;
+  }
+}
+
+// A refusal written straight to a socket linkd will not serve.
+void conn_refuse(uv_stream_t* st, unsigned status, const char* type, const char* msg) {
+  char out[320];
+  char body[160];
+  int bn = snprintf(body, sizeof body, "{\"error\":{\"type\":\"%s\",\"message\":\"%s\"}}", type, msg);
+  int n = snprintf(out, sizeof out, "HTTP/1.1 %u %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+                   status, status_text(status), bn, body);
+  uv_buf_t b = uv_buf_init(out, (unsigned)n);
+  uv_try_write(st, &b, 1);
+  g.http_status[status]++;
 }
 
 void tcp_connection_cb(uv_stream_t* server, int status) noexcept {
   if (status < 0) { LOG_WARN("accept: %s", uv_strerror(status)); return; }
-  Conn* c = g.http_count < (uint32_t)cfg.max_http_connections ? conn_alloc() : nullptr;
+  Conn* c = conn_alloc();
   if (!c) {
-    // Over capacity: accept, say 503, close; the client learns why.
+    // No slot at all (every one is open or closing): accept, say 503, close.
     uv_tcp_t* tmp = (uv_tcp_t*)malloc(sizeof *tmp);
     uv_tcp_init(g.loop, tmp);
-    if (uv_accept(server, (uv_stream_t*)tmp) == 0) {
-      static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 78\r\nConnection: close\r\n\r\n"
-                                 "{\"error\":{\"type\":\"SERVICE_UNAVAILABLE\",\"message\":\"too many open connections\"}}";
-      uv_buf_t b = uv_buf_init((char*)busy, sizeof busy - 1);
-      uv_try_write((uv_stream_t*)tmp, &b, 1);
-      g.http_status[503]++;
-    }
+    if (uv_accept(server, (uv_stream_t*)tmp) == 0) conn_refuse((uv_stream_t*)tmp, 503, "SERVICE_UNAVAILABLE", "too many open connections");
     uv_close((uv_handle_t*)tmp, [](uv_handle_t* h) noexcept { free(h); });
     return;
   }
   uv_tcp_init(g.loop, &c->tcp);
   c->tcp.data = c;
-  Http* h = (Http*)calloc(1, sizeof(Http));
-  if (!h) { c->state = CState::Closed; uv_close((uv_handle_t*)&c->tcp, conn_closed_cb); return; }
+  c->state = CState::Closed;   // until it is counted below: a failure here only closes the socket
+  if (uv_accept(server, (uv_stream_t*)&c->tcp)) { uv_close((uv_handle_t*)&c->tcp, conn_closed_cb); return; }
+  conn_peer(c);
+  char key[20];
+  size_t kn = tally_key_http(c, key);
+  const char* full = nullptr;
+  if (g.http_count >= (uint32_t)cfg.max_http_connections && !http_evict_idle(nullptr)) full = "too many open connections";
+  else if (cfg.max_http_connections_per_ip > 0 && tally_count(key, kn) >= (uint64_t)cfg.max_http_connections_per_ip && !http_evict_idle(c))
+    full = "too many open connections from this address";
+  Http* h = full ? nullptr : (Http*)calloc(1, sizeof(Http));
+  if (!h) {
+    conn_refuse((uv_stream_t*)&c->tcp, full && strstr(full, "address") ? 429 : 503, full && strstr(full, "address") ? "TOO_MANY_REQUESTS" : "SERVICE_UNAVAILABLE",
+                full ? full : "out of memory");
+    uv_close((uv_handle_t*)&c->tcp, conn_closed_cb);
+    return;
+  }
+  c->state = CState::Http;
   c->http = h;
   g.http_count++;
+  tally_add(key, kn);
   llhttp_init(&h->parser, HTTP_REQUEST, &http_settings);
   h->parser.data = c;
   h->pending = NIL;
+  h->route = NIL;
   h->since = now_ms();
-  if (uv_accept(server, (uv_stream_t*)&c->tcp)) { conn_close(c, "accept failed"); return; }
   uv_tcp_nodelay(&c->tcp, 1);
-  sockaddr_storage ss;
-  int len = sizeof ss;
-  if (uv_tcp_getpeername(&c->tcp, (sockaddr*)&ss, &len) == 0) {
-    if (ss.ss_family == AF_INET) {
-      sockaddr_in* a = (sockaddr_in*)&ss;
-      memcpy(c->addr, &a->sin_addr, 4);
-      c->port = ntohs(a->sin_port);
-      c->family = 4;
-    } else if (ss.ss_family == AF_INET6) {
-      sockaddr_in6* a = (sockaddr_in6*)&ss;
-      memcpy(c->addr, &a->sin6_addr, 16);
-      c->port = ntohs(a->sin6_port);
-      c->family = 6;
-    }
-  }
   uv_read_start((uv_stream_t*)&c->tcp, alloc_cb, conn_read_cb);
 }
 
@@ -4344,8 +4585,8 @@ void self_test_jwt() {
   st_check(un == 11 && !memcmp(uname, "Jos\xc3\xa9 \xf0\x9f\x98\x80\n", 11), "JSON string escapes decoded (\\u00e9, surrogate pair, \\n)");
   st_check(json_unescape(Slice{"a\\u0000b", 8}, uname, sizeof uname) == SIZE_MAX &&
            json_unescape(Slice{"\\u+041", 6}, uname, sizeof uname) == SIZE_MAX, "escaped NUL and malformed \\u refused");
-  un = json_unescape(Slice{"ab\\u00e9", 8}, uname, 3);
-  st_check(un == 2, "a character that does not fit is dropped whole");
+  st_check(json_unescape(Slice{"ab\\u00e9", 8}, uname, 3) == JSON_LONG && json_unescape(Slice{"ab\\u00e9", 8}, uname, 4) == 4,
+           "a claim that does not fit is refused whole, never cut");
   const char* none = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ1MSJ9.";
   st_check(!jwt_verify(none, strlen(none), &why) && !strcmp(why, "token algorithm refused"), "alg none refused");
   cfg.jwt_secret[0] = 0;
@@ -4466,6 +4707,7 @@ int main(int argc, char** argv) {
     LOG_ERROR("stopped with state left: ws %u http %u rooms %u memberships %u pending %u", g.ws_count, g.http_count,
               g.room_count, g.member_count, g.pend_count);
   tables_free();
+  keys_free();
   LOG_INFO("stopped");
   return clean ? 0 : 70;
 }
