@@ -108,6 +108,7 @@ struct Config {
   int64_t max_outbound = 1024 * 1024;  // queued bytes per connection
   int64_t outbound_policy = 0;         // 0 close (1008), 1 drop
   int64_t shutdown_timeout = 10000;    // ms
+  int64_t register_timeout = 10000;    // ms: a service link must register within this
 };
 Config cfg;
 
@@ -149,6 +150,7 @@ const Setting settings[] = {
   SETTING_STR("jwt-secret", jwt_secret, "HS256 secret"),
   SETTING_STR("jwt-keys", jwt_keys, "PEM/JWKS file of RS256/ES256 public keys"),
   {"shutdown-timeout", Kind::Duration, &cfg.shutdown_timeout, 0, 3600000, "time to finish in-flight work on SIGTERM"},
+  {"register-timeout", Kind::Duration, &cfg.register_timeout, 100, 3600000, "a service link that has not registered by then is closed"},
 };
 #undef SETTING_STR
 
@@ -705,7 +707,6 @@ constexpr uint64_t HTTP_IDLE_MS = 60000;      // keep-alive connection idle limi
 constexpr uint64_t HTTP_HEAD_MS = 30000;      // whole request must arrive within
 constexpr uint64_t SERVICE_TELL_MS = 2000;    // at stop, a backed-up service's time to read its notice
 constexpr size_t HTTP_OUT_CAP = 256 * 1024;   // unread answers queued before pipelined parsing pauses
-constexpr uint64_t SERVICE_REGISTER_MS = 10000;  // a service link must register within this
 constexpr uint64_t LINGER_MS = 2000;          // a finished connection's time to send its FIN
 constexpr uint32_t MAX_LINGER = 256;          // lingering connections at most (beyond: closed at once)
 constexpr uint32_t CLOSING_SLACK = MAX_LINGER + 64;  // slots for connections lingering or closing
@@ -798,7 +799,7 @@ struct Backend {
   Buf out;                // frames not yet written this loop iteration (owner: this)
   bool dirty;             // listed in g.dirty
   uint32_t max_out;       // largest frame the service reads (RegisterService.max_inbound_frame_bytes)
-  uint64_t opened;        // loop ms of accept: a link must register within SERVICE_REGISTER_MS
+  uint64_t opened;        // loop ms of accept: a link must register within --register-timeout
 };
 
 // A service by name: owns routes and a WebSocket path, and outlives its
@@ -4022,8 +4023,8 @@ void housekeeping(uint64_t now) {
   // A link that never registers would hold its slot (--max-services) forever.
   for (uint32_t i = 0; i < g.nbackends; i++) {
     Backend* b = &g.backends[i];
-    if (b->state == BState::Open && !b->close_why && now - b->opened > SERVICE_REGISTER_MS)
-      backend_close(b, "no RegisterService within 10 s");
+    if (b->state == BState::Open && !b->close_why && now - b->opened > (uint64_t)cfg.register_timeout)
+      backend_close(b, "no RegisterService within --register-timeout");
   }
 }
 
