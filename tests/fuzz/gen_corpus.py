@@ -106,6 +106,7 @@ def http_seeds():
     for name, opt in variants.items():
         seed('http', 'opt-' + name, bytes([opt, 0]) + base.encode())
     seed('http', 'opt-table-full', b'\x00\x01' + base.encode())
+    seed('http', 'opt-slow-reader-pipelined', b'\x00\x08' + (('GET /items/1 HTTP/1.1\r\n' + H + '\r\n') * 12 + 'GET /health HTTP/1.1\r\n' + H + '\r\n').encode())
     seed('http', 'opt-shutdown', b'\x10\x02' + base.encode())
     seed('http', 'opt-time-passes', b'\x05\x04' + base.encode())
     seed('http', 'opt-time-passes-upgrade', b'\x06\x04' + (reqs['ws-upgrade-ok'][1] + '\x89\x80\0\0\0\0').encode('latin-1'))

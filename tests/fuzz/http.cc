@@ -24,6 +24,9 @@
 //   bit 1     linkd stops after the input (shutdown_begin, the deadline)
 //   bit 2     16 s pass after every write (housekeeping: 408 for a request
 //             still incomplete, heartbeats after an upgrade)
+//   bit 3     the client reads nothing until the end (small socket buffers)
+//             and answers carry 32 KiB: unread answers pile up and parsing
+//             of pipelined requests pauses (HTTP_OUT_CAP), then resumes
 // The rest: bytes written to the connection.
 
 #include "fuzz_common.h"
@@ -49,8 +52,9 @@ const fz::RouteSpec gone_routes[] = {
   {nullptr, nullptr, false, nullptr, nullptr},
 };
 
-uint8_t opts;
+uint8_t opts, opts2;
 int answered;
+std::string big_body;     // the 32 KiB answer (byte 1 bit 3)
 
 bool enc_answer_headers(pb_ostream_t* s, const pb_field_t* f, void* const*) noexcept {
   if (!enc_pair(s, f->tag, Slice{"Content-Type", 12}, Slice{"application/json", 16})) return false;
@@ -72,7 +76,8 @@ void answer(size_t svc, uint32_t tag, const uint8_t* p, size_t n) {
   linkd_HttpResponse r = {};
   r.request_id = req.request_id;
   r.status = statuses[(opts >> 5) & 3];
-  Slice body{"{\"ok\":true}", 11};
+  if (big_body.empty()) big_body = "\"" + std::string(32 * 1024 - 2, 'x') + "\"";
+  Slice body = opts2 & 8 ? Slice{big_body.data(), big_body.size()} : Slice{"{\"ok\":true}", 11};
   r.body.funcs.encode = enc_slice;
   r.body.arg = &body;
   r.headers.funcs.encode = enc_answer_headers;
@@ -86,7 +91,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   (void)once;
   if (size < 2) return 0;
   opts = data[0];
-  uint8_t opts2 = data[1];
+  opts2 = data[1];
   answered = 0;
   data += 2;
   size -= 2;
@@ -101,7 +106,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const char health[] = "GET /health HTTP/1.1\r\nHost: fuzz\r\n\r\n";
   if (opts2 & 1)
     for (int i = 0; i < 7; i++) fz::send_bytes(fz::clients[fz::client_open()].fd, health, sizeof health - 1);
-  size_t c = fz::client_open();
+  bool slow = opts2 & 8;
+  size_t c = fz::client_open(slow);
+  fz::read_clients = !slow;
   static const size_t chunks[] = {0, 1, 2, 3, 7, 16, 64, 512};
   size_t step = chunks[opts & 7] ? chunks[opts & 7] : size;
   for (size_t off = 0; off < size;) {
@@ -113,6 +120,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     off += n;
   }
   if (opts & 8) shutdown(fz::clients[c].fd, SHUT_WR);
+  fz::settle();
+  fz::read_clients = true;
   fz::settle();
   if (opts2 & 1) fz::send_bytes(fz::clients[fz::client_open(false, true)].fd, health, sizeof health - 1);
   if (opts2 & 2) fz::stop_linkd();
