@@ -90,7 +90,7 @@ struct Config {
   int64_t log_level = 2;               // 0 error, 1 warn, 2 info, 3 debug
   int64_t max_connections = 10000;     // WebSocket connections
   int64_t max_http_connections = 1024; // plain HTTP connections
-  int64_t max_http_connections_per_ip = 64;  // plain HTTP connections per remote address (0: no cap)
+  int64_t max_http_connections_per_ip = 256; // plain HTTP connections per remote address (0: no cap)
   int64_t max_rooms = 10000;
   int64_t max_memberships = 100000;
   int64_t max_services = 64;           // service links (instances)
@@ -705,6 +705,7 @@ constexpr int CTX_POOL = 32;            // idle wslay contexts kept for reuse
 constexpr uint64_t WS_CLOSE_GRACE_MS = 3000;  // wait for the peer's close frame
 constexpr uint64_t HTTP_IDLE_MS = 60000;      // keep-alive connection idle limit
 constexpr uint64_t HTTP_HEAD_MS = 30000;      // whole request must arrive within
+constexpr uint64_t HTTP_QUIET_MS = 2000;      // a new connection silent this long counts as idle (eviction)
 constexpr uint64_t SERVICE_TELL_MS = 2000;    // at stop, a backed-up service's time to read its notice
 constexpr size_t HTTP_OUT_CAP = 256 * 1024;   // unread answers queued before pipelined parsing pauses
 constexpr uint64_t LINGER_MS = 2000;          // a finished connection's time to send its FIN
@@ -737,6 +738,7 @@ struct Http {
   bool eof;               // the client half-closed: answer what is buffered, then close
   bool blocked;           // answers not read by the client pile up: parsing paused
   bool send_continue;     // Expect: 100-continue accepted: write "100 Continue" after this parse
+  bool served;            // at least one request answered (an idle connection is then keep-alive)
   uint8_t hscan;          // http_scan_head: 0 before the request line, 1 in a line, 2 line start, 3 CR at line start, 4 head done
   uint32_t scanned;       // bytes of `in` http_scan_head has looked at
   int refuse;             // status decided while parsing (413, 431, 505, 417, ...), else 0 (400)
@@ -3201,6 +3203,7 @@ void http_respond(Conn* c, unsigned status, const char* headers, size_t headers_
   buf_free(&out);
   if (c->state != CState::Http) return;
   h->complete = false;
+  h->served = true;
   h->since = now_ms();
   // The request is done: an idle keep-alive connection holds no head, and
   // no big body buffer.
@@ -4193,15 +4196,19 @@ void http_free(Conn* c) {
 }
 
 // When the HTTP table (or an address's share of it) is full, the
-// connection idle the longest (keep-alive, nothing buffered or owed) makes
-// room: holding idle connections must not lock everyone out.
+// connection idle the longest makes room: a keep-alive one between
+// requests, or one that has sent nothing for HTTP_QUIET_MS (a client that
+// connected a moment ago is about to send its request: not idle yet).
+// Holding idle connections must not lock everyone out.
 bool http_evict_idle(const Conn* like) {
   Conn* victim = nullptr;
+  uint64_t now = now_ms();
   for (uint32_t i = 0; i < g.conn_hw; i++) {
     Conn* c = &g.conns[i];
     if (c->state != CState::Http || !c->http || c == like) continue;
     const Http* h = c->http;
     if (h->complete || h->in.len || h->head.len || h->pending != NIL || c->tcp.write_queue_size) continue;
+    if (!h->served && now - h->since < HTTP_QUIET_MS) continue;
     if (like && (c->family != like->family || memcmp(c->addr, like->addr, like->family == 6 ? 8 : 4))) continue;
     if (!victim || h->since < victim->http->since) victim = c;
   }
