@@ -9,7 +9,7 @@ per event on stdout (flushed), for tests to grep:
   EVENT {"type":"CONNECTED","conn":..,"rooms":[..],"user":{..},"close_code":N}
   INBOUND {"conn":..,"type":..,"data":..,"id":..,"binary":b}
   HTTP {"method":..,"path":..,"id":N}
-  RESULT {"op_id":N,"ok":b,"error":..}
+  RESULT {"op_id":N,"ok":b,"error":..,"delivered":N}
   ERROR {"type":..,"message":..}                  an ErrorResponse frame from linkd
   HEARTBEAT {"reply":b}
   SENT-GARBAGE <mode>
@@ -20,7 +20,9 @@ per event on stdout (flushed), for tests to grep:
 HTTP behaviour (every registered route): echo JSON of the request. Query
 parameters steer it: sleep=MS answers after MS ms; noreply=1 never answers;
 status=N answers with that status; size=N pads the body with N bytes; exit=1
-makes the process exit at once without answering.
+makes the process exit at once without answering; hname=X&hvalue=Y (repeatable,
+in pairs, percent-decoded, so CR/LF/NUL can be expressed: %0D%0A, %00) adds the
+response header X: Y as it is, valid or not.
 
 WebSocket behaviour (envelope paths; "puppet" mode): the client message's
 type says what to do:
@@ -45,6 +47,7 @@ Raw paths (--raw): every frame is echoed back as it is (text stays text,
 binary stays binary); a text frame "all:<x>" is broadcast to everyone as <x>.
 """
 import argparse, json, os, select, socket, sys, time, heapq
+from urllib.parse import unquote
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, '..', 'build'))
@@ -147,6 +150,8 @@ class Svc:
         if a.namespace:
             setattr(r, 'namespace_name' if hasattr(r, 'namespace_name') else 'namespace', a.namespace)
         r.instance_id = a.instance
+        if a.max_inbound:
+            r.max_inbound_frame_bytes = a.max_inbound
         for spec in a.route:
             parts = spec.split()
             rt = r.routes.add()
@@ -216,9 +221,14 @@ class Svc:
     def on_http(self, q):
         a = self.a
         qs = {}
+        hnames, hvalues = [], []
         for kv in q.query.split('&') if q.query else []:
             k, _, v = kv.partition('=')
             qs[k] = v
+            if k == 'hname':
+                hnames.append(unquote(v))
+            elif k == 'hvalue':
+                hvalues.append(unquote(v))
         out('HTTP', json.dumps({'method': q.method, 'path': q.path, 'id': q.request_id}))
         if qs.get('exit') == '1':
             out('EXITING')
@@ -242,6 +252,8 @@ class Svc:
         r.status = int(qs.get('status', '200'))
         h = r.headers.add(); h.name = 'Content-Type'; h.value = 'application/json'
         h = r.headers.add(); h.name = 'X-Instance'; h.value = a.instance
+        for hn, hv in zip(hnames, hvalues + [''] * len(hnames)):
+            h = r.headers.add(); h.name = hn; h.value = hv
         r.body = json.dumps(body, separators=(',', ':')).encode()
         if 'sleep' in qs:
             self.later(int(qs['sleep']), lambda: self.send_msg(resp))
@@ -333,7 +345,8 @@ class Svc:
         err = None
         if r.HasField('error'):
             err = {'type': r.error.type, 'message': r.error.message, 'code': r.error.code}
-        out('RESULT', json.dumps({'op_id': r.op_id, 'ok': r.ok, 'error': err}, separators=(',', ':')))
+        out('RESULT', json.dumps({'op_id': r.op_id, 'ok': r.ok, 'error': err,
+                                  'delivered': getattr(r, 'delivered', 0)}, separators=(',', ':')))
         conn, corr = self.pending_ops.pop(r.op_id, (None, None))
         if conn and corr:
             d = {'ok': r.ok}
@@ -448,6 +461,8 @@ def main():
     p.add_argument('--compression', action='store_true', help='ask for permessage-deflate')
     p.add_argument('--max-msg', type=int, default=0)
     p.add_argument('--max-per-user', type=int, default=0)
+    p.add_argument('--max-inbound', type=int, default=0,
+                   help='RegisterService.max_inbound_frame_bytes: the largest frame this service reads (0: linkd\'s limit)')
     p.add_argument('--garbage', default='', choices=['', 'garbage', 'badvarint', 'oversize', 'badproto'])
     p.add_argument('--oversize', type=int, default=0)
     p.add_argument('--first', default='', choices=['', 'http_response', 'garbage'],
