@@ -4674,8 +4674,8 @@ int main(int argc, char** argv) {
   char kerr[512];
   if (!keys_load(kerr, sizeof kerr)) config_die(kerr);
   if (mode.check) {
-    printf("linkd: configuration ok%s%s\n", *cfg.config ? " (" : "", *cfg.config ? cfg.config : "");
-    if (*cfg.config) printf(")\n");
+    if (*cfg.config) printf("linkd: configuration ok (%s)\n", cfg.config);
+    else printf("linkd: configuration ok\n");
     return 0;
   }
   log_journal = getenv("JOURNAL_STREAM") != nullptr;
