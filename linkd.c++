@@ -46,6 +46,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cinttypes>
+#include <csetjmp>
 #include <csignal>
 #include <cctype>
 #include <cstdarg>
@@ -79,6 +80,15 @@ enum class Kind : uint8_t { Int, Size, Duration, Str, Level, Policy };
 
 constexpr uint32_t FRAME_META = 16 * 1024;   // room in a service frame around a WebSocket message: ids, user context
 
+// service_allow lines of the config file: which local users may register
+// which service names (checked against the peer's SO_PEERCRED).
+struct Allow {
+  char pattern[64];       // exact name, or "prefix*"
+  bool by_gid;            // id is a gid (else a uid)
+  uint32_t id;
+};
+constexpr int MAX_ALLOW = 64;
+
 struct Config {
   char listen[128] = "0.0.0.0:3000";
   char socket_path[256] = "";          // default depends on uid, see config_finish
@@ -109,6 +119,8 @@ struct Config {
   int64_t outbound_policy = 0;         // 0 close (1008), 1 drop
   int64_t shutdown_timeout = 10000;    // ms
   int64_t register_timeout = 10000;    // ms: a service link must register within this
+  Allow allow[MAX_ALLOW];              // service_allow entries (config file only)
+  int nallow = 0;                      // 0: any process that can open the socket may register any name
 };
 Config cfg;
 
@@ -233,7 +245,17 @@ bool setting_apply(const Setting* s, const char* v, char* err, size_t errn) {
 void (*config_die_hook)() = nullptr;   // tests/fuzz/config.cc: back to the harness instead of exit(2)
 #endif
 
+// A reload (SIGHUP) parses the settings again without exiting on a bad
+// value: config_die then keeps the message and jumps back to config_reparse.
+jmp_buf* config_trap;
+char config_trap_why[512];
+FILE* config_file;      // open while config_load_file reads it (closed after a jump)
+
 [[noreturn]] void config_die(const char* msg) {
+  if (config_trap) {
+    snprintf(config_trap_why, sizeof config_trap_why, "%s", msg);
+    longjmp(*config_trap, 1);
+  }
   fprintf(stderr, "linkd: bad configuration: %s\n", msg);
 #ifdef LINKD_FUZZ
   if (config_die_hook) config_die_hook();
@@ -241,9 +263,56 @@ void (*config_die_hook)() = nullptr;   // tests/fuzz/config.cc: back to the harn
   exit(2);
 }
 
+// A user or group id by number or by name, from /etc/passwd or /etc/group
+// (read directly: a static binary has no NSS). -1 if unknown.
+int64_t id_lookup(const char* v, bool group) {
+  char* end;
+  long n = strtol(v, &end, 10);
+  if (*v && !*end && n >= 0 && n <= 0x7fffffff) return n;
+  FILE* f = fopen(group ? "/etc/group" : "/etc/passwd", "r");
+  if (!f) return -1;
+  char line[1024];
+  int64_t id = -1;
+  size_t vn = strlen(v);
+  while (id < 0 && fgets(line, sizeof line, f)) {
+    char* c1 = strchr(line, ':');
+    char* c2 = c1 ? strchr(c1 + 1, ':') : nullptr;   // name:password:id:...
+    if (c2 && (size_t)(c1 - line) == vn && !memcmp(line, v, vn)) id = strtol(c2 + 1, nullptr, 10);
+  }
+  fclose(f);
+  return id;
+}
+
+// service_allow = <name or prefix*> <who>[,<who>...] where who is uid:N,
+// gid:N, user:NAME or group:NAME. Repeatable; one entry per who.
+bool allow_parse(char* v, char* err, size_t errn) {
+  char* sp = v + strcspn(v, " \t");
+  if (!*sp) { snprintf(err, errn, "service_allow: expected '<name or prefix*> <uid:N|gid:N|user:NAME|group:NAME>[,...]'"); return false; }
+  *sp++ = 0;
+  size_t pn = strlen(v);
+  char* star = strchr(v, '*');
+  if (!pn || pn >= sizeof cfg.allow[0].pattern || (star && star != v + pn - 1)) {
+    snprintf(err, errn, "service_allow: '%s' is not a service name or prefix* (1-63 bytes)", v);
+    return false;
+  }
+  for (char* who = strtok(sp, ", \t"); who; who = strtok(nullptr, ", \t")) {
+    char* colon = strchr(who, ':');
+    bool gid = colon && (!strncmp(who, "gid:", 4) || !strncmp(who, "group:", 6));
+    bool uid = colon && (!strncmp(who, "uid:", 4) || !strncmp(who, "user:", 5));
+    int64_t id = colon ? id_lookup(colon + 1, gid) : -1;
+    if ((!gid && !uid) || id < 0) { snprintf(err, errn, "service_allow: '%s' is not uid:N, gid:N or a known user:NAME / group:NAME", who); return false; }
+    if (cfg.nallow == MAX_ALLOW) { snprintf(err, errn, "service_allow: more than %d entries", MAX_ALLOW); return false; }
+    Allow* a = &cfg.allow[cfg.nallow++];
+    snprintf(a->pattern, sizeof a->pattern, "%s", v);
+    a->by_gid = gid;
+    a->id = (uint32_t)id;
+  }
+  return true;
+}
+
 // key = value lines; '#' starts a comment. Unknown keys are refused.
 void config_load_file(const char* path) {
-  FILE* f = fopen(path, "r");
+  FILE* f = config_file = fopen(path, "r");
   char err[512];
   if (!f) {
     snprintf(err, sizeof err, "config: cannot open %s: %s", path, strerror(errno));
@@ -267,12 +336,16 @@ void config_load_file(const char* path) {
     while (*v == ' ' || *v == '\t') v++;
     size_t vn = strlen(v);
     if (vn >= 2 && v[0] == '"' && v[vn - 1] == '"') { v[vn - 1] = 0; v++; }
+    char e2[400];
+    if ((size_t)(k_end - p) == 13 && !memcmp(p, "service_allow", 13)) {
+      if (!allow_parse(v, e2, sizeof e2)) { snprintf(err, sizeof err, "%s:%d: %s", path, lineno, e2); config_die(err); }
+      continue;
+    }
     const Setting* s = setting_find(p, (size_t)(k_end - p));
     if (!s || !strcmp(s->name, "config")) {
       snprintf(err, sizeof err, "%s:%d: unknown setting '%.*s'", path, lineno, (int)(k_end - p), p);
       config_die(err);
     }
-    char e2[400];
     snprintf(setting_from[s - settings], sizeof setting_from[0], "%.60s:%d", path, lineno);
     if (!setting_apply(s, v, e2, sizeof e2)) {
       snprintf(err, sizeof err, "%s:%d: %s", path, lineno, e2);
@@ -280,6 +353,7 @@ void config_load_file(const char* path) {
     }
   }
   fclose(f);
+  config_file = nullptr;
 }
 
 // A setting's current value as it would be written (64k, 30s, info, ...).
@@ -430,6 +504,30 @@ CliMode config_parse(int argc, char** argv) {
   if (*cfg.jwt_keys && access(cfg.jwt_keys, R_OK))
     config_dief("jwt-keys: %s is not readable: %s", setting_origin(cfg.jwt_keys, w1, sizeof w1), strerror(errno));
   return mode;
+}
+
+// Parses flags, environment and file again into cfg (SIGHUP). On a bad
+// value cfg is left as it was and why says what was wrong.
+bool config_reparse(int argc, char** argv, char* why, size_t n) {
+  static Config saved;    // static: not clobbered by the longjmp
+  static char saved_from[NSETTINGS][80];
+  saved = cfg;
+  memcpy(saved_from, setting_from, sizeof saved_from);
+  jmp_buf trap;
+  if (setjmp(trap)) {
+    config_trap = nullptr;
+    if (config_file) { fclose(config_file); config_file = nullptr; }
+    cfg = saved;
+    memcpy(setting_from, saved_from, sizeof saved_from);
+    snprintf(why, n, "%s", config_trap_why);
+    return false;
+  }
+  config_trap = &trap;
+  cfg = Config{};
+  memset(setting_from, 0, sizeof setting_from);
+  config_parse(argc, argv);
+  config_trap = nullptr;
+  return true;
 }
 
 // ============================================================================
@@ -802,6 +900,7 @@ struct Backend {
   bool dirty;             // listed in g.dirty
   uint32_t max_out;       // largest frame the service reads (RegisterService.max_inbound_frame_bytes)
   uint64_t opened;        // loop ms of accept: a link must register within --register-timeout
+  uint32_t uid, gid, pid; // the peer process (SO_PEERCRED at accept); uid UINT32_MAX if unknown
 };
 
 // A service by name: owns routes and a WebSocket path, and outlives its
@@ -814,9 +913,9 @@ struct Group {
   bool ws_raw;
   bool ws_auth;
   bool ws_compress;       // offer permessage-deflate to clients
-  uint32_t ws_heartbeat_ms;  // ping interval for its connections
+  uint32_t ws_heartbeat_ms;  // ping interval the service asked for (0: --heartbeat-interval)
   uint32_t ws_max_msg;    // bytes
-  uint32_t ws_max_per_user;
+  uint32_t ws_max_per_user;  // per-user cap the service asked for (0: --max-connections-per-user)
   uint16_t live;          // instances registered and open
   uint32_t rr;            // round-robin cursor
 };
@@ -891,7 +990,8 @@ struct Global {
   uv_timer_t watchdog;    // systemd WATCHDOG=1
   uv_check_t flush;       // after each poll: write what services were sent (backend_flush)
   uint16_t* dirty; uint32_t ndirty;  // backends with frames in their out buffer
-  uv_signal_t sigterm, sigint;
+  uv_signal_t sigterm, sigint, sighup;
+  int argc; char** argv;  // kept for a reload (SIGHUP) to parse the flags again
   bool listening, svc_listening;
   bool shutting_down;
   uint64_t shutdown_deadline;
@@ -932,6 +1032,7 @@ struct Global {
   uint64_t http_bytes_in, http_bytes_out;
   uint64_t ws_msgs_in, ws_msgs_out, ws_bytes_in, ws_bytes_out, ws_drops;
   uint64_t ws_accepted, svc_frames_in, svc_frames_out, svc_errors;
+  uint64_t reg_refused, reg_refused_identity, reloads, reloads_failed;
 };
 Global g;
 
@@ -1903,7 +2004,7 @@ Slice tok_slice(const char* js, const jsmntok_t& t) { return Slice{js + t.start,
 // "x","y"}, with optional kid, alg and use, at token i of js. A key meant
 // for something else ("use" other than "sig", another kty or curve) is
 // skipped with a warning; a malformed one fails with *why.
-bool jwk_load(const char* js, const jsmntok_t* t, int k, int i, const char** why) {
+bool jwk_load(Keys* K, const char* js, const jsmntok_t* t, int k, int i, const char** why) {
   Slice kty{}, n{}, e{}, crv{}, x{}, y{}, kid{}, alg{}, use{};
   for (int j = i + 1, f = 0; f < t[i].size && j + 1 < k; f++, j = json_skip(t, k, j + 1)) {
     if (t[j + 1].type != JSMN_STRING) continue;
@@ -1918,10 +2019,10 @@ bool jwk_load(const char* js, const jsmntok_t* t, int k, int i, const char** why
   bool rsa = is(kty, "RSA"), ec = is(kty, "EC") && is(crv, "P-256");
   if (!rsa && !ec) { LOG_WARN("jwt-keys: key '%.*s' (kty %.*s) is not RSA or EC P-256: skipped", (int)kid.n, kid.p, (int)kty.n, kty.p); return true; }
   if (alg.p && !is(alg, rsa ? "RS256" : "ES256")) { LOG_WARN("jwt-keys: key '%.*s' has alg %.*s, which linkd does not verify: skipped", (int)kid.n, kid.p, (int)alg.n, alg.p); return true; }
-  if (kid.n >= sizeof keys.kid[0]) { *why = "kid longer than 63 bytes"; return false; }
-  if (keys.n == MAX_KEYS) { *why = "more than 32 usable keys"; return false; }
+  if (kid.n >= sizeof K->kid[0]) { *why = "kid longer than 63 bytes"; return false; }
+  if (K->n == MAX_KEYS) { *why = "more than 32 usable keys"; return false; }
   static unsigned char nb[1024], eb[16], xb[66], yb[66];
-  mbedtls_pk_context* pk = &keys.pk[keys.n];
+  mbedtls_pk_context* pk = &K->pk[K->n];
   mbedtls_pk_init(pk);
   bool ok;
   if (rsa) {
@@ -1938,14 +2039,14 @@ bool jwk_load(const char* js, const jsmntok_t* t, int k, int i, const char** why
          !mbedtls_mpi_read_binary(&kp->Q.Y, yb, 32) && !mbedtls_mpi_lset(&kp->Q.Z, 1) && !mbedtls_ecp_check_pubkey(&kp->grp, &kp->Q);
   }
   if (!ok) { mbedtls_pk_free(pk); *why = rsa ? "RSA key does not load (n, e; 2048 bits at least)" : "EC key does not load (x, y on P-256)"; return false; }
-  snprintf(keys.kid[keys.n], sizeof keys.kid[0], "%.*s", (int)kid.n, kid.p);
-  snprintf(keys.alg[keys.n], sizeof keys.alg[0], "%s", rsa ? "RS256" : "ES256");
-  keys.n++;
+  snprintf(K->kid[K->n], sizeof K->kid[0], "%.*s", (int)kid.n, kid.p);
+  snprintf(K->alg[K->n], sizeof K->alg[0], "%s", rsa ? "RS256" : "ES256");
+  K->n++;
   return true;
 }
 
 // --jwt-keys: PEM "BEGIN PUBLIC KEY" blocks, or a JWKS document {"keys":[...]}.
-bool keys_load(char* err, size_t errn) {
+bool keys_load(Keys* K, char* err, size_t errn) {
   if (!*cfg.jwt_keys) return true;
   FILE* f = fopen(cfg.jwt_keys, "r");
   if (!f) { snprintf(err, errn, "jwt-keys: cannot open %s: %s", cfg.jwt_keys, strerror(errno)); return false; }
@@ -1969,7 +2070,7 @@ bool keys_load(char* err, size_t errn) {
       has_keys = true;
       for (int j = i + 2, m = 0; m < t[i + 1].size && j < k; m++, j = json_skip(t, k, j)) {
         const char* why = "not a JSON object";
-        if (t[j].type != JSMN_OBJECT || !jwk_load(text, t, k, j, &why)) { snprintf(err, errn, "jwt-keys: key %d in %s: %s", m + 1, cfg.jwt_keys, why); return false; }
+        if (t[j].type != JSMN_OBJECT || !jwk_load(K, text, t, k, j, &why)) { snprintf(err, errn, "jwt-keys: key %d in %s: %s", m + 1, cfg.jwt_keys, why); return false; }
       }
     }
     if (!has_keys) { snprintf(err, errn, "jwt-keys: %s has no \"keys\" array", cfg.jwt_keys); return false; }
@@ -1979,26 +2080,26 @@ bool keys_load(char* err, size_t errn) {
     for (char* p = strstr(text, begin); p; p = strstr(p, begin)) {
       char* e = strstr(p, end);
       if (!e) break;
-      if (keys.n == MAX_KEYS) { snprintf(err, errn, "jwt-keys: more than %d keys in %s", MAX_KEYS, cfg.jwt_keys); return false; }
+      if (K->n == MAX_KEYS) { snprintf(err, errn, "jwt-keys: more than %d keys in %s", MAX_KEYS, cfg.jwt_keys); return false; }
       e += strlen(end);
       char saved = *e;
       *e = 0;
-      mbedtls_pk_init(&keys.pk[keys.n]);
-      int r = mbedtls_pk_parse_public_key(&keys.pk[keys.n], (const unsigned char*)p, (size_t)(e - p) + 1);
+      mbedtls_pk_init(&K->pk[K->n]);
+      int r = mbedtls_pk_parse_public_key(&K->pk[K->n], (const unsigned char*)p, (size_t)(e - p) + 1);
       *e = saved;
-      if (r) { mbedtls_pk_free(&keys.pk[keys.n]); snprintf(err, errn, "jwt-keys: key %d in %s does not parse (mbedtls -0x%04x)", keys.n + 1, cfg.jwt_keys, -r); return false; }
-      keys.kid[keys.n][0] = keys.alg[keys.n][0] = 0;
-      keys.n++;
+      if (r) { mbedtls_pk_free(&K->pk[K->n]); snprintf(err, errn, "jwt-keys: key %d in %s does not parse (mbedtls -0x%04x)", K->n + 1, cfg.jwt_keys, -r); return false; }
+      K->kid[K->n][0] = K->alg[K->n][0] = 0;
+      K->n++;
       p = e;
     }
   }
-  if (!keys.n) { snprintf(err, errn, "jwt-keys: no usable RS256/ES256 public key in %s", cfg.jwt_keys); return false; }
+  if (!K->n) { snprintf(err, errn, "jwt-keys: no usable RS256/ES256 public key in %s", cfg.jwt_keys); return false; }
   return true;
 }
 
-void keys_free() {
-  for (int i = 0; i < keys.n; i++) mbedtls_pk_free(&keys.pk[i]);
-  keys.n = 0;
+void keys_free(Keys* K) {
+  for (int i = 0; i < K->n; i++) mbedtls_pk_free(&K->pk[i]);
+  K->n = 0;
 }
 
 // kid: the token's "kid", or empty. A token naming a kid is checked against
@@ -2324,6 +2425,10 @@ void send_conn_event(Backend* b, Conn* c, linkd_WebSocketConnectionEvent_EventTy
   backend_send_msg(b, TAG_WS_EVENT, linkd_WebSocketConnectionEvent_fields, &e);
 }
 
+// Its clients' ping interval: the service's choice, else the setting (which
+// a reload may change).
+uint64_t group_heartbeat(const Group* gr) { return gr->ws_heartbeat_ms ? gr->ws_heartbeat_ms : (uint64_t)cfg.heartbeat_interval; }
+
 // Picks a live instance of the group, round robin; NIL16 if none.
 uint16_t group_pick(uint16_t gi) {
   Group* gr = &g.groups[gi];
@@ -2475,9 +2580,28 @@ uint16_t group_reclaim() {
   return NIL16;
 }
 
+// May the process on this link register this name? Yes without a
+// service_allow list; with one, only a uid or gid listed for the name (or
+// a prefix* of it).
+bool allow_ok(const Backend* b, const char* name) {
+  if (!cfg.nallow) return true;
+  for (int i = 0; i < cfg.nallow; i++) {
+    const Allow* a = &cfg.allow[i];
+    size_t pn = strlen(a->pattern);
+    bool match = a->pattern[pn - 1] == '*' ? !strncmp(name, a->pattern, pn - 1) : !strcmp(name, a->pattern);
+    if (match && (a->by_gid ? b->gid : b->uid) == a->id) return true;
+  }
+  return false;
+}
+
 // Checks a registration against the tables; null if acceptable, else why.
-const char* register_check(const linkd_RegisterService* m, uint16_t* gi_out, char* why, size_t whyn) {
+const char* register_check(const Backend* b, const linkd_RegisterService* m, uint16_t* gi_out, char* why, size_t whyn) {
   if (!valid_name(m->name)) return "service name must be 1-63 characters of [A-Za-z0-9._-]";
+  if (!allow_ok(b, m->name)) {
+    g.reg_refused_identity++;
+    snprintf(why, whyn, "uid %u gid %u may not register '%s' (service_allow)", b->uid, b->gid, m->name);
+    return why;
+  }
   if (g.reg_overflow) { snprintf(why, whyn, "too many routes (at most %d)", MAX_REG_ROUTES); return why; }
   uint16_t gi = NIL16, free_gi = NIL16;
   for (uint32_t i = 0; i < g.ngroups; i++) {
@@ -2549,9 +2673,10 @@ void on_register(Backend* b, pb_istream_t* s) {
   res.max_frame_bytes = (uint32_t)cfg.max_frame_size;
   uint16_t gi = NIL16;
   char why[1024];
-  const char* bad = b->state != BState::Open ? "already registered on this link" : register_check(&m, &gi, why, sizeof why);
+  const char* bad = b->state != BState::Open ? "already registered on this link" : register_check(b, &m, &gi, why, sizeof why);
   if (bad) {
-    LOG_WARN("service '%s' refused: %s", m.name, bad);
+    g.reg_refused++;
+    LOG_WARN("service '%s' (uid %u gid %u pid %u) refused: %s", m.name, b->uid, b->gid, b->pid, bad);
     snprintf(res.reason, sizeof res.reason, "%.255s", bad);
     backend_send_msg(b, TAG_REGISTER_RESULT, linkd_RegisterResult_fields, &res);
     backend_close_after_flush(b, "registration refused");
@@ -2571,13 +2696,13 @@ void on_register(Backend* b, pb_istream_t* s) {
     gr->ws_compress = m.websocket.compression;
     // A service may choose its clients' ping interval, down to the 1 s tick.
     uint32_t hb = m.websocket.heartbeat_interval_ms;
-    gr->ws_heartbeat_ms = hb ? std::max<uint32_t>(hb, 1000) : (uint32_t)cfg.heartbeat_interval;
+    gr->ws_heartbeat_ms = hb ? std::max<uint32_t>(hb, 1000) : 0;
     uint32_t mx = m.websocket.max_message_size_bytes;
     gr->ws_max_msg = (uint32_t)(mx && mx < cfg.max_message_size ? mx : cfg.max_message_size);
     // A message must fit the frames this instance reads, with room for
     // the ids and user context around it.
     gr->ws_max_msg = std::min(gr->ws_max_msg, b->max_out > FRAME_META + 16 ? b->max_out - FRAME_META : 16);
-    gr->ws_max_per_user = m.websocket.max_connections_per_user ? m.websocket.max_connections_per_user : (uint32_t)cfg.max_connections_per_user;
+    gr->ws_max_per_user = m.websocket.max_connections_per_user;
   } else {
     gr->ws_path[0] = 0;
   }
@@ -2594,8 +2719,8 @@ void on_register(Backend* b, pb_istream_t* s) {
   gr->live++;
   res.ok = true;
   backend_send_msg(b, TAG_REGISTER_RESULT, linkd_RegisterResult_fields, &res);
-  LOG_INFO("service '%s' %s instance '%s' registered (%u routes, websocket %s%s)", gr->name, gr->version, b->instance_id,
-           g.reg_nroutes, *gr->ws_path ? gr->ws_path : "none", gr->ws_raw ? " raw" : "");
+  LOG_INFO("service '%s' %s instance '%s' registered (%u routes, websocket %s%s; uid %u gid %u pid %u)", gr->name, gr->version,
+           b->instance_id, g.reg_nroutes, *gr->ws_path ? gr->ws_path : "none", gr->ws_raw ? " raw" : "", b->uid, b->gid, b->pid);
   // Connections on the path whose instance is gone come to this one.
   if (*gr->ws_path)
     for (uint32_t i = 0; i < g.conn_hw; i++) {
@@ -2896,6 +3021,17 @@ void svc_connection_cb(uv_stream_t* server, int status) noexcept {
   uv_pipe_init(g.loop, &b->pipe, 0);
   b->pipe.data = b;
   if (uv_accept(server, (uv_stream_t*)&b->pipe)) { backend_close(b, "accept failed"); return; }
+  // Who is on the other end, from the kernel: the allow-list and the logs
+  // name the process by it, whatever the service says of itself.
+  b->uid = b->gid = b->pid = UINT32_MAX;
+  uv_os_fd_t fd;
+  ucred cred{};
+  socklen_t cl = sizeof cred;
+  if (uv_fileno((uv_handle_t*)&b->pipe, &fd) == 0 && getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0) {
+    b->uid = cred.uid;
+    b->gid = cred.gid;
+    b->pid = (uint32_t)cred.pid;
+  }
   uv_read_start((uv_stream_t*)&b->pipe, alloc_cb, backend_read_cb);
   LOG_DEBUG("service link %u opened", i);
 }
@@ -3803,7 +3939,8 @@ bool ws_handshake_ok(Conn* c, uint16_t gi, bool wants) {
   c->user = user;   // freed by conn_close from here on, whatever happens
   if (gr->ws_auth && !user) { http_error(c, 401, why, "WWW-Authenticate: Bearer\r\n", true); return false; }
   char tkey[160];
-  if (user && gr->ws_max_per_user && tally_count(tkey, tally_key_user(gi, user->data, tkey)) >= gr->ws_max_per_user) {
+  uint64_t per_user = gr->ws_max_per_user ? gr->ws_max_per_user : (uint64_t)cfg.max_connections_per_user;   // settings may change on reload
+  if (user && per_user && tally_count(tkey, tally_key_user(gi, user->data, tkey)) >= per_user) {
     http_error(c, 429, "too many connections for this user", "", true);
     return false;
   }
@@ -3840,7 +3977,7 @@ void ws_accept(Conn* c, uint16_t gi) {
   c->connected_ms = wall_ms();
   c->tokens = (double)cfg.rate_burst;
   c->tokens_at = now_ms();
-  c->next_ping = now_ms() + gr->ws_heartbeat_ms;
+  c->next_ping = now_ms() + group_heartbeat(gr);
   conn_send_bytes(c, resp, (size_t)rn);
   if (c->state != CState::Ws) { buf_free(&rest); return; }
   uint16_t bi = group_pick(gi);
@@ -4012,7 +4149,7 @@ void housekeeping(uint64_t now) {
       if (now < c->next_ping) continue;
       if (c->missed >= 2) { conn_close(c, "missed two heartbeats"); continue; }
       c->missed++;
-      c->next_ping = now + g.groups[c->group].ws_heartbeat_ms;
+      c->next_ping = now + group_heartbeat(&g.groups[c->group]);
       if (int r = stream_send((uv_stream_t*)&c->tcp, ping)) conn_close(c, uv_strerror(r));
     } else if (c->state == CState::Linger) {
       if (now >= c->close_deadline) conn_close(c, "linger deadline");
@@ -4102,9 +4239,67 @@ void shutdown_finish() {
   uv_close((uv_handle_t*)&g.flush, nullptr);
   uv_close((uv_handle_t*)&g.sigterm, nullptr);
   uv_close((uv_handle_t*)&g.sigint, nullptr);
+  uv_close((uv_handle_t*)&g.sighup, nullptr);
 }
 
 void signal_cb(uv_signal_t*, int signum) noexcept { shutdown_begin(signum == SIGTERM ? "SIGTERM" : "SIGINT"); }
+
+uint64_t tick_ms() { return std::min<uint64_t>(1000, (uint64_t)cfg.heartbeat_interval / 2); }
+
+// SIGHUP: the settings again from the environment and the config file
+// (flags still win). What can change live takes effect now: JWT secret and
+// keys, Origins, log level, rates, caps, heartbeat, timeouts, the
+// service_allow list (instances it no longer allows are closed). What
+// cannot (addresses, table and size limits) is named in one log line and
+// keeps its value until a restart. A bad value changes nothing.
+const char* const restart_only[] = {"listen", "socket", "socket-mode", "max-connections", "max-http-connections", "max-rooms",
+                                    "max-memberships", "max-services", "max-message-size", "max-body-size", "max-frame-size"};
+
+void reload() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  char msg[512];
+  snprintf(msg, sizeof msg, "RELOADING=1\nMONOTONIC_USEC=%llu", (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000);
+  notify(msg);
+  static Config old;      // static: Config is a few KiB
+  old = cfg;
+  char why[512];
+  Keys* fresh = (Keys*)calloc(1, sizeof(Keys));
+  bool ok = fresh && config_reparse(g.argc, g.argv, why, sizeof why);
+  if (ok && !keys_load(fresh, why, sizeof why)) { ok = false; cfg = old; }
+  if (!ok) {
+    if (fresh) { keys_free(fresh); free(fresh); }
+    g.reloads_failed++;
+    LOG_WARN("reload refused, nothing changed: %s", fresh ? why : "out of memory");
+    notify("READY=1\nSTATUS=reload refused: see the log");
+    return;
+  }
+  Buf kept;
+  for (const char* name : restart_only) {
+    const Setting* st = setting_find(name, strlen(name));
+    size_t off = (size_t)((const char*)st->field - (const char*)&cfg);
+    size_t size = st->kind == Kind::Str ? (size_t)st->max : sizeof(int64_t);
+    if (!memcmp((const char*)&old + off, st->field, size)) continue;
+    memcpy(st->field, (const char*)&old + off, size);
+    buf_printf(&kept, "%s%s", kept.len ? ", " : "", name);
+  }
+  if (kept.len) LOG_WARN("reload: %.*s changed but only take effect at a restart: kept as they were", (int)kept.len, kept.p);
+  buf_free(&kept);
+  keys_free(&keys);
+  keys = *fresh;
+  free(fresh);
+  if (!g.shutting_down) uv_timer_start(&g.tick, tick_cb, tick_ms(), tick_ms());
+  for (uint32_t i = 0; i < g.nbackends; i++) {
+    Backend* b = &g.backends[i];
+    if (b->state == BState::Ready && !allow_ok(b, g.groups[b->group].name)) backend_close(b, "no longer allowed by service_allow");
+  }
+  g.reloads++;
+  LOG_INFO("reloaded the settings (%s%s)", *cfg.config ? "config " : "environment", cfg.config);
+  snprintf(msg, sizeof msg, "READY=1\nSTATUS=listening on %s, services on %s (reloaded)", cfg.listen, cfg.socket_path);
+  notify(msg);
+}
+
+void sighup_cb(uv_signal_t*, int) noexcept { reload(); }
 
 void metrics_write(Buf* b) {
   buf_puts(b, "# HELP linkd_http_requests_total HTTP requests answered, by status.\n# TYPE linkd_http_requests_total counter\n");
@@ -4125,6 +4320,10 @@ void metrics_write(Buf* b) {
     {"linkd_service_frames_in_total", "counter", "Frames received from services.", g.svc_frames_in},
     {"linkd_service_frames_out_total", "counter", "Frames sent to services.", g.svc_frames_out},
     {"linkd_service_link_errors_total", "counter", "Service links closed for a bad frame or an error.", g.svc_errors},
+    {"linkd_service_registrations_refused_total", "counter", "Registrations refused (any reason).", g.reg_refused},
+    {"linkd_service_registrations_refused_identity_total", "counter", "Registrations refused by service_allow (the peer's uid/gid).", g.reg_refused_identity},
+    {"linkd_reloads_total", "counter", "SIGHUP reloads applied.", g.reloads},
+    {"linkd_reloads_failed_total", "counter", "SIGHUP reloads refused (a bad value: nothing changed).", g.reloads_failed},
     {"linkd_ws_connections", "gauge", "Open WebSocket connections.", g.ws_count},
     {"linkd_ws_accepted_total", "counter", "WebSocket upgrades accepted.", g.ws_accepted},
     {"linkd_ws_contexts_bound", "gauge", "WebSocket connections holding a wslay context now.", bound},
@@ -4669,10 +4868,13 @@ int self_test() {
 #ifndef LINKD_NO_MAIN
 int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
+  signal(SIGHUP, SIG_IGN);   // until the loop's handler is installed: a reload must never kill
+  g.argc = argc;
+  g.argv = argv;
   CliMode mode = config_parse(argc, argv);
   if (mode.self_test) return self_test();
   char kerr[512];
-  if (!keys_load(kerr, sizeof kerr)) config_die(kerr);
+  if (!keys_load(&keys, kerr, sizeof kerr)) config_die(kerr);
   if (mode.check) {
     if (*cfg.config) printf("linkd: configuration ok (%s)\n", cfg.config);
     else printf("linkd: configuration ok\n");
@@ -4688,12 +4890,13 @@ int main(int argc, char** argv) {
   uv_timer_init(g.loop, &g.watchdog);
   uv_check_init(g.loop, &g.flush);
   uv_check_start(&g.flush, backends_flush_cb);
-  uint64_t tick = std::min<uint64_t>(1000, (uint64_t)cfg.heartbeat_interval / 2);
-  uv_timer_start(&g.tick, tick_cb, tick, tick);
+  uv_timer_start(&g.tick, tick_cb, tick_ms(), tick_ms());
   uv_signal_init(g.loop, &g.sigterm);
   uv_signal_init(g.loop, &g.sigint);
   uv_signal_start(&g.sigterm, signal_cb, SIGTERM);
   uv_signal_start(&g.sigint, signal_cb, SIGINT);
+  uv_signal_init(g.loop, &g.sighup);
+  uv_signal_start(&g.sighup, sighup_cb, SIGHUP);   // a reload, never the default (which would kill linkd)
   const char* wd = getenv("WATCHDOG_USEC");
   const char* wd_pid = getenv("WATCHDOG_PID");
   if (wd && (!wd_pid || atol(wd_pid) == (long)getpid())) {
@@ -4715,7 +4918,7 @@ int main(int argc, char** argv) {
     LOG_ERROR("stopped with state left: ws %u http %u rooms %u memberships %u pending %u", g.ws_count, g.http_count,
               g.room_count, g.member_count, g.pend_count);
   tables_free();
-  keys_free();
+  keys_free(&keys);
   LOG_INFO("stopped");
   return clean ? 0 : 70;
 }
