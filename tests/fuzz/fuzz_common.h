@@ -229,7 +229,15 @@ size_t client_open(bool small = false, bool may_refuse = false) {
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   int sz = 4096;
   if (small) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof sz);
-  if (fd < 0 || connect(fd, (sockaddr*)&a, sizeof a)) die("client connect");
+  // Other processes on this machine may use up the loopback's ephemeral
+  // ports for a while (connection churn tests): wait for one, up to 10 s.
+  int r = -1;
+  for (int i = 0; i < 1000 && fd >= 0 && (r = connect(fd, (sockaddr*)&a, sizeof a)) && (errno == EADDRNOTAVAIL || errno == EAGAIN); i++) usleep(10000);
+  if (fd < 0 || r) {
+    char why[80];
+    snprintf(why, sizeof why, "client connect: %s", strerror(errno));
+    die(why);
+  }
   linger lg{1, 0};
   setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
   set_nonblock(fd);
@@ -343,11 +351,13 @@ struct WsSpec {
   uint32_t max_msg;
 };
 
-// Opens a link, registers `name` on it and waits for the answer.
-size_t service_register(const char* name, const RouteSpec* routes, WsSpec ws) {
+// Opens a link, registers `name` on it and waits for the answer. max_in:
+// the largest frame the service says it reads (0: linkd's limit).
+size_t service_register(const char* name, const RouteSpec* routes, WsSpec ws, uint32_t max_in = 0) {
   size_t s = service_open();
   linkd_RegisterService m = {};
   snprintf(m.name, sizeof m.name, "%s", name);
+  m.max_inbound_frame_bytes = max_in;
   snprintf(m.version, sizeof m.version, "1.0");
   m.routes.funcs.encode = enc_route_list;
   m.routes.arg = (void*)routes;

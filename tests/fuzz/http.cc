@@ -97,7 +97,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   size -= 2;
   fz::begin();
   fz::on_service_frame = answer;
-  fz::service_register("api", api_routes, {"/ws", true, false, false, 4096});
+  fz::service_register("api", api_routes, {"/ws", true, false, false, 4096}, 6000);   // bodies over ~6000 bytes: 413
   fz::service_register("raw", raw_routes, {"/raw", false, true, true, 0});
   size_t gone = fz::service_register("gone", gone_routes, {nullptr, false, false, false, 0});
   close(fz::services[gone].fd);   // its route answers 503 from now on

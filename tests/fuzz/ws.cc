@@ -97,7 +97,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   fz::begin();
   fz::on_service_frame = reply;
   bool raw = opts & 0x10;
-  size_t chat = fz::service_register("chat", nullptr, {"/ws", true, false, false, 4096});
+  size_t chat = fz::service_register("chat", nullptr, {"/ws", true, false, false, 4096}, 16384 + 3000);   // frames up to 16 KiB + 3000: messages up to 3000
   size_t dev = fz::service_register("dev", nullptr, {"/raw", true, true, true, 2048});
   size_t svc = raw ? dev : chat;
   size_t c = fz::client_open();
