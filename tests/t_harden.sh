@@ -62,7 +62,7 @@ fi
 # ---- an idle keep-alive connection on a linkd of its own, watched for 65 s in the background
 IDLE_WATCH=
 if selected idle; then
-  if linkd_start --log-level warn; then
+  if LINKD_SOCK=$T_TMP/idle.sock linkd_start --log-level warn; then
     $PY -u "$TESTS/hostile.py" idle_watch --port "$LINKD_PORT" --pid "$LINKD_PID" --slow "$T_SLOW" >"$T_TMP/idle.out" 2>"$T_TMP/idle.err" &
     IDLE_WATCH=$!
     track "$IDLE_WATCH"
@@ -145,9 +145,8 @@ after() {
 
 # run_group GROUP [TAG]
 run_group() {
-  local g=$1 tag=${2:-} h0 w0 p0 rc
+  local g=$1 tag=${2:-} h0 w0 p0 rc t0=$(date +%s%N)
   h0=$(metric linkd_http_connections); w0=$(metric linkd_ws_connections); p0=$(metric linkd_pending_replies)
-  log "${tag}group $g"
   timeout -k 5 "$GROUP_TIMEOUT" $PY -u "$TESTS/hostile.py" "$g" --port "$LINKD_PORT" --socket "$LINKD_SOCK" --pid "$LINKD_PID" \
     --tmp "$T_TMP" --secret "$SECRET" --log "$LINKD_LOG" --svc-out "${SVC_OUTS[main]}" --svc-small "${SVC_OUTS[small]}" \
     --slow "$T_SLOW" --rss-scale "$RSS_SCALE" --tag "$tag" >"$T_TMP/group.out" 2>"$T_TMP/group.err"
@@ -155,6 +154,7 @@ run_group() {
   cat "$T_TMP/group.out"
   grep '^# ' "$T_TMP/group.err" >&2
   cat "$T_TMP/group.err" >>"$T_TMP/groups.err"
+  log "${tag}group $g: $(( ($(date +%s%N) - t0) / 1000000 )) ms"
   if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then fail "$tag$g: group finished within $GROUP_TIMEOUT s" "timed out"
   elif [ $rc -ne 0 ]; then fail "$tag$g: group ran" "exit $rc: $(tail -n 3 "$T_TMP/group.err" | tr '\n' ' ' | cut -c1-300)"
   elif ! grep -q '^PASS\|^FAIL' "$T_TMP/group.out"; then fail "$tag$g: group checked something" "no PASS/FAIL lines"
