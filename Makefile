@@ -17,7 +17,7 @@ LLHTTP_SRC := /usr/share/llhttp
 LLHTTP_INC := /usr/share/include/llhttp
 INCLUDES := -I$(BUILD) -I$(LLHTTP_INC)
 DEFS     := -DLINKD_VERSION='"$(VERSION)"'
-LIBS     := -luv -lwslay -lmbedcrypto -l:libprotobuf-nanopb.a -lz
+LIBS     := -luv -lwslay -lmbedtls -lmbedx509 -lmbedcrypto -l:libprotobuf-nanopb.a -lz
 
 # Debian packages the build and the tests need (make deps installs them).
 DEBS := g++ make libuv1-dev libwslay-dev nanopb libnanopb-dev protobuf-compiler \

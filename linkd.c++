@@ -15,15 +15,16 @@
 //   3. Types       the tables' records and the single global state `g`
 //   4. Tables      connection slots, rooms, memberships, tallies, pending replies
 //   5. Output      writing to clients: shared frames, backpressure, deflate
-//   6. Routes      the HTTP route table (method + pattern, static beats :param)
-//   7. Auth        JWT verification (HS256, RS256, ES256), claims
-//   8. Services    the Unix-socket link: frames, registration, dispatch
-//   9. HTTP        llhttp parsing, forwarding, local endpoints, CORS
-//  10. WebSocket   upgrade, wslay contexts bound on demand, envelopes
-//  11. Pushes      to a connection, a room or everyone (encoded once, shared)
-//  12. Lifecycle   timers, heartbeats, watchdog, shutdown, metrics, accept, listen
-//  13. Self-test   unit tests of the tables, routes, JSON and JWT checks
-//  14. main
+//   6. TLS         mbedTLS on the loop, record buffers pooled while idle
+//   7. Routes      the HTTP route table (method + pattern, static beats :param)
+//   8. Auth        JWT verification (HS256, RS256, ES256, JWKS), claims
+//   9. Services    the Unix-socket link: frames, registration, dispatch
+//  10. HTTP        llhttp parsing, forwarding, local endpoints, CORS
+//  11. WebSocket   upgrade, wslay contexts bound on demand, envelopes
+//  12. Pushes      to a connection, a room or everyone (encoded once, shared)
+//  13. Lifecycle   timers, heartbeats, watchdog, reload, shutdown, metrics, accept, listen
+//  14. Self-test   unit tests of the tables, routes, JSON and JWT checks
+//  15. main
 
 #include <uv.h>
 #include <llhttp.h>
@@ -39,6 +40,16 @@
 #include <mbedtls/pk.h>
 #include <mbedtls/rsa.h>
 #include <mbedtls/sha256.h>
+#include <mbedtls/ctr_drbg.h>
+#include <mbedtls/entropy.h>
+#include <mbedtls/error.h>
+#include <mbedtls/net_sockets.h>
+#include <mbedtls/oid.h>
+#include <mbedtls/platform.h>
+#include <mbedtls/ssl.h>
+#include <mbedtls/ssl_internal.h>
+#include <mbedtls/ssl_ticket.h>
+#include <mbedtls/x509_crt.h>
 #define JSMN_STATIC
 #define JSMN_STRICT
 #include <jsmn.h>
@@ -97,6 +108,10 @@ struct Config {
   char allowed_origins[1024] = "";     // comma list; empty: no CORS, any Origin may upgrade
   char jwt_secret[256] = "";
   char jwt_keys[256] = "";
+  char tls_listen[128] = "";           // empty: no TLS listener
+  char tls_cert[256] = "";
+  char tls_key[256] = "";
+  char tls_client_ca[256] = "";        // set: client certificates required and verified
   int64_t log_level = 2;               // 0 error, 1 warn, 2 info, 3 debug
   int64_t max_connections = 10000;     // WebSocket connections
   int64_t max_http_connections = 1024; // plain HTTP connections
@@ -161,6 +176,10 @@ const Setting settings[] = {
   SETTING_STR("allowed-origins", allowed_origins, "comma-separated allowed Origins (CORS, upgrades)"),
   SETTING_STR("jwt-secret", jwt_secret, "HS256 secret"),
   SETTING_STR("jwt-keys", jwt_keys, "PEM/JWKS file of RS256/ES256 public keys"),
+  SETTING_STR("tls-listen", tls_listen, "TLS client address host:port (https://, wss://); empty: off"),
+  SETTING_STR("tls-cert", tls_cert, "PEM certificate (chain) for --tls-listen"),
+  SETTING_STR("tls-key", tls_key, "PEM private key of --tls-cert (must not be readable by others)"),
+  SETTING_STR("tls-client-ca", tls_client_ca, "PEM CA certificate(s): require and verify client certificates"),
   {"shutdown-timeout", Kind::Duration, &cfg.shutdown_timeout, 0, 3600000, "time to finish in-flight work on SIGTERM"},
   {"register-timeout", Kind::Duration, &cfg.register_timeout, 100, 3600000, "a service link that has not registered by then is closed"},
 };
@@ -493,6 +512,10 @@ CliMode config_parse(int argc, char** argv) {
     config_dief("socket: %s is too long for a Unix socket path (%zu bytes at most)", setting_origin(cfg.socket_path, w1, sizeof w1),
                 sizeof(((sockaddr_un*)0)->sun_path) - 1);
   config_check_listen(cfg.listen, "listen");
+  if (*cfg.tls_listen) {
+    config_check_listen(cfg.tls_listen, "tls-listen");
+    if (!*cfg.tls_cert || !*cfg.tls_key) config_dief("tls-listen: %s needs tls-cert and tls-key", setting_origin(cfg.tls_listen, w1, sizeof w1));
+  }
   // A service frame carries a whole request body and its headers (64k of
   // room for those), or a WebSocket message and its ids and user context.
   int64_t need = std::max<int64_t>(cfg.max_body_size + 65536, cfg.max_message_size + FRAME_META);
@@ -874,6 +897,7 @@ struct Conn {
   wslay_event_context_ptr ws;  // bound only while mid-frame/closing/output queued
   Http* http;             // while HTTP (owner: this)
   struct UserBlob* user;  // verified claims; null: anonymous (owner: this)
+  struct Tls* tls;        // a connection on --tls-listen (owner: this), else null
   uint64_t connected_ms;  // wall clock, for services
   uint64_t close_deadline;// loop ms: hard close if the peer does not answer
   double tokens;          // rate limiter bucket
@@ -984,6 +1008,8 @@ struct Index {
 struct Global {
   uv_loop_t* loop;
   uv_tcp_t listener;
+  uv_tcp_t tls_listener;
+  bool tls_listening;
   uv_pipe_t svc_listener;
   uv_timer_t tick;        // 1 s housekeeping: heartbeats, idle HTTP, close deadlines
   uv_timer_t pend_timer;  // the head of the pending FIFO
@@ -1483,6 +1509,18 @@ int stream_send(uv_stream_t* stream, Shared* s, size_t off = 0) {
   return 0;
 }
 
+int stream_send_bytes(uv_stream_t* st, const char* p, size_t n);
+int tls_write(Conn* c, const char* p, size_t n);   // section 6
+
+// Every byte to a client goes through here: as it is, or encrypted first on
+// a TLS connection. s: the same bytes as a shared frame (queued without a
+// copy). 0, or a negative libuv error.
+int conn_write(Conn* c, const char* p, size_t n, Shared* s = nullptr) {
+  if (c->tls) return tls_write(c, p, n);
+  uv_stream_t* st = (uv_stream_t*)&c->tcp;
+  return s ? stream_send(st, s) : stream_send_bytes(st, p, n);
+}
+
 // Sends to a client; applies the outbound cap to WebSocket connections.
 // Returns false if the bytes were not queued (dropped or connection gone).
 bool ws_close(Conn* c, uint16_t code, const char* reason);
@@ -1495,7 +1533,7 @@ bool conn_send(Conn* c, Shared* s) {
     if (cfg.outbound_policy == 0 && !c->ws_closing) ws_close(c, 1008, "slow consumer");
     return false;
   }
-  int r = stream_send(st, s);
+  int r = conn_write(c, s->data, s->len, s);
   if (r) { conn_close(c, uv_strerror(r)); return false; }
   return true;
 }
@@ -1521,7 +1559,7 @@ int stream_send_bytes(uv_stream_t* st, const char* p, size_t n) {
 
 void conn_send_bytes(Conn* c, const char* p, size_t n) {
   if (c->state != CState::Http && c->state != CState::Ws) return;
-  if (int r = stream_send_bytes((uv_stream_t*)&c->tcp, p, n)) conn_close(c, uv_strerror(r));
+  if (int r = conn_write(c, p, n)) conn_close(c, uv_strerror(r));
 }
 
 void conn_closed_cb(uv_handle_t* h) noexcept {
@@ -1529,14 +1567,17 @@ void conn_closed_cb(uv_handle_t* h) noexcept {
   conn_free_slot(c);
 }
 
-void ws_detach(Conn* c);  // section 10: tell the service, leave rooms
-void http_free(Conn* c);  // section 9
+void ws_detach(Conn* c);  // section 11: tell the service, leave rooms
+void http_free(Conn* c);  // section 10
+void tls_free(Conn* c);   // section 6
+void tls_close_notify(Conn* c);
 
 // What a connection holds besides its socket: its service is told, its
 // rooms left, its Http record and claims freed. Once, at linger or close.
 void conn_release(Conn* c) {
   if (c->state == CState::Ws) ws_detach(c);
   if (c->http) http_free(c);
+  tls_free(c);
   free(c->user);
   c->user = nullptr;
 }
@@ -1564,6 +1605,8 @@ void linger_read_cb(uv_stream_t* st, ssize_t n, const uv_buf_t*) noexcept {
 // WebSocket close handshake): FIN after what is queued, then input is
 // read and dropped until the peer closes too or LINGER_MS pass.
 void conn_close_after_flush(Conn* c) {
+  if (c->state != CState::Http && c->state != CState::Ws) return;
+  tls_close_notify(c);
   if (c->state != CState::Http && c->state != CState::Ws) return;
   if (g.linger_count >= MAX_LINGER) { conn_close(c, "done (no linger slot)"); return; }
   uv_shutdown_t* req = (uv_shutdown_t*)malloc(sizeof *req);
@@ -1728,7 +1771,378 @@ void pend_fail_ws(Conn* c, uint32_t p, const char* type, const char* msg, int co
 }
 
 // ============================================================================
-// 6. Routes
+// 6. TLS
+// https:// and wss:// on --tls-listen, with mbedTLS on linkd's own loop:
+// ciphertext read from the socket is handed to mbedTLS from memory, and
+// what mbedTLS writes goes out through the same write path as plain bytes
+// (conn_write), so HTTP, WebSocket, limits and metrics are the same on both
+// ports. TLS 1.2, ECDHE with AES-GCM or ChaCha20-Poly1305 only, ALPN
+// http/1.1, session tickets. An idle connection holds no record buffers:
+// its ~33 KiB of mbedTLS input and output buffers go back to a pool when
+// no record is half read or written (tls_park) and are borrowed again when
+// bytes arrive or must be sent (tls_unpark); what stays is the session and
+// its keys, about 2 KiB.
+// ============================================================================
+
+#if defined(MBEDTLS_SSL_VARIABLE_BUFFER_LENGTH)
+#error "tls_park assumes fixed-size mbedTLS record buffers"
+#endif
+
+constexpr uint64_t TLS_HANDSHAKE_MS = 10000;  // a handshake must finish within this
+constexpr int TLS_POOL = 32;                  // idle record-buffer pairs kept for reuse
+
+// The certificate, key and client CA in force. A reload (SIGHUP) makes a
+// new one; connections keep the one they started with until they close.
+struct TlsConf {
+  mbedtls_ssl_config conf;
+  mbedtls_x509_crt cert, ca;
+  mbedtls_pk_context key;
+  uint32_t refs;          // connections using it, + 1 while it is the current one
+};
+
+// A TLS connection's state; Conn::tls while it lives (owner: the Conn).
+struct Tls {
+  mbedtls_ssl_context ssl;
+  TlsConf* conf;
+  bool parked;            // record buffers given back to the pool
+  bool handshaken;
+  bool resumed;           // the handshake resumed a session (ticket)
+  unsigned char ctr[2][8];        // while parked: the in and out record sequence numbers
+  ptrdiff_t off[2][6];            // while parked: the record pointers, as offsets into their buffers
+  char* peer;             // verified client certificate: "CN\0sha256-hex" (owner: this), or null
+};
+
+struct TlsState {
+  TlsConf* current;       // null: no TLS listener
+  mbedtls_entropy_context entropy;
+  mbedtls_ctr_drbg_context drbg;
+  mbedtls_ssl_ticket_context tickets;   // shared by every TlsConf: tickets survive a reload
+  bool rng_ok;
+  unsigned char* pool[TLS_POOL][2]; int npool;   // idle {input, output} record buffers
+  const unsigned char* rd; size_t rdlen;        // ciphertext mbedTLS may read now
+  unsigned char plain[16 * 1024];               // one decrypted record
+  uint32_t count;         // open TLS connections
+  uint64_t handshakes, resumed, failures;
+};
+TlsState tls;
+
+const int tls_ciphersuites[] = {
+  MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, MBEDTLS_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+  MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, MBEDTLS_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+  MBEDTLS_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, MBEDTLS_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256, 0};
+const mbedtls_ecp_group_id tls_curves[] = {MBEDTLS_ECP_DP_CURVE25519, MBEDTLS_ECP_DP_SECP256R1, MBEDTLS_ECP_DP_SECP384R1, MBEDTLS_ECP_DP_NONE};
+const char* tls_alpn[] = {"http/1.1", nullptr};
+
+// The record pointers mbedTLS keeps into its input and output buffers.
+unsigned char* mbedtls_ssl_context::* const tls_ptrs[2][6] = {
+  {&mbedtls_ssl_context::in_ctr, &mbedtls_ssl_context::in_hdr, &mbedtls_ssl_context::in_len, &mbedtls_ssl_context::in_iv,
+   &mbedtls_ssl_context::in_msg,
+#if defined(MBEDTLS_SSL_DTLS_CONNECTION_ID)
+   &mbedtls_ssl_context::in_cid},
+#else
+   &mbedtls_ssl_context::in_msg},
+#endif
+  {&mbedtls_ssl_context::out_ctr, &mbedtls_ssl_context::out_hdr, &mbedtls_ssl_context::out_len, &mbedtls_ssl_context::out_iv,
+   &mbedtls_ssl_context::out_msg,
+#if defined(MBEDTLS_SSL_DTLS_CONNECTION_ID)
+   &mbedtls_ssl_context::out_cid},
+#else
+   &mbedtls_ssl_context::out_msg},
+#endif
+};
+
+void tls_conf_unref(TlsConf* tc) {
+  if (!tc || --tc->refs) return;
+  mbedtls_ssl_config_free(&tc->conf);
+  mbedtls_x509_crt_free(&tc->cert);
+  mbedtls_x509_crt_free(&tc->ca);
+  mbedtls_pk_free(&tc->key);
+  free(tc);
+}
+
+bool tls_rng_init(char* err, size_t errn) {
+  if (tls.rng_ok) return true;
+  mbedtls_entropy_init(&tls.entropy);
+  mbedtls_ctr_drbg_init(&tls.drbg);
+  mbedtls_ssl_ticket_init(&tls.tickets);
+  static const unsigned char who[] = "linkd tls";
+  if (mbedtls_ctr_drbg_seed(&tls.drbg, mbedtls_entropy_func, &tls.entropy, who, sizeof who - 1) ||
+      mbedtls_ssl_ticket_setup(&tls.tickets, mbedtls_ctr_drbg_random, &tls.drbg, MBEDTLS_CIPHER_AES_256_GCM, 86400)) {
+    snprintf(err, errn, "tls: cannot seed the random generator");
+    return false;
+  }
+  tls.rng_ok = true;
+  return true;
+}
+
+// A certificate file's problem, in words: unreadable, not PEM, expired.
+bool tls_load_certs(mbedtls_x509_crt* crt, const char* name, const char* path, char* err, size_t errn) {
+  if (access(path, R_OK)) { snprintf(err, errn, "%s: cannot read %s: %s", name, path, strerror(errno)); return false; }
+  int r = mbedtls_x509_crt_parse_file(crt, path);
+  if (r) { snprintf(err, errn, "%s: %s holds no valid PEM certificate (mbedtls -0x%04x)", name, path, (unsigned)-r); return false; }
+  for (const mbedtls_x509_crt* c = crt; c; c = c->next) {
+    const mbedtls_x509_time& t = mbedtls_x509_time_is_past(&c->valid_to) ? c->valid_to : c->valid_from;
+    if (mbedtls_x509_time_is_past(&c->valid_to) || mbedtls_x509_time_is_future(&c->valid_from)) {
+      snprintf(err, errn, "%s: a certificate in %s %s %04d-%02d-%02d", name, path,
+               mbedtls_x509_time_is_past(&c->valid_to) ? "expired on" : "is not valid before", t.year, t.mon, t.day);
+      return false;
+    }
+  }
+  return true;
+}
+
+// Loads --tls-cert, --tls-key and --tls-client-ca into a new TlsConf; null
+// with err set when one of them is wrong (unreadable, expired, a key that
+// does not match the certificate, a key file others may read).
+TlsConf* tls_conf_load(char* err, size_t errn) {
+  if (!*cfg.tls_cert || !*cfg.tls_key) { snprintf(err, errn, "tls-listen needs tls-cert and tls-key"); return nullptr; }
+  if (!tls_rng_init(err, errn)) return nullptr;
+  TlsConf* tc = (TlsConf*)calloc(1, sizeof(TlsConf));
+  if (!tc) { snprintf(err, errn, "tls: out of memory"); return nullptr; }
+  tc->refs = 1;
+  mbedtls_ssl_config_init(&tc->conf);
+  mbedtls_x509_crt_init(&tc->cert);
+  mbedtls_x509_crt_init(&tc->ca);
+  mbedtls_pk_init(&tc->key);
+  struct stat st;
+  int r;
+  if (!tls_load_certs(&tc->cert, "tls-cert", cfg.tls_cert, err, errn)) goto fail;
+  if (stat(cfg.tls_key, &st) || access(cfg.tls_key, R_OK)) { snprintf(err, errn, "tls-key: cannot read %s: %s", cfg.tls_key, strerror(errno)); goto fail; }
+  if (st.st_mode & 0007) {
+    snprintf(err, errn, "tls-key: %s may be read by every user (mode %04o): chmod o-rwx it (or use systemd's LoadCredential=)", cfg.tls_key,
+             (unsigned)(st.st_mode & 07777));
+    goto fail;
+  }
+  if ((r = mbedtls_pk_parse_keyfile(&tc->key, cfg.tls_key, nullptr))) {
+    snprintf(err, errn, "tls-key: %s holds no valid unencrypted PEM private key (mbedtls -0x%04x)", cfg.tls_key, (unsigned)-r);
+    goto fail;
+  }
+  if (mbedtls_pk_check_pair(&tc->cert.pk, &tc->key)) { snprintf(err, errn, "tls-key: %s does not match the certificate in %s", cfg.tls_key, cfg.tls_cert); goto fail; }
+  if (*cfg.tls_client_ca && !tls_load_certs(&tc->ca, "tls-client-ca", cfg.tls_client_ca, err, errn)) goto fail;
+  if (mbedtls_ssl_config_defaults(&tc->conf, MBEDTLS_SSL_IS_SERVER, MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT)) {
+    snprintf(err, errn, "tls: cannot set up a configuration");
+    goto fail;
+  }
+  mbedtls_ssl_conf_min_version(&tc->conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);   // TLS 1.2
+  mbedtls_ssl_conf_max_version(&tc->conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
+  mbedtls_ssl_conf_ciphersuites(&tc->conf, tls_ciphersuites);
+  mbedtls_ssl_conf_curves(&tc->conf, tls_curves);
+  mbedtls_ssl_conf_rng(&tc->conf, mbedtls_ctr_drbg_random, &tls.drbg);
+  mbedtls_ssl_conf_alpn_protocols(&tc->conf, tls_alpn);
+  mbedtls_ssl_conf_session_tickets_cb(&tc->conf, mbedtls_ssl_ticket_write, mbedtls_ssl_ticket_parse, &tls.tickets);
+  mbedtls_ssl_conf_renegotiation(&tc->conf, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
+  if (mbedtls_ssl_conf_own_cert(&tc->conf, &tc->cert, &tc->key)) { snprintf(err, errn, "tls: the certificate's key type is not usable"); goto fail; }
+  if (*cfg.tls_client_ca) {
+    mbedtls_ssl_conf_ca_chain(&tc->conf, &tc->ca, nullptr);
+    mbedtls_ssl_conf_authmode(&tc->conf, MBEDTLS_SSL_VERIFY_REQUIRED);
+  } else {
+    mbedtls_ssl_conf_authmode(&tc->conf, MBEDTLS_SSL_VERIFY_NONE);
+  }
+  return tc;
+fail:
+  tls_conf_unref(tc);
+  return nullptr;
+}
+
+// Gives a connection's record buffers back to the pool when nothing is
+// half read or written in them: after the handshake, between records, or
+// before it starts. Keeps what mbedTLS stores there itself: the record
+// sequence numbers, and where its record pointers point.
+void tls_park(Tls* t) {
+  mbedtls_ssl_context* s = &t->ssl;
+  if (t->parked || s->in_left || s->out_left || s->in_offt || mbedtls_ssl_check_pending(s)) return;
+  if (s->state != MBEDTLS_SSL_HANDSHAKE_OVER && s->state != MBEDTLS_SSL_HELLO_REQUEST) return;
+  unsigned char* buf[2] = {s->in_buf, s->out_buf};
+  for (int d = 0; d < 2; d++) {
+    memcpy(t->ctr[d], s->*tls_ptrs[d][0], 8);
+    for (int k = 0; k < 6; k++) t->off[d][k] = s->*tls_ptrs[d][k] - buf[d];
+  }
+  if (tls.npool < TLS_POOL) { tls.pool[tls.npool][0] = buf[0]; tls.pool[tls.npool][1] = buf[1]; tls.npool++; }
+  else { free(buf[0]); free(buf[1]); }
+  s->in_buf = s->out_buf = nullptr;
+  t->parked = true;
+}
+
+bool tls_unpark(Tls* t) {
+  if (!t->parked) return true;
+  mbedtls_ssl_context* s = &t->ssl;
+  unsigned char* buf[2];
+  if (tls.npool) { tls.npool--; buf[0] = tls.pool[tls.npool][0]; buf[1] = tls.pool[tls.npool][1]; }
+  else {
+    buf[0] = (unsigned char*)calloc(1, MBEDTLS_SSL_IN_BUFFER_LEN);
+    buf[1] = (unsigned char*)calloc(1, MBEDTLS_SSL_OUT_BUFFER_LEN);
+    if (!buf[0] || !buf[1]) { free(buf[0]); free(buf[1]); return false; }
+  }
+  s->in_buf = buf[0];
+  s->out_buf = buf[1];
+  for (int d = 0; d < 2; d++) {
+    for (int k = 0; k < 6; k++) s->*tls_ptrs[d][k] = buf[d] + t->off[d][k];
+    memcpy(s->*tls_ptrs[d][0], t->ctr[d], 8);
+  }
+  t->parked = false;
+  return true;
+}
+
+int tls_bio_send(void* ctx, const unsigned char* p, size_t n) {
+  Conn* c = (Conn*)ctx;
+  return stream_send_bytes((uv_stream_t*)&c->tcp, (const char*)p, n) ? MBEDTLS_ERR_NET_SEND_FAILED : (int)n;
+}
+
+int tls_bio_recv(void*, unsigned char* p, size_t n) {
+  if (!tls.rdlen) return MBEDTLS_ERR_SSL_WANT_READ;
+  n = std::min(n, tls.rdlen);
+  memcpy(p, tls.rd, n);
+  tls.rd += n;
+  tls.rdlen -= n;
+  return (int)n;
+}
+
+// A connection accepted on the TLS listener. False when out of memory.
+bool tls_new(Conn* c) {
+  Tls* t = (Tls*)calloc(1, sizeof(Tls));
+  if (!t) return false;
+  mbedtls_ssl_init(&t->ssl);
+  if (mbedtls_ssl_setup(&t->ssl, &tls.current->conf)) { mbedtls_ssl_free(&t->ssl); free(t); return false; }
+  t->conf = tls.current;
+  t->conf->refs++;
+  mbedtls_ssl_set_bio(&t->ssl, c, tls_bio_send, tls_bio_recv, nullptr);
+  c->tls = t;
+  tls.count++;
+  tls_park(t);   // nothing to hold until the client speaks
+  return true;
+}
+
+void tls_free(Conn* c) {
+  Tls* t = c->tls;
+  if (!t) return;
+  if (t->parked) t->ssl.in_buf = t->ssl.out_buf = nullptr;   // nothing for mbedtls_ssl_free to free
+  mbedtls_ssl_free(&t->ssl);
+  tls_conf_unref(t->conf);
+  free(t->peer);
+  free(t);
+  c->tls = nullptr;
+  tls.count--;
+}
+
+// A verified client certificate's subject CN and SHA-256 fingerprint, kept
+// for the services (UserContext); the certificate itself is then dropped.
+void tls_keep_peer(Tls* t) {
+  mbedtls_ssl_session* ses = t->ssl.session;
+  const mbedtls_x509_crt* crt = ses ? ses->peer_cert : nullptr;
+  if (!crt) return;
+  char cn[128] = "";
+  for (const mbedtls_x509_name* n = &crt->subject; n; n = n->next)
+    if (n->oid.p && !MBEDTLS_OID_CMP(MBEDTLS_OID_AT_CN, &n->oid)) snprintf(cn, sizeof cn, "%.*s", (int)n->val.len, n->val.p);
+  unsigned char sha[32];
+  mbedtls_sha256_ret(crt->raw.p, crt->raw.len, sha, 0);
+  size_t cl = strlen(cn);
+  t->peer = (char*)malloc(cl + 1 + 65);
+  if (t->peer) {
+    memcpy(t->peer, cn, cl + 1);
+    for (int i = 0; i < 32; i++) snprintf(t->peer + cl + 1 + 2 * i, 3, "%02x", sha[i]);
+  }
+  mbedtls_x509_crt_free(ses->peer_cert);   // 1-2 KiB a connection would keep for nothing
+  mbedtls_free(ses->peer_cert);
+  ses->peer_cert = nullptr;
+}
+
+void conn_input(Conn* c, const char* p, size_t n);   // section 13: plaintext for HTTP or WebSocket (null: the end)
+
+// Ciphertext read from a TLS connection: the handshake, then every record
+// decrypted and handed on as plaintext.
+void tls_input(Conn* c, const char* p, size_t n) {
+  Tls* t = c->tls;
+  if (!t->handshaken && t->ssl.state == MBEDTLS_SSL_HELLO_REQUEST && t->parked && n && (unsigned char)p[0] != 0x16) {
+    // Not a TLS handshake record: most likely plain HTTP on the TLS port.
+    static const char plain[] = "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: 78\r\nConnection: close\r\n\r\n"
+                                "{\"error\":{\"type\":\"BAD_REQUEST\",\"message\":\"this port speaks TLS (https://)\"}}";
+    uv_buf_t b = uv_buf_init((char*)plain, sizeof plain - 1);
+    uv_try_write((uv_stream_t*)&c->tcp, &b, 1);
+    tls.failures++;
+    conn_close(c, "plain text on the TLS port");
+    return;
+  }
+  if (!tls_unpark(t)) { conn_close(c, "out of memory for TLS buffers"); return; }
+  tls.rd = (const unsigned char*)p;
+  tls.rdlen = n;
+  while (!t->handshaken) {
+    if (t->ssl.handshake && t->ssl.handshake->resume) t->resumed = true;
+    int r = mbedtls_ssl_handshake_step(&t->ssl);
+    if (r == MBEDTLS_ERR_SSL_WANT_READ || r == MBEDTLS_ERR_SSL_WANT_WRITE) { tls.rdlen = 0; tls_park(t); return; }
+    if (r) {
+      char e[96];
+      mbedtls_strerror(r, e, sizeof e);
+      LOG_DEBUG("conn %u: TLS handshake failed: %s", conn_index(c), e);
+      tls.failures++;
+      tls.rdlen = 0;
+      conn_close(c, "TLS handshake failed");
+      return;
+    }
+    if (t->ssl.state == MBEDTLS_SSL_HANDSHAKE_OVER) {
+      t->handshaken = true;
+      tls.handshakes++;
+      tls.resumed += t->resumed;
+      tls_keep_peer(t);
+    }
+  }
+  for (;;) {
+    int r = mbedtls_ssl_read(&t->ssl, tls.plain, sizeof tls.plain);
+    if (r > 0) {
+      const unsigned char* rd = tls.rd;   // conn_input may write (and so call mbedTLS) on this connection
+      size_t rdlen = tls.rdlen;
+      conn_input(c, (const char*)tls.plain, (size_t)r);
+      if (c->tls != t || (c->state != CState::Http && c->state != CState::Ws)) { tls.rdlen = 0; return; }
+      tls.rd = rd;
+      tls.rdlen = rdlen;
+      continue;
+    }
+    tls.rdlen = 0;
+    if (r == MBEDTLS_ERR_SSL_WANT_READ) break;
+    conn_input(c, nullptr, 0);   // close_notify or a bad record: the end of input
+    if (r != MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY && c->state != CState::Closed && c->state != CState::Free) conn_close(c, "TLS record refused");
+    return;
+  }
+  tls_park(t);
+}
+
+// Plaintext to a TLS connection: encrypted into records that go out through
+// tls_bio_send. 0, or a negative libuv-style error.
+int tls_write(Conn* c, const char* p, size_t n) {
+  Tls* t = c->tls;
+  if (!t->handshaken) return UV_ENOTCONN;
+  if (!tls_unpark(t)) return UV_ENOMEM;
+  for (size_t done = 0; done < n;) {
+    int r = mbedtls_ssl_write(&t->ssl, (const unsigned char*)p + done, n - done);
+    if (r <= 0) return UV_EIO;
+    done += (size_t)r;
+  }
+  tls_park(t);
+  return 0;
+}
+
+// The TLS close alert, before the socket's write side is shut.
+void tls_close_notify(Conn* c) {
+  Tls* t = c->tls;
+  if (t && t->handshaken && tls_unpark(t)) mbedtls_ssl_close_notify(&t->ssl);
+}
+
+const char* tls_peer(const Tls* t) { return t->peer; }
+
+void tls_release() {
+  for (int i = 0; i < tls.npool; i++) { free(tls.pool[i][0]); free(tls.pool[i][1]); }
+  tls.npool = 0;
+  tls_conf_unref(tls.current);
+  tls.current = nullptr;
+  if (tls.rng_ok) {
+    mbedtls_ssl_ticket_free(&tls.tickets);
+    mbedtls_ctr_drbg_free(&tls.drbg);
+    mbedtls_entropy_free(&tls.entropy);
+    tls.rng_ok = false;
+  }
+}
+
+// ============================================================================
+// 7. Routes
 // Method + path pattern ("/users/:id/posts"). Among the routes matching a
 // path, the one whose first differing segment is static wins ("/users/stats"
 // beats "/users/:id"); an exact method beats "*". Two routes with the same
@@ -1894,7 +2308,7 @@ bool route_match(const char* method, const char* path, size_t path_len, Match* m
 }
 
 // ============================================================================
-// 7. Auth
+// 8. Auth
 // JWT from "Authorization: Bearer" or ?token=. HS256 with --jwt-secret;
 // RS256/ES256 with the public keys (PEM blocks) in --jwt-keys. "none" and
 // any other algorithm are refused; exp and nbf are checked. The claims a
@@ -2241,8 +2655,14 @@ UserBlob* jwt_verify(const char* tok, size_t n, const char** why) {
   return u;
 }
 
-void user_expand(const UserBlob* u, linkd_UserContext* out) {
+// The user context of a request or connection: the token's claims, and a
+// verified TLS client certificate's CN and fingerprint.
+void user_expand(const UserBlob* u, const Conn* c, linkd_UserContext* out) {
   *out = linkd_UserContext{};
+  if (const char* peer = c && c->tls ? tls_peer(c->tls) : nullptr) {
+    snprintf(out->client_cert_cn, sizeof out->client_cert_cn, "%s", peer);
+    snprintf(out->client_cert_sha256, sizeof out->client_cert_sha256, "%s", peer + strlen(peer) + 1);
+  }
   if (!u) return;
   const char* p = u->data;
   snprintf(out->user_id, sizeof out->user_id, "%s", p);
@@ -2276,7 +2696,7 @@ Slice token_of(Slice authz, Slice query) {
 }
 
 // ============================================================================
-// 8. Services
+// 9. Services
 // Each service instance holds one link on the Unix socket. Frames are a
 // varint length + one ServiceMessage; linkd reads the oneof's tag itself and
 // decodes only the member present, so no frame-sized struct is ever built.
@@ -2415,7 +2835,7 @@ void send_conn_event(Backend* b, Conn* c, linkd_WebSocketConnectionEvent_EventTy
   snprintf(e.service_name, sizeof e.service_name, "%s", gr->name);
   snprintf(e.path, sizeof e.path, "%s", gr->ws_path);
   e.has_user = true;
-  user_expand(c->user, &e.user);
+  user_expand(c->user, c, &e.user);
   conn_remote(c, e.remote_address, sizeof e.remote_address);
   e.event_type = type;
   e.connected_at_ms = c->connected_ms;
@@ -3037,7 +3457,7 @@ void svc_connection_cb(uv_stream_t* server, int status) noexcept {
 }
 
 // ============================================================================
-// 9. HTTP
+// 10. HTTP
 // llhttp parses requests into the connection's Http record. One request at a
 // time per connection: on_message_complete pauses the parser, so pipelined
 // requests wait in Http::in and are answered strictly in order. A request
@@ -3412,7 +3832,7 @@ Sent send_http_request(Backend* b, Conn* c, const Match* m, uint64_t req_id, con
   r.params.funcs.encode = enc_params;
   r.params.arg = (void*)m;
   r.has_user = true;
-  user_expand(user, &r.user);
+  user_expand(user, c, &r.user);
   conn_remote(c, r.remote_address, sizeof r.remote_address);
   snprintf(r.route, sizeof r.route, "%s", g.routes[m->route].def.path);
   return backend_send_msg(b, TAG_HTTP_REQUEST, linkd_HttpRequest_fields, &r);
@@ -3535,7 +3955,7 @@ void http_pump(Conn* c) {
 }
 
 // ============================================================================
-// 10. WebSocket
+// 11. WebSocket
 // After the RFC 6455 handshake a connection drops its Http record. wslay
 // parses frames (fragmentation, ping/pong, close handshake, UTF-8 checks,
 // the size limit), but a wslay context (~8.7 KiB) is bound to a connection
@@ -3640,7 +4060,7 @@ void ws_flush(Conn* c) {
   if (wslay_event_want_write(c->ws) && wslay_event_send(c->ws)) { conn_close(c, "write failed"); return; }
   if (c->state != CState::Ws) return;
   if (g.wsout.len) {
-    int r = stream_send_bytes((uv_stream_t*)&c->tcp, g.wsout.p, g.wsout.len);
+    int r = conn_write(c, g.wsout.p, g.wsout.len);
     if (g.wsout.cap > 64 * 1024) buf_free(&g.wsout);
     if (r) { conn_close(c, uv_strerror(r)); return; }
   }
@@ -3735,7 +4155,7 @@ Sent send_inbound(Backend* b, Conn* c, Slice type, Slice payload, Slice corr, bo
   m.payload.funcs.encode = enc_slice;
   m.payload.arg = &payload;
   m.has_user = true;
-  user_expand(c->user, &m.user);
+  user_expand(c->user, c, &m.user);
   m.binary = binary;
   return backend_send_msg(b, TAG_WS_INBOUND, linkd_WebSocketInbound_fields, &m);
 }
@@ -4004,7 +4424,7 @@ bool ws_try_upgrade(Conn* c) {
 }
 
 // ============================================================================
-// 11. Pushes
+// 12. Pushes
 // What a service sends its WebSocket clients: to one connection, a room
 // (membership lists from section 4) or everyone on its path. A push is
 // built once (the JSON envelope and the frame header), then the same bytes are
@@ -4080,7 +4500,7 @@ void ws_outbound(Backend* b, const linkd_WebSocketOutbound* m, Slice payload) {
 }
 
 // ============================================================================
-// 12. Lifecycle
+// 13. Lifecycle
 // Timers: one for all pending replies (the FIFO head), a 1 s housekeeping
 // tick (heartbeats, idle HTTP connections, stalled close handshakes,
 // shutdown progress), the systemd watchdog. Then signals and shutdown,
@@ -4150,9 +4570,11 @@ void housekeeping(uint64_t now) {
       if (c->missed >= 2) { conn_close(c, "missed two heartbeats"); continue; }
       c->missed++;
       c->next_ping = now + group_heartbeat(&g.groups[c->group]);
-      if (int r = stream_send((uv_stream_t*)&c->tcp, ping)) conn_close(c, uv_strerror(r));
+      if (int r = conn_write(c, ping->data, ping->len, ping)) conn_close(c, uv_strerror(r));
     } else if (c->state == CState::Linger) {
       if (now >= c->close_deadline) conn_close(c, "linger deadline");
+    } else if (c->state == CState::Http && c->tls && !c->tls->handshaken) {
+      if (now - c->http->since > TLS_HANDSHAKE_MS) { tls.failures++; conn_close(c, "TLS handshake not finished in time"); }
     } else if (c->state == CState::Http && c->http && !c->http->complete) {
       Http* h = c->http;
       bool partial = h->in.len || llhttp_get_errno(&h->parser) != HPE_OK || h->head.len;
@@ -4189,6 +4611,7 @@ void shutdown_begin(const char* why) {
   notify("STOPPING=1\nSTATUS=stopping");
   g.shutdown_deadline = now_ms() + (uint64_t)cfg.shutdown_timeout;
   if (g.listening) { uv_close((uv_handle_t*)&g.listener, nullptr); g.listening = false; }
+  if (g.tls_listening) { uv_close((uv_handle_t*)&g.tls_listener, nullptr); g.tls_listening = false; }
   if (g.svc_listening) { uv_close((uv_handle_t*)&g.svc_listener, nullptr); g.svc_listening = false; unlink(cfg.socket_path); }
   static const char bye[] = "{\"type\":\"server.shutdown\"}";
   for (uint32_t i = 0; i < g.conn_hw; i++) {
@@ -4252,7 +4675,7 @@ uint64_t tick_ms() { return std::min<uint64_t>(1000, (uint64_t)cfg.heartbeat_int
 // service_allow list (instances it no longer allows are closed). What
 // cannot (addresses, table and size limits) is named in one log line and
 // keeps its value until a restart. A bad value changes nothing.
-const char* const restart_only[] = {"listen", "socket", "socket-mode", "max-connections", "max-http-connections", "max-rooms",
+const char* const restart_only[] = {"listen", "tls-listen", "socket", "socket-mode", "max-connections", "max-http-connections", "max-rooms",
                                     "max-memberships", "max-services", "max-message-size", "max-body-size", "max-frame-size"};
 
 void reload() {
@@ -4263,10 +4686,14 @@ void reload() {
   notify(msg);
   static Config old;      // static: Config is a few KiB
   old = cfg;
-  char why[512];
+  char why[1024];
   Keys* fresh = (Keys*)calloc(1, sizeof(Keys));
   bool ok = fresh && config_reparse(g.argc, g.argv, why, sizeof why);
   if (ok && !keys_load(fresh, why, sizeof why)) { ok = false; cfg = old; }
+  // New connections get the new certificate, key and client CA; live ones
+  // keep theirs. The TLS listener itself cannot come or go live.
+  TlsConf* tc = nullptr;
+  if (ok && tls.current && *cfg.tls_listen && !(tc = tls_conf_load(why, sizeof why))) { ok = false; cfg = old; }
   if (!ok) {
     if (fresh) { keys_free(fresh); free(fresh); }
     g.reloads_failed++;
@@ -4288,6 +4715,7 @@ void reload() {
   keys_free(&keys);
   keys = *fresh;
   free(fresh);
+  if (tc) { tls_conf_unref(tls.current); tls.current = tc; }
   if (!g.shutting_down) uv_timer_start(&g.tick, tick_cb, tick_ms(), tick_ms());
   for (uint32_t i = 0; i < g.nbackends; i++) {
     Backend* b = &g.backends[i];
@@ -4323,6 +4751,11 @@ void metrics_write(Buf* b) {
     {"linkd_service_registrations_refused_total", "counter", "Registrations refused (any reason).", g.reg_refused},
     {"linkd_service_registrations_refused_identity_total", "counter", "Registrations refused by service_allow (the peer's uid/gid).", g.reg_refused_identity},
     {"linkd_reloads_total", "counter", "SIGHUP reloads applied.", g.reloads},
+    {"linkd_tls_connections", "gauge", "Open connections on the TLS listener.", tls.count},
+    {"linkd_tls_handshakes_total", "counter", "TLS handshakes completed.", tls.handshakes},
+    {"linkd_tls_resumed_total", "counter", "TLS handshakes that resumed a session (ticket).", tls.resumed},
+    {"linkd_tls_failures_total", "counter", "TLS connections that failed or timed out in the handshake, or spoke plain text.", tls.failures},
+    {"linkd_tls_buffers_pooled", "gauge", "Idle TLS record-buffer pairs kept for reuse.", (uint64_t)tls.npool},
     {"linkd_reloads_failed_total", "counter", "SIGHUP reloads refused (a bad value: nothing changed).", g.reloads_failed},
     {"linkd_ws_connections", "gauge", "Open WebSocket connections.", g.ws_count},
     {"linkd_ws_accepted_total", "counter", "WebSocket upgrades accepted.", g.ws_accepted},
@@ -4341,25 +4774,26 @@ void metrics_write(Buf* b) {
 
 // --- client connections: accept and read ------------------------------------------
 
-void conn_read_cb(uv_stream_t* st, ssize_t n, const uv_buf_t*) noexcept {
-  Conn* c = (Conn*)st->data;
-  if (n == 0) return;
-  if (n < 0) {
-    if (n == UV_EOF && c->state == CState::Http && c->http && (c->http->complete || c->http->in.len)) {
+// Plaintext from a client (decrypted already on a TLS connection); null:
+// the client has finished sending.
+void conn_input(Conn* c, const char* p, size_t n) {
+  uv_stream_t* st = (uv_stream_t*)&c->tcp;
+  if (!p) {
+    if (c->state == CState::Http && c->http && (c->http->complete || c->http->in.len)) {
       c->http->eof = true;      // half-closed: answer what was sent, then close
       uv_read_stop(st);
       return;
     }
-    conn_close(c, n == UV_EOF ? "peer closed" : uv_strerror((int)n));
+    conn_close(c, "peer closed");
     return;
   }
   if (c->state == CState::Http) {
-    buf_put(&c->http->in, g.readbuf, (size_t)n);
+    buf_put(&c->http->in, p, n);
     if (c->http->complete) uv_read_stop(st);
     else http_pump(c);
   } else if (c->state == CState::Ws) {
     c->missed = 0;
-    ws_feed(c, g.readbuf, (size_t)n);
+    ws_feed(c, p, n);
     // Output not read by the client is over its cap (pongs to a ping
     // flood, replies): stop reading until it drains (write_done_cb).
     if (c->state == CState::Ws && c->tcp.write_queue_size > (size_t)cfg.max_outbound) {
@@ -4367,6 +4801,15 @@ void conn_read_cb(uv_stream_t* st, ssize_t n, const uv_buf_t*) noexcept {
       uv_read_stop(st);
     }
   }
+}
+
+void conn_read_cb(uv_stream_t* st, ssize_t n, const uv_buf_t*) noexcept {
+  Conn* c = (Conn*)st->data;
+  if (n == 0) return;
+  if (n == UV_EOF) conn_input(c, nullptr, 0);
+  else if (n < 0) conn_close(c, uv_strerror((int)n));
+  else if (c->tls) tls_input(c, g.readbuf, (size_t)n);
+  else conn_input(c, g.readbuf, (size_t)n);
 }
 
 // An address's key for the per-address HTTP cap: IPv4, or an IPv6 /64
@@ -4447,12 +4890,14 @@ void conn_refuse(uv_stream_t* st, unsigned status, const char* type, const char*
 
 void tcp_connection_cb(uv_stream_t* server, int status) noexcept {
   if (status < 0) { LOG_WARN("accept: %s", uv_strerror(status)); return; }
+  bool secure = server == (uv_stream_t*)&g.tls_listener;
   Conn* c = conn_alloc();
   if (!c) {
-    // No slot at all (every one is open or closing): accept, say 503, close.
+    // No slot at all (every one is open or closing): accept, say 503, close
+    // (on the TLS port there is no way to say it before a handshake).
     uv_tcp_t* tmp = (uv_tcp_t*)malloc(sizeof *tmp);
     uv_tcp_init(g.loop, tmp);
-    if (uv_accept(server, (uv_stream_t*)tmp) == 0) conn_refuse((uv_stream_t*)tmp, 503, "SERVICE_UNAVAILABLE", "too many open connections");
+    if (uv_accept(server, (uv_stream_t*)tmp) == 0 && !secure) conn_refuse((uv_stream_t*)tmp, 503, "SERVICE_UNAVAILABLE", "too many open connections");
     uv_close((uv_handle_t*)tmp, [](uv_handle_t* h) noexcept { free(h); });
     return;
   }
@@ -4469,8 +4914,9 @@ void tcp_connection_cb(uv_stream_t* server, int status) noexcept {
     full = "too many open connections from this address";
   Http* h = full ? nullptr : (Http*)calloc(1, sizeof(Http));
   if (!h) {
-    conn_refuse((uv_stream_t*)&c->tcp, full && strstr(full, "address") ? 429 : 503, full && strstr(full, "address") ? "TOO_MANY_REQUESTS" : "SERVICE_UNAVAILABLE",
-                full ? full : "out of memory");
+    if (!secure)
+      conn_refuse((uv_stream_t*)&c->tcp, full && strstr(full, "address") ? 429 : 503, full && strstr(full, "address") ? "TOO_MANY_REQUESTS" : "SERVICE_UNAVAILABLE",
+                  full ? full : "out of memory");
     uv_close((uv_handle_t*)&c->tcp, conn_closed_cb);
     return;
   }
@@ -4484,14 +4930,16 @@ void tcp_connection_cb(uv_stream_t* server, int status) noexcept {
   h->route = NIL;
   h->since = now_ms();
   uv_tcp_nodelay(&c->tcp, 1);
+  if (secure && !tls_new(c)) { conn_close(c, "out of memory for TLS"); return; }
   uv_read_start((uv_stream_t*)&c->tcp, alloc_cb, conn_read_cb);
 }
 
 // --- listeners ---------------------------------------------------------------------
 
-int listen_tcp() {
+// --listen, or --tls-listen into g.tls_listener.
+int listen_tcp(const char* addr, uv_tcp_t* handle, bool* listening) {
   char host[128];
-  snprintf(host, sizeof host, "%s", cfg.listen);
+  snprintf(host, sizeof host, "%s", addr);
   char* colon = strrchr(host, ':');
   *colon = 0;
   int port = atoi(colon + 1);
@@ -4502,11 +4950,11 @@ int listen_tcp() {
     LOG_ERROR("listen: '%s' is not an IP address", h);
     return UV_EINVAL;
   }
-  uv_tcp_init(g.loop, &g.listener);
-  g.listening = true;
-  int r = uv_tcp_bind(&g.listener, (sockaddr*)&ss, 0);
-  if (!r) r = uv_listen((uv_stream_t*)&g.listener, 1024, tcp_connection_cb);
-  if (r) LOG_ERROR("listen on %s: %s", cfg.listen, uv_strerror(r));
+  uv_tcp_init(g.loop, handle);
+  *listening = true;
+  int r = uv_tcp_bind(handle, (sockaddr*)&ss, 0);
+  if (!r) r = uv_listen((uv_stream_t*)handle, 1024, tcp_connection_cb);
+  if (r) LOG_ERROR("listen on %s: %s", addr, uv_strerror(r));
   return r;
 }
 
@@ -4550,7 +4998,7 @@ int listen_unix() {
 }
 
 // ============================================================================
-// 13. Self-test
+// 14. Self-test
 // `linkd --self-test` runs these unit tests of the tables and the route
 // matcher in-process (no sockets) and prints PASS:/FAIL: lines.
 // ============================================================================
@@ -4780,7 +5228,7 @@ void self_test_jwt() {
   const char* why = nullptr;
   UserBlob* u = jwt_verify(tok, tn, &why);
   linkd_UserContext uc;
-  user_expand(u, &uc);
+  user_expand(u, nullptr, &uc);
   st_check(u && !strcmp(uc.user_id, "u1") && !strcmp(uc.username, "ann") && !strcmp(uc.tenant_id, "t9") && uc.roles_count == 2 &&
            user_has_role(u, "dev") && !user_has_role(u, "root"), "HS256 token verified, claims packed");
   free(u);
@@ -4860,7 +5308,7 @@ int self_test() {
 }  // namespace
 
 // ============================================================================
-// 14. main
+// 15. main
 // LINKD_NO_MAIN leaves main out, so a harness (tests/fuzz/) can #include
 // this file and drive its sections directly: the same code, not a copy.
 // ============================================================================
@@ -4873,8 +5321,9 @@ int main(int argc, char** argv) {
   g.argv = argv;
   CliMode mode = config_parse(argc, argv);
   if (mode.self_test) return self_test();
-  char kerr[512];
+  char kerr[1024];
   if (!keys_load(&keys, kerr, sizeof kerr)) config_die(kerr);
+  if (*cfg.tls_listen && !(tls.current = tls_conf_load(kerr, sizeof kerr))) config_die(kerr);
   if (mode.check) {
     if (*cfg.config) printf("linkd: configuration ok (%s)\n", cfg.config);
     else printf("linkd: configuration ok\n");
@@ -4884,7 +5333,9 @@ int main(int argc, char** argv) {
   g.loop = uv_default_loop();
   tables_init();
   http_settings_init();
-  if (listen_tcp() || listen_unix()) return 1;
+  if (listen_tcp(cfg.listen, &g.listener, &g.listening) || (*cfg.tls_listen && listen_tcp(cfg.tls_listen, &g.tls_listener, &g.tls_listening)) ||
+      listen_unix())
+    return 1;
   uv_timer_init(g.loop, &g.tick);
   uv_timer_init(g.loop, &g.pend_timer);
   uv_timer_init(g.loop, &g.watchdog);
@@ -4903,7 +5354,8 @@ int main(int argc, char** argv) {
     uint64_t usec = strtoull(wd, nullptr, 10);
     if (usec >= 2000) uv_timer_start(&g.watchdog, watchdog_cb, usec / 2000, usec / 2000);
   }
-  LOG_INFO("linkd %s listening on %s, services on %s", LINKD_VERSION, cfg.listen, cfg.socket_path);
+  LOG_INFO("linkd %s listening on %s%s%s, services on %s", LINKD_VERSION, cfg.listen, *cfg.tls_listen ? " and TLS on " : "", cfg.tls_listen,
+           cfg.socket_path);
   char status[512];
   snprintf(status, sizeof status, "READY=1\nSTATUS=listening on %s, services on %s", cfg.listen, cfg.socket_path);
   notify(status);
@@ -4919,6 +5371,7 @@ int main(int argc, char** argv) {
               g.room_count, g.member_count, g.pend_count);
   tables_free();
   keys_free(&keys);
+  tls_release();
   LOG_INFO("stopped");
   return clean ? 0 : 70;
 }
