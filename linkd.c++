@@ -1930,7 +1930,9 @@ TlsConf* tls_conf_load(char* err, size_t errn) {
   mbedtls_ssl_conf_rng(&tc->conf, mbedtls_ctr_drbg_random, &tls.drbg);
   mbedtls_ssl_conf_alpn_protocols(&tc->conf, tls_alpn);
   mbedtls_ssl_conf_session_tickets_cb(&tc->conf, mbedtls_ssl_ticket_write, mbedtls_ssl_ticket_parse, &tls.tickets);
+#if defined(MBEDTLS_SSL_RENEGOTIATION)
   mbedtls_ssl_conf_renegotiation(&tc->conf, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
+#endif
   if (mbedtls_ssl_conf_own_cert(&tc->conf, &tc->cert, &tc->key)) { snprintf(err, errn, "tls: the certificate's key type is not usable"); goto fail; }
   if (*cfg.tls_client_ca) {
     mbedtls_ssl_conf_ca_chain(&tc->conf, &tc->ca, nullptr);

@@ -72,7 +72,7 @@ CROSS_LDFLAGS  := -static -s -Wl,--gc-sections -Wl,--build-id=none -Wl,-O1 -Wl,-
 
 # Rebuild everything when the compiler flags change: $(CROSS_DIR)/.flags holds them
 # and is rewritten (so newer than every object) only when they differ.
-CROSS_FLAGSIG := $(CROSS_CC) $(CROSS_CFLAGS) / $(CROSS_CXXFLAGS) / $(CROSS_LDFLAGS)
+CROSS_FLAGSIG := $(CROSS_CC) $(CROSS_CFLAGS) / $(CROSS_CXXFLAGS) / $(CROSS_LDFLAGS) / mbedtls config $(shell cksum < cross/mbedtls_config.h)
 ifneq ($(CROSS_FLAGSIG),$(shell cat $(CROSS_DIR)/.flags 2>/dev/null))
 $(shell mkdir -p $(CROSS_DIR) && echo '$(CROSS_FLAGSIG)' > $(CROSS_DIR)/.flags)
 endif
@@ -90,8 +90,8 @@ CROSS_UV_FLAGS := -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -D_LARGEFILE_SOURCE \
 # ---- wslay 1.1.1 (aria2's deps/wslay)
 CROSS_WSLAY_SRC := $(addprefix lib/,wslay_event.c wslay_frame.c wslay_net.c wslay_queue.c)
 CROSS_WSLAY_FLAGS := -DHAVE_ARPA_INET_H -DHAVE_NETINET_IN_H -I$(CROSS_TP)/wslay/lib/includes -I$(CROSS_TP)/wslay/lib -w
-# ---- mbedTLS 2.28 (libmbedcrypto: OBJS_CRYPTO of its library/Makefile, upstream config.h;
-#      the linker keeps only what linkd calls)
+# ---- mbedTLS 2.28 (OBJS_CRYPTO, OBJS_X509 and OBJS_TLS of its library/Makefile in one
+#      archive, upstream config.h; the linker keeps only what linkd calls)
 CROSS_MBED_SRC := $(addprefix library/,$(addsuffix .c,aes aesni arc4 aria asn1parse asn1write \
     base64 bignum blowfish camellia ccm chacha20 chachapoly cipher cipher_wrap cmac constant_time \
     ctr_drbg des dhm ecdh ecdsa ecjpake ecp ecp_curves entropy entropy_poll error gcm havege hkdf \
@@ -100,8 +100,12 @@ CROSS_MBED_SRC := $(addprefix library/,$(addsuffix .c,aes aesni arc4 aria asn1pa
     psa_crypto_cipher psa_crypto_client psa_crypto_driver_wrappers psa_crypto_ecp psa_crypto_hash \
     psa_crypto_mac psa_crypto_rsa psa_crypto_se psa_crypto_slot_management psa_crypto_storage \
     psa_its_file ripemd160 rsa rsa_internal sha1 sha256 sha512 threading timing version \
-    version_features xtea))
-CROSS_MBED_FLAGS := -D_FILE_OFFSET_BITS=64 -I$(CROSS_TP)/mbedtls/include -I$(CROSS_TP)/mbedtls/library -w
+    version_features xtea \
+    certs pkcs11 x509 x509_create x509_crl x509_crt x509_csr x509write_crt x509write_csr \
+    debug net_sockets ssl_cache ssl_ciphersuites ssl_cli ssl_cookie ssl_msg ssl_srv ssl_ticket \
+    ssl_tls ssl_tls13_keys))
+CROSS_MBED_CONFIG := -DMBEDTLS_CONFIG_FILE='"$(CURDIR)/cross/mbedtls_config.h"'
+CROSS_MBED_FLAGS := -D_FILE_OFFSET_BITS=64 $(CROSS_MBED_CONFIG) -I$(CROSS_TP)/mbedtls/include -I$(CROSS_TP)/mbedtls/library -w
 # ---- nanopb 0.4.7 (default options, like Debian's libprotobuf-nanopb)
 CROSS_PB_SRC := pb_common.c pb_decode.c pb_encode.c
 CROSS_PB_FLAGS := -I$(CROSS_TP)/nanopb
@@ -157,7 +161,7 @@ CROSS_INCLUDES := -I$(CROSS_DIR) -I$(CROSS_DIR)/include -I$(CROSS_TP)/llhttp/inc
   -I$(CROSS_TP)/nanopb -I$(CROSS_TP)/zlib
 
 $(CROSS_BIN): linkd.c++ $(CROSS_DIR)/.flags $(CROSS_DIR)/linkd.pb.h $(CROSS_DIR)/linkd.pb.o $(CROSS_DIR)/include/jsmn.h $(CROSS_LIBFILES)
-	$(CROSS_CXX) -std=c++20 $(CROSS_CXXFLAGS) -Wall -Wextra -DLINKD_VERSION='"$(CROSS_VERSION)"' $(CROSS_INCLUDES) \
+	$(CROSS_CXX) -std=c++20 $(CROSS_CXXFLAGS) -Wall -Wextra -DLINKD_VERSION='"$(CROSS_VERSION)"' $(CROSS_MBED_CONFIG) $(CROSS_INCLUDES) \
 	  linkd.c++ $(CROSS_DIR)/linkd.pb.o $(CROSS_LDFLAGS) -L$(CROSS_DIR) \
 	  -Wl,--start-group $(addprefix -l,$(CROSS_LIBS)) -Wl,--end-group -pthread -o $@
 	@echo "$@: $$(stat -c %s $@) bytes, static, stripped ($$(readelf -h $@ | sed -n 's/^ *Machine: *//p'))"
