@@ -141,8 +141,9 @@ if [ -f "$B" ]; then
     ;;
   linkd)
     if ! strip -o "$T_TMP/linkd.stripped" "$B" 2>/dev/null; then fail "native linkd stripped: size" "strip failed"
-    elif size=$(stat -c %s "$T_TMP/linkd.stripped"); [ "$size" -le 307200 ]; then pass "native linkd stripped: $size bytes <= 300 KiB"
-    else fail "native linkd stripped: size" "$size bytes > 307200 (300 KiB)"; fi
+    # (300 KiB until TLS and the hardening of issues 8/9 added ~20 KiB of linkd's own code)
+    elif size=$(stat -c %s "$T_TMP/linkd.stripped"); [ "$size" -le 360448 ]; then pass "native linkd stripped: $size bytes <= 352 KiB"
+    else fail "native linkd stripped: size" "$size bytes > 360448 (352 KiB)"; fi
     ;;
   esac
 fi
