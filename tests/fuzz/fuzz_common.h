@@ -24,6 +24,7 @@
 #include <arpa/inet.h>
 #include <sanitizer/common_interface_defs.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <string>
 #include <vector>
 
@@ -90,7 +91,7 @@ void init() {
   snprintf(cfg.socket_path, sizeof cfg.socket_path, "%s", sock_path);
   g.loop = uv_default_loop();
   http_settings_init();
-  if (listen_tcp() || listen_unix()) die("cannot listen");
+  if (listen_tcp(cfg.listen, &g.listener, &g.listening) || listen_unix()) die("cannot listen");
   atexit(unlink_socket);
   sockaddr_storage ss;
   int len = sizeof ss;
@@ -121,6 +122,7 @@ void drain(Peer& p, bool keep) {
   char buf[65536];
   for (;;) {
     ssize_t r = read(p.fd, buf, sizeof buf);
+    if (r < 0 && errno == EINTR) continue;
     if (r <= 0) return;
     if (trace) trace_bytes(keep ? "<- to service" : "<- to client", buf, (size_t)r);
     progress = true;
@@ -174,6 +176,7 @@ size_t send_bytes(int fd, const void* p, size_t n) {
   size_t done = 0;
   while (done < n) {
     ssize_t r = write(fd, (const char*)p + done, n - done);
+    if (r < 0 && errno == EINTR) continue;
     if (r <= 0) break;
     done += (size_t)r;
   }
@@ -211,6 +214,34 @@ void wait_until(Done done) {
   }
 }
 
+// Connects the (then non-blocking) socket fd, or dies saying why.
+// libFuzzer's timers interrupt system calls (EINTR), so the connect is
+// non-blocking and awaited with poll; other processes on this machine may
+// use up the loopback's ephemeral ports for a while (connection churn
+// tests): it waits for one, up to 10 s.
+void connect_to(int fd, const sockaddr* a, socklen_t n, const char* what) {
+  char why[120];
+  if (fd < 0) { snprintf(why, sizeof why, "%s: socket: %s", what, strerror(errno)); die(why); }
+  set_nonblock(fd);
+  int r = -1, err = 0;
+  for (int i = 0; i < 1000; i++) {
+    r = connect(fd, a, n);
+    if (r == 0 || (errno != EADDRNOTAVAIL && errno != EAGAIN)) break;
+    usleep(10000);
+  }
+  if (r && (errno == EINPROGRESS || errno == EINTR)) {
+    pollfd p{fd, POLLOUT, 0};
+    for (int i = 0; i < 100 && poll(&p, 1, 100) <= 0; i++) {}
+    socklen_t el = sizeof err;
+    getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el);
+    r = (p.revents & POLLOUT) && !err ? 0 : -1;
+    if (!err && r) err = ETIMEDOUT;
+  } else if (r) {
+    err = errno;
+  }
+  if (r) { snprintf(why, sizeof why, "%s: %s", what, strerror(err)); die(why); }
+}
+
 uint32_t conns_in_use() {
   uint32_t n = 0;
   for (uint32_t i = 0; i < g.conn_hw; i++) n += g.conns[i].state != CState::Free;
@@ -229,18 +260,9 @@ size_t client_open(bool small = false, bool may_refuse = false) {
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   int sz = 4096;
   if (small) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof sz);
-  // Other processes on this machine may use up the loopback's ephemeral
-  // ports for a while (connection churn tests): wait for one, up to 10 s.
-  int r = -1;
-  for (int i = 0; i < 1000 && fd >= 0 && (r = connect(fd, (sockaddr*)&a, sizeof a)) && (errno == EADDRNOTAVAIL || errno == EAGAIN); i++) usleep(10000);
-  if (fd < 0 || r) {
-    char why[80];
-    snprintf(why, sizeof why, "client connect: %s", strerror(errno));
-    die(why);
-  }
+  connect_to(fd, (sockaddr*)&a, sizeof a, "client connect");
   linger lg{1, 0};
   setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-  set_nonblock(fd);
   // linkd's connection for this client: the one whose peer port is ours
   sockaddr_in self{};
   socklen_t sl = sizeof self;
@@ -290,8 +312,7 @@ size_t service_open() {
   sockaddr_un a{};
   a.sun_family = AF_UNIX;
   snprintf(a.sun_path, sizeof a.sun_path, "%s", sock_path);
-  if (fd < 0 || connect(fd, (sockaddr*)&a, sizeof a)) die("service connect");
-  set_nonblock(fd);
+  connect_to(fd, (sockaddr*)&a, sizeof a, "service connect");
   uint32_t before = backends_open();
   wait_until([&] { return backends_open() != before; });
   if (backends_open() == before) die("service link not accepted");
@@ -419,7 +440,7 @@ void restart_listeners() {
   if (!g.shutting_down) return;
   g.shutting_down = g.services_told = false;
   if (uv_is_closing((uv_handle_t*)&g.listener) || uv_is_closing((uv_handle_t*)&g.svc_listener)) settle();
-  if (listen_tcp() || listen_unix()) die("cannot listen again");
+  if (listen_tcp(cfg.listen, &g.listener, &g.listening) || listen_unix()) die("cannot listen again");
   sockaddr_storage ss;
   int len = sizeof ss;
   uv_tcp_getsockname(&g.listener, (sockaddr*)&ss, &len);

@@ -297,7 +297,7 @@ def service_seeds():
 # ---------------------------------------------------------------- jwt
 def jwt_seeds():
     cj = lambda d: json.dumps(d, separators=(',', ':')).encode()
-    full = {"sub": "u1", "preferred_username": "ann", "username": "x", "roles": ["admin", "dev", 3], "tenant_id": "t", "exp": FAR, "nbf": 1}
+    full = {"sub": "u1", "preferred_username": "ann", "username": "x", "roles": ["admin", "dev"], "tenant_id": "t", "exp": FAR, "nbf": 1}
     toks = {
         'hs256-valid': ADMIN,
         'hs256-expired': EXPIRED,
@@ -317,7 +317,9 @@ def jwt_seeds():
         seed('jwt', 'raw-' + name, b'\x00' + t.encode())
     claims = {
         'full': cj(full),
+        'roles-16': cj({"sub": "r", "roles": ["r%d" % i for i in range(16)], "tenant_id": "\u00e9t\u00e9", "exp": FAR}),
         'roles-many': cj({"sub": "r", "roles": ["r%d" % i for i in range(40)], "exp": FAR}),
+        'role-number': cj({"sub": "r", "roles": ["a", 3], "exp": FAR}),
         'exp-nan': b'{"sub":"u","exp":nan}',
         'exp-string': b'{"sub":"u","exp":"4102444800"}',
         'nbf-future': cj({"sub": "u", "nbf": FAR}),
@@ -328,12 +330,14 @@ def jwt_seeds():
     }
     for mode, tag in ((2, 'hs'), (3, 'rs-pem'), (4, 'rs-jwks'), (5, 'es-pem'), (6, 'es-jwks')):
         for name, c in claims.items():
-            if mode > 2 and name not in ('full', 'roles-many', 'exp-nan'):
+            if mode > 2 and name not in ('full', 'roles-16', 'exp-nan'):
                 continue
             seed('jwt', '%s-%s' % (tag, name), bytes([mode]) + c)
     seed('jwt', 'hs-header-kid', b'\x02{"alg":"HS256","kid":"k1","typ":"JWT"}\xff' + cj(full))
     seed('jwt', 'hs-header-alg-twice', b'\x02{"alg":"none","alg":"HS256"}\xff' + cj(full))
     seed('jwt', 'rs-header-es', b'\x03{"alg":"ES256"}\xff' + cj(full))
+    seed('jwt', 'rs-jwks-kid', b'\x04{"alg":"RS256","kid":"r2"}\xff' + cj(full))
+    seed('jwt', 'es-jwks-kid-other', b'\x06{"alg":"ES256","kid":"r2"}\xff' + cj(full))
     # --jwt-keys files (mode 7): public keys only.
     ec_pem = (b'-----BEGIN PUBLIC KEY-----\n'
               b'MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE1dh2iP/kIpqXsX95ZjKwqUaa9bBb\n'
@@ -348,6 +352,7 @@ def jwt_seeds():
         'keys-jwks-ec-bad-point': {"keys": [{"kty": "EC", "crv": "P-256", "x": x, "y": x}]},
         'keys-jwks-mixed': {"keys": [{"kty": "oct", "k": "c2VjcmV0"}, {"kty": "EC", "crv": "P-384", "x": x, "y": x}, {"kty": "OKP"}], "other": [1]},
         'keys-jwks-empty': {"keys": []},
+        'keys-jwks-use-alg': {"keys": [{"kty": "EC", "crv": "P-256", "kid": "a", "use": "enc", "x": x, "y": x}, {"kty": "RSA", "alg": "RS512", "n": "AQAB", "e": "AQAB"}]},
         'keys-jwks-not-array': {"keys": {"kty": "RSA"}},
     }
     for name, d in jwks.items():

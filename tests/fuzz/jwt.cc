@@ -27,7 +27,6 @@ namespace {
 
 mbedtls_ctr_drbg_context drbg;
 mbedtls_pk_context priv[4];   // RSA #1, EC #1, RSA #2, EC #2
-int keys_fixture;             // keys.n after the fixture's files
 
 int fixed_entropy(void*, unsigned char* out, size_t n) {
   for (size_t i = 0; i < n; i++) out[i] = (unsigned char)(i * 131 + 7);
@@ -83,11 +82,10 @@ void fixture() {
   std::string jwks = "{\"keys\":[" + jwk(&priv[2]) + ",{\"kty\":\"oct\",\"k\":\"c2VjcmV0\"}," + jwk(&priv[3]) + "]}";
   char err[512];
   snprintf(cfg.jwt_keys, sizeof cfg.jwt_keys, "%s", memfile("keys.pem", pem.data(), pem.size()));
-  if (!keys_load(err, sizeof err)) fz::die(err);
+  if (!keys_load(&keys, err, sizeof err)) fz::die(err);
   snprintf(cfg.jwt_keys, sizeof cfg.jwt_keys, "%s", memfile("keys.jwks", jwks.data(), jwks.size()));
-  if (!keys_load(err, sizeof err)) fz::die(err);
+  if (!keys_load(&keys, err, sizeof err)) fz::die(err);
   if (keys.n != 4) fz::die("the fixture's keys did not all load");
-  keys_fixture = keys.n;
 }
 
 std::string sign(int mode, const std::string& header, const std::string& claims) {
@@ -122,12 +120,13 @@ std::string sign(int mode, const std::string& header, const std::string& claims)
 void verify(const std::string& tok) {
   const char* why = nullptr;
   UserBlob* u = jwt_verify(tok.data(), tok.size(), &why);
+  if (fz::trace) fprintf(stderr, "token %s: %s\n", u ? "verified" : "refused", u ? u->data : why ? why : "(no reason)");
   if (!u) {
     if (!why) fz::die("jwt_verify refused a token without saying why");
     return;
   }
   linkd_UserContext uc;
-  user_expand(u, &uc);
+  user_expand(u, nullptr, &uc);
   (void)user_has_role(u, "admin");
   char key[160];
   size_t n = tally_key_user(1, u->data, key);
@@ -135,18 +134,20 @@ void verify(const std::string& tok) {
   free(u);
 }
 
-// keys_load on the fuzzer's file; the table goes back to the fixture's keys.
+// keys_load on the fuzzer's file into a table of its own, as a reload
+// (SIGHUP) does; keys_free must leave nothing behind (LeakSanitizer).
 void load_keys(const uint8_t* p, size_t n) {
   static int fd = memfd_create("fuzz-keys", 0);
   if (fd < 0 || ftruncate(fd, 0) || pwrite(fd, p, n, 0) != (ssize_t)n) fz::die("memfd");
   char saved[sizeof cfg.jwt_keys];
   memcpy(saved, cfg.jwt_keys, sizeof saved);
   snprintf(cfg.jwt_keys, sizeof cfg.jwt_keys, "/proc/self/fd/%d", fd);
+  Keys* fresh = (Keys*)calloc(1, sizeof(Keys));
   char err[512];
-  (void)keys_load(err, sizeof err);
+  (void)keys_load(fresh, err, sizeof err);
   memcpy(cfg.jwt_keys, saved, sizeof saved);
-  for (int i = keys_fixture; i < 8; i++) mbedtls_pk_free(&keys.pk[i]);   // also a key that failed half-way
-  keys.n = keys_fixture;
+  keys_free(fresh);
+  free(fresh);
 }
 
 }  // namespace

@@ -23,6 +23,7 @@ for name in "$@"; do
   dict=()
   [ -f "tests/fuzz/dict/$name.dict" ] && dict=(-dict="tests/fuzz/dict/$name.dict")
   before=$(find "$crashes" -type f | wc -l)
+  start=$(date +%s)
   # -close_fd_mask=2: linkd's own log lines are dropped; libFuzzer's and the
   # sanitizers' reports still come through (libFuzzer dups stderr first).
   "$bin" -max_total_time="$secs" -timeout=25 -rss_limit_mb=2048 -close_fd_mask=2 -print_final_stats=1 \
@@ -34,6 +35,8 @@ for name in "$@"; do
   n=$((after - before))
   # a sanitizer report without an artifact (e.g. a crash while loading) still counts
   if [ "$n" -eq 0 ] && [ "$rc" -ne 0 ]; then n=1; fi
+  # every run's figures, for totals across runs
+  echo "$(date -u +%FT%TZ) $name runs=${runs:-0} seconds=$(( $(date +%s) - start )) crashes=$n" >>"$FUZZ/history.txt"
   echo "fuzz $name: ${runs:-0} runs, $n crashes"
   if [ "$n" -ne 0 ]; then
     status=1
