@@ -87,7 +87,10 @@ def split_frame(buf):
 
 def user_dict(u):
     return {'user_id': u.user_id, 'username': u.username, 'roles': list(u.roles),
-            'tenant_id': u.tenant_id, 'authenticated': u.authenticated}
+            'tenant_id': u.tenant_id, 'authenticated': u.authenticated,
+            # TLS with --tls-client-ca: the verified client certificate
+            'client_cert_cn': getattr(u, 'client_cert_cn', ''),
+            'client_cert_sha256': getattr(u, 'client_cert_sha256', '')}
 
 
 class LinkClosed(Exception):
