@@ -67,6 +67,7 @@
 #include <ctime>
 #include <string_view>
 #include <fcntl.h>
+#include <malloc.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -260,10 +261,6 @@ bool setting_apply(const Setting* s, const char* v, char* err, size_t errn) {
   return true;
 }
 
-#ifdef LINKD_FUZZ
-void (*config_die_hook)() = nullptr;   // tests/fuzz/config.cc: back to the harness instead of exit(2)
-#endif
-
 // A reload (SIGHUP) parses the settings again without exiting on a bad
 // value: config_die then keeps the message and jumps back to config_reparse.
 jmp_buf* config_trap;
@@ -276,9 +273,6 @@ FILE* config_file;      // open while config_load_file reads it (closed after a 
     longjmp(*config_trap, 1);
   }
   fprintf(stderr, "linkd: bad configuration: %s\n", msg);
-#ifdef LINKD_FUZZ
-  if (config_die_hook) config_die_hook();
-#endif
   exit(2);
 }
 
@@ -1021,10 +1015,12 @@ struct Global {
   bool listening, svc_listening;
   bool shutting_down;
   uint64_t shutdown_deadline;
+  uint64_t trim_at;       // loop ms of the next tables_trim
   bool services_told;     // SHUTDOWN notices queued; links close as they drain
   uint64_t services_deadline;
 
-  Conn* conns; uint32_t nconns, conn_free, conn_hw;  // hw: slots ever used
+  Conn* conns; uint32_t nconns, conn_free, conn_hw;  // hw: slots ever used (lowered by tables_trim)
+  uint32_t conn_gen;      // the last generation handed out
   uint32_t ws_count, http_count, linger_count;
   Backend* backends; uint32_t nbackends, backend_free;
   Group* groups; uint32_t ngroups;
@@ -1032,7 +1028,7 @@ struct Global {
   Room* rooms; uint32_t nrooms, room_free, room_count, room_hw;
   Index room_index;   // (service, name) -> room
   Index member_index; // (connection, room) -> membership
-  Tally* tallies; uint32_t ntallies, tally_free, tally_hw;
+  Tally* tallies; uint32_t ntallies, tally_free, tally_hw, tally_count;
   Index tally_index;  // key -> tally
   Member* members; uint32_t nmembers, member_free, member_count, member_hw;
   Pending* pend; uint32_t npend, pend_free, pend_head, pend_tail, pend_count, pend_hw;
@@ -1188,9 +1184,12 @@ Conn* conn_alloc() {
   else if (g.conn_hw < g.nconns) i = g.conn_hw++;
   else return nullptr;
   Conn* c = &g.conns[i];
-  uint32_t gen = c->gen;
   memset((void*)c, 0, sizeof *c);
-  c->gen = gen + 1;
+  // One counter for every slot, not one per slot: a slot whose page was
+  // given back (tables_trim) reads as generation 0 again, and must still
+  // never give a stale id a match.
+  if (++g.conn_gen == 0) g.conn_gen = 1;
+  c->gen = g.conn_gen;
   c->state = CState::Http;
   c->group = NIL16;
   c->backend = NIL16;
@@ -1385,6 +1384,7 @@ void tally_add(const char* key, size_t n) {
     memcpy(e->key, key, n);
     e->count = 0;
     index_insert(&g.tally_index, e->hash, t);
+    g.tally_count++;
   }
   g.tallies[t].count++;
 }
@@ -1393,6 +1393,7 @@ void tally_sub(const char* key, size_t n) {
   uint32_t t = tally_find(key, n);
   if (t == NIL || --g.tallies[t].count) return;
   index_remove(&g.tally_index, g.tallies[t].hash, t, [](uint32_t x) { return g.tallies[x].hash; });
+  g.tally_count--;
   g.tallies[t].next_free = g.tally_free;
   g.tally_free = t;
 }
@@ -1446,6 +1447,54 @@ void pend_release_ws(Conn* c, uint32_t p) {
 }
 
 void pend_arm();
+
+// --- giving memory back ------------------------------------------------------
+// After a burst (10k connections come and gone) the tables' touched pages,
+// the pools and the freed heap would stay resident. Every TRIM_MS the free
+// tail of each table above its highest entry in use goes back to the kernel
+// (madvise: the pages read as zeros again, like untouched ones), an empty
+// hash index likewise, the pools shrink and the heap is trimmed.
+
+constexpr uint64_t TRIM_MS = 2000;
+
+void mem_release(void* from, void* to) {
+  uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+  uintptr_t a = ((uintptr_t)from + page - 1) & ~(page - 1), b = (uintptr_t)to & ~(page - 1);
+  if (b > a) madvise((void*)a, b - a, MADV_DONTNEED);
+}
+
+// Lowers *hw to just above the highest entry in use, gives the pages above
+// back, and rebuilds the free list (lowest slots first) below the new mark.
+template <class T, class Used, class Link>
+void table_trim(T* t, uint32_t* hw, uint32_t* free_head, Used used, Link link) {
+  uint32_t top = *hw;
+  while (top && !used(top - 1)) top--;
+  if ((size_t)(*hw - top) * sizeof(T) < 64 * 1024 && top) return;   // not worth a rebuild
+  mem_release(&t[top], &t[*hw]);
+  *hw = top;
+  *free_head = NIL;
+  for (uint32_t i = top; i-- > 0;)
+    if (!used(i)) { link(i) = *free_head; *free_head = i; }
+}
+
+void tables_trim() {
+  table_trim(g.conns, &g.conn_hw, &g.conn_free, [](uint32_t i) { return g.conns[i].state != CState::Free; },
+             [](uint32_t i) -> uint32_t& { return g.conns[i].next_free; });
+  table_trim(g.rooms, &g.room_hw, &g.room_free, [](uint32_t i) { return g.rooms[i].used; },
+             [](uint32_t i) -> uint32_t& { return g.rooms[i].next_free; });
+  table_trim(g.members, &g.member_hw, &g.member_free, [](uint32_t i) { return g.members[i].room != NIL; },
+             [](uint32_t i) -> uint32_t& { return g.members[i].rnext; });
+  table_trim(g.pend, &g.pend_hw, &g.pend_free, [](uint32_t i) { return g.pend[i].kind != PKind::Free; },
+             [](uint32_t i) -> uint32_t& { return g.pend[i].next; });
+  table_trim(g.tallies, &g.tally_hw, &g.tally_free, [](uint32_t i) { return g.tallies[i].count != 0; },
+             [](uint32_t i) -> uint32_t& { return g.tallies[i].next_free; });
+  if (!g.room_count) mem_release(g.room_index.slot, g.room_index.slot + g.room_index.mask + 1);
+  if (!g.member_count) mem_release(g.member_index.slot, g.member_index.slot + g.member_index.mask + 1);
+  if (!g.tally_count) mem_release(g.tally_index.slot, g.tally_index.slot + g.tally_index.mask + 1);
+  while (g.nctx_pool > 4) wslay_event_context_free(g.ctx_pool[--g.nctx_pool]);
+  if (g.zbuf.cap > 64 * 1024) buf_free(&g.zbuf);
+  malloc_trim(0);
+}
 
 // ============================================================================
 // 5. Output
@@ -2129,6 +2178,11 @@ void tls_close_notify(Conn* c) {
 }
 
 const char* tls_peer(const Tls* t) { return t->peer; }
+
+// The pool shrinks back when a burst is over (tables_trim's tick).
+void tls_trim() {
+  while (tls.npool > 4) { tls.npool--; free(tls.pool[tls.npool][0]); free(tls.pool[tls.npool][1]); }
+}
 
 void tls_release() {
   for (int i = 0; i < tls.npool; i++) { free(tls.pool[i][0]); free(tls.pool[i][1]); }
@@ -4583,6 +4637,11 @@ void housekeeping(uint64_t now) {
       if (partial && now - h->since > HTTP_HEAD_MS) http_error(c, 408, "request not received in time", "", true);
       else if (!partial && now - h->since > HTTP_IDLE_MS) conn_close(c, "idle");
     }
+  }
+  if (now >= g.trim_at) {
+    g.trim_at = now + TRIM_MS;
+    tables_trim();
+    tls_trim();
   }
   // A link that never registers would hold its slot (--max-services) forever.
   for (uint32_t i = 0; i < g.nbackends; i++) {

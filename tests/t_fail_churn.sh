@@ -17,15 +17,13 @@ SLOTS=$(( 10000 / T_SLOW ))          # 10,000 natively; 2,000 under valgrind/qem
 CHURN_S=${CHURN_S:-10}                # seconds per round
 ROUNDS=2
 GROWTH_KIB=1024                       # round 2 may end at most this much above round 1
-# What stays resident after the connections are gone is the high-water mark
-# of the tables' touched pages and of the heap: about 0.5 KiB per connection
-# that was open at the peak (README: 0.46 KiB per idle connection), plus code
-# pages first used by the run. After the churn linkd's RSS may be at most
-# PER_CONN_B bytes per connection open at the peak plus FIXED_KIB above the
-# baseline.
-PER_CONN_B=640
-FIXED_KIB=2048
-case "${LINKD_CMD:-}" in *qemu*) FIXED_KIB=6144 ;; esac   # qemu's own translation caches grow too
+# After the connections are gone linkd gives back what they used (tables_trim,
+# every 2 s: table pages above the highest slot in use, empty hash indexes,
+# the wslay/TLS pools, the freed heap): RSS must come back to within
+# BACK_KIB of the baseline, what stays being code pages first run by the
+# churn and heap fragments.
+BACK_KIB=1536
+case "${LINKD_CMD:-}" in *qemu*) BACK_KIB=6144 ;; esac   # qemu's own translation caches grow too
 SAN=0
 case "${LINKD_CMD:-}" in *asan*) SAN=1 ;; esac
 VALGRIND=0
@@ -34,7 +32,7 @@ if [ "$SAN" = 1 ]; then
   # ASan keeps freed blocks in a quarantine (256 MiB by default) before reuse:
   # a small one, so that RSS measures linkd's memory and not the quarantine's.
   export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}quarantine_size_mb=8:thread_local_quarantine_size_kb=64"
-  GROWTH_KIB=$((8 * 1024)); FIXED_KIB=$((64 * 1024))
+  GROWTH_KIB=$((8 * 1024)); BACK_KIB=$((64 * 1024))
 fi
 
 # ---------- the tools (as tests/bench/run.sh builds them), rebuilt when stale
@@ -71,6 +69,7 @@ track $!
 wait_for 10 grep -q registered "$T_TMP/svc.out" || { fail "the bench service registers" "$(tail -n 3 "$T_TMP/svc.err")"; exit 0; }
 
 rss() { awk '/^VmRSS:/ {print $2}' "/proc/$LINKD_PID/status"; }
+rss_back() { [ "$(rss)" -le $((base + BACK_KIB)) ]; }
 hwm() { awk '/^VmHWM:/ {print $2}' "/proc/$LINKD_PID/status"; }
 field() { tr ' ' '\n' <"$2" | awk -F= -v k="$1" '$1==k {print $2}' | tail -n 1; }
 all_gone() { metric_is linkd_ws_connections 0 && metric_is linkd_memberships 0 && metric_is linkd_rooms 0; }
@@ -93,6 +92,8 @@ for r in $(seq "$ROUNDS"); do
     test "$opened" -gt 0 -a "$(field exchanged "$out")" = "$opened" -a "$(field failed "$out")" = 0 \
       -a "$(field error_replies "$out")" = 0 -a "$(field closed_by_server "$out")" = 0 -a "$(field live "$out")" = 0
   check "round $r: afterwards every connection, membership and room is gone" wait_for $((10 * T_SLOW)) all_gone
+  # linkd gives table pages, pools and freed heap back every 2 s (tables_trim)
+  wait_for $((6 * T_SLOW)) rss_back
   AFTER[$r]=$(rss)
   mo=$(field max_open "$out"); mo=${mo:-0}
   [ "$mo" -gt "$max_open" ] && max_open=$mo
@@ -101,14 +102,13 @@ done
 peak=$(hwm)
 after=${AFTER[$ROUNDS]}
 echo "# churn: $total connections opened (at most $max_open at once), RSS baseline $base KiB, peak $peak KiB, after $after KiB (after round 1: ${AFTER[1]} KiB)"
-allow=$((FIXED_KIB + max_open * PER_CONN_B / 1024))
 if [ "$VALGRIND" = 1 ]; then
   pass "RSS bounds (skipped under valgrind: its RSS is valgrind's shadow memory and freed-block queue; its leak check at exit covers leaks)"
 else
   check "RSS does not grow from one round to the next: ${AFTER[1]} -> $after KiB (at most +$GROWTH_KIB)" \
     test "$after" -le $((AFTER[1] + GROWTH_KIB))
-  check "churn: $total connections opened ($max_open at once), RSS baseline $base KiB, peak $peak KiB, after $after KiB: at most $allow KiB above the baseline (the tables' high-water mark)" \
-    test "$after" -le $((base + allow))
+  check "churn: $total connections opened ($max_open at once), RSS baseline $base KiB, peak $peak KiB, after $after KiB: back within $BACK_KIB KiB of the baseline" \
+    test "$after" -le $((base + BACK_KIB))
 fi
 http GET /health
 expect_eq "linkd still answers /health" "$HTTP_STATUS" 200
