@@ -61,9 +61,12 @@ def reload_sum(base):
 def hup(pid, base, timeout=10):
     """SIGHUP, then wait until linkd has handled it (applied or refused). True if it did."""
     before = reload_sum(base)
+    try:
+        os.kill(pid, signal.SIGHUP)   # sent whatever: a linkd without these counters must face it too
+    except ProcessLookupError:
+        return False
     if before is None:
         return False
-    os.kill(pid, signal.SIGHUP)
     return bool(wait_until(lambda: (reload_sum(base) or 0) >= before + 1, timeout * SLOW))
 
 
@@ -92,8 +95,11 @@ def early(fifo, pid, port, text):
     os.unlink(fifo)
     with open(fifo, 'w') as f:
         f.write(text)
-    os.write(fd, text.encode())
-    os.close(fd)
+    try:
+        os.write(fd, text.encode())
+        os.close(fd)
+    except BrokenPipeError:   # linkd is gone
+        pass
     hups, up = 0, False
     end = time.monotonic() + 15 * SLOW
     while time.monotonic() < end and alive(pid):
