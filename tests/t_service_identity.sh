@@ -87,8 +87,7 @@ if linkd_start --socket-mode 0666; then
   linkd_stop
 fi
 
-# ---------------------------------------------------------------- 2. an allow-list
-CONF=$T_TMP/allow.conf
+# The allow-list of section 3 (root may register most of these names).
 ALLOW='# t_service_identity
 service_allow = alpha uid:0
 service_allow = beta uid:4242
@@ -100,6 +99,32 @@ service_allow = multi uid:4242, gid:0
 service_allow = nobg group:nogroup
 service_allow = nob uid:0
 '
+
+# ---------------------------------------------------------------- 2. bad lines at start
+n=0
+for bad in 'service_allow = alpha' 'service_allow = alpha uid:abc' 'service_allow = alpha user:no-such-user-zz' \
+           'service_allow = alpha group:no-such-group-zz' 'service_allow = al*pha uid:0' 'service_allow = alpha host:1' \
+           'service_allow = alpha uid:-1' "service_allow = $(head -c 64 /dev/zero | tr '\0' a) uid:0"; do
+  n=$((n+1))
+  printf '# line 1\nservice_allow = alpha uid:0\n\n%s\n' "$bad" >"$T_TMP/bad$n.conf"
+  out=$(timeout 20 "${LINKD[@]}" --config "$T_TMP/bad$n.conf" --check-config 2>&1); rc=$?
+  if [ "$rc" = 2 ] && grep -q "bad$n\.conf:4" <<<"$out" && grep -q 'service_allow' <<<"$out"; then
+    pass "--check-config, '$(cut -c1-50 <<<"$bad")': exit 2 naming file:line"
+  else
+    fail "--check-config, '$(cut -c1-50 <<<"$bad")': exit 2 naming file:line" "exit $rc: $(head -c 300 <<<"$out")"
+  fi
+done
+printf '%s' "$ALLOW" >"$T_TMP/good.conf"
+out=$(timeout 20 "${LINKD[@]}" --config "$T_TMP/good.conf" --check-config 2>&1); rc=$?
+expect_eq "--check-config with the good list: exit 0" "$rc" 0
+PORT=$(free_port)
+timeout 20 "${LINKD[@]}" --listen "127.0.0.1:$PORT" --socket "$T_TMP/bad.sock" --config "$T_TMP/bad1.conf" >"$T_TMP/bad.out" 2>&1; rc=$?
+expect_eq "starting with a bad service_allow line: exit 2, no socket" "$rc/$([ -e "$T_TMP/bad.sock" ] && echo socket || echo none)" "2/none"
+out=$(timeout 20 "${LINKD[@]}" --service-allow 'alpha uid:0' --check-config 2>&1); rc=$?
+expect_eq "service_allow is a config file line only: --service-allow is an unknown flag (exit 2)" "$rc" 2
+
+# ---------------------------------------------------------------- 3. an allow-list
+CONF=$T_TMP/allow.conf
 printf '%s' "$ALLOW" | conf_write "$CONF"
 unset LINKD_PORT
 rm -f "$LINKD_SOCK"
@@ -218,26 +243,4 @@ check "linkd still running" _is_live "$LINKD_PID"
 for t in "${!SVC_PIDS[@]}"; do svc_kill "$t" TERM; done
 linkd_stop
 
-# ---------------------------------------------------------------- 3. bad lines at start
-n=0
-for bad in 'service_allow = alpha' 'service_allow = alpha uid:abc' 'service_allow = alpha user:no-such-user-zz' \
-           'service_allow = alpha group:no-such-group-zz' 'service_allow = al*pha uid:0' 'service_allow = alpha host:1' \
-           'service_allow = alpha uid:-1' "service_allow = $(head -c 64 /dev/zero | tr '\0' a) uid:0"; do
-  n=$((n+1))
-  printf '# line 1\nservice_allow = alpha uid:0\n\n%s\n' "$bad" >"$T_TMP/bad$n.conf"
-  out=$(timeout 20 "${LINKD[@]}" --config "$T_TMP/bad$n.conf" --check-config 2>&1); rc=$?
-  if [ "$rc" = 2 ] && grep -q "bad$n\.conf:4" <<<"$out" && grep -q 'service_allow' <<<"$out"; then
-    pass "--check-config, '$(cut -c1-50 <<<"$bad")': exit 2 naming file:line"
-  else
-    fail "--check-config, '$(cut -c1-50 <<<"$bad")': exit 2 naming file:line" "exit $rc: $(head -c 300 <<<"$out")"
-  fi
-done
-printf '%s' "$ALLOW" >"$T_TMP/good.conf"
-out=$(timeout 20 "${LINKD[@]}" --config "$T_TMP/good.conf" --check-config 2>&1); rc=$?
-expect_eq "--check-config with the good list: exit 0" "$rc" 0
-PORT=$(free_port)
-timeout 20 "${LINKD[@]}" --listen "127.0.0.1:$PORT" --socket "$T_TMP/bad.sock" --config "$T_TMP/bad1.conf" >"$T_TMP/bad.out" 2>&1; rc=$?
-expect_eq "starting with a bad service_allow line: exit 2, no socket" "$rc/$([ -e "$T_TMP/bad.sock" ] && echo socket || echo none)" "2/none"
-out=$(timeout 20 "${LINKD[@]}" --service-allow 'alpha uid:0' --check-config 2>&1); rc=$?
-expect_eq "service_allow is a config file line only: --service-allow is an unknown flag (exit 2)" "$rc" 2
 exit 0
