@@ -153,7 +153,7 @@ class Svc:
         if a.namespace:
             setattr(r, 'namespace_name' if hasattr(r, 'namespace_name') else 'namespace', a.namespace)
         r.instance_id = a.instance
-        if a.max_inbound:
+        if getattr(a, "max_inbound", 0):   # callers that build their own args (fail_pusher.py) may not have it
             r.max_inbound_frame_bytes = a.max_inbound
         for spec in a.route:
             parts = spec.split()
