@@ -207,6 +207,14 @@ expect_eq "... refused (linkd_reloads_failed_total 3)" "${f3:-?}/${a3:-?}" "3/${
 expect_eq "... key B still accepted, old secret still in force" "$(st /private RB)/$(st /private H2)" 200/200
 expect_match "... the log names the key file" "$(grep 'reload refused' "$LINKD_LOG" | tail -n 1)" \
   "reload refused, nothing changed: .*jwt-keys.*jwt\.pem"
+mv "$CONF" "$CONF.away"
+hup_check "config file gone: SIGHUP handled"
+read -r a4 f4 <<<"$(reload_counts)"
+expect_eq "... refused (linkd_reloads_failed_total 4)" "${f4:-?}/${a4:-?}" "4/${a1:-x}"
+expect_match "... the log names the config file" "$(grep 'reload refused' "$LINKD_LOG" | tail -n 1)" \
+  "reload refused, nothing changed: .*reload\.conf"
+expect_eq "... key B still accepted, old secret still in force" "$(st /private RB)/$(st /private H2)" 200/200
+mv "$CONF.away" "$CONF"
 conf_write "$T_TMP/jwt.pem" <"$T_TMP/keyB.pem"
 hup_check "key file back, SIGHUP handled"
 expect_eq "... applied now: the third secret works, the second does not" "$(st /private H3)/$(st /private H2)" 200/401

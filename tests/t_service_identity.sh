@@ -147,7 +147,7 @@ svc_start z --name zeta --instance zeta-1
 expect_eq "a name no line lists (zeta): refused" "$(svc_result z)" "REFUSED uid 0 gid 0 may not register 'zeta' (service_allow)"
 
 for n in team-web team-api; do
-  svc_start "$n" --name "$n" --instance "$n-1" --route "GET /$n"
+  svc_start "$n" --name "$n" --instance "$n-1" --route "GET /$n" --ws "/ws/$n"
   expect_eq "team-* uid:0 — root registers $n" "$(svc_result "$n")" READY
 done
 for n in team teamx xteam-web; do
@@ -195,6 +195,23 @@ else
 fi
 
 # ---- a reload that drops lines closes the instances they allowed
+# A WebSocket client of team-web, open across that reload (it waits for $T_TMP/go).
+$PY -u - "$LINKD_PORT" "$T_TMP/go" >"$T_TMP/wsc.out" 2>&1 <<'EOF' &
+import os, sys, time
+sys.path.insert(0, os.environ['TESTS_DIR'])
+from ws_client import WS
+w = WS('ws://127.0.0.1:%s/ws/team-web' % sys.argv[1])
+print('BEFORE', (w.call('echo', {'x': 1}) or {}).get('data'), flush=True)
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.05)
+r = w.call('echo', {'x': 2})
+print('AFTER', (r or {}).get('error', {}).get('type'), 'closed' if w.closed else 'open', flush=True)
+w.close()
+EOF
+WSC=$!
+track $WSC
+wait_for 10 grep -q '^BEFORE' "$T_TMP/wsc.out" || true
+expect_eq "a WebSocket client of team-web is answered" "$(grep '^BEFORE' "$T_TMP/wsc.out")" "BEFORE {'x': 1}"
 before=$(metric linkd_service_instances)
 printf '%s' "$ALLOW" | grep -v 'team-\*' | conf_write "$CONF"   # team-* gone, and nob user:nobody too
 hup_check "service_allow without team-* (and without nob user:nobody): SIGHUP handled"
@@ -215,6 +232,9 @@ http GET /a
 expect_eq "... and still serves its route" "$HTTP_STATUS" 200
 http GET /team-web
 expect_eq "... team-web's route has no instance (503)" "$HTTP_STATUS" 503
+touch "$T_TMP/go"
+wait_for 10 grep -q '^AFTER' "$T_TMP/wsc.out" || true
+expect_eq "... team-web's WebSocket client stays connected and gets SERVICE_UNAVAILABLE" "$(grep '^AFTER' "$T_TMP/wsc.out")" "AFTER SERVICE_UNAVAILABLE open"
 svc_start tw2 --name team-web --instance team-web-2 --route 'GET /team-web'
 expect_eq "... team-web registering again: refused" "$(svc_result tw2)" "REFUSED uid 0 gid 0 may not register 'team-web' (service_allow)"
 
