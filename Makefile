@@ -97,3 +97,4 @@ clean:
 
 -include cross/cross.mk
 -include tests/fuzz/fuzz.mk
+-include sdk/c/sdk_c.mk
