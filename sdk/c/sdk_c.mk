@@ -81,5 +81,5 @@ $(CROSS_DIR)/linkd-sensors: $(SENSORS_SRC) $(SENSORS_WEB) examples/sensors/embed
 	$(CROSS_CC) -std=c99 $(CROSS_CFLAGS) -Wall -Wextra -Isdk/c -I$(SDKC_XDIR) $< $(CROSS_LDFLAGS) \
 	  -L$(CROSS_DIR) -llinkd_service -lnanopb -lm -o $@
 	@echo "$@: $$(stat -c %s $@) bytes, static, stripped"
-cross: $(CROSS_DIR)/liblinkd_service.a $(CROSS_DIR)/linkd-sensors
+cross: $(CROSS_DIR)/liblinkd_service.a $(if $(wildcard $(SENSORS_SRC)),$(CROSS_DIR)/linkd-sensors)
 endif
