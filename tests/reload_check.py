@@ -8,6 +8,10 @@
   reload_check.py hupstorm PID PORT
       SIGTERM, then SIGHUP as fast as possible until PID exits (is a zombie);
       the shell checks the exit status.
+  reload_check.py keepup PID PORT SOCKET
+      A service link that never registers while SIGHUPs come every 300 ms:
+      linkd's register timeout must still close it (reloads must not hold
+      back its periodic housekeeping).
   reload_check.py traffic PORT PID CONF BASEFILE SVC_OUT
       WebSocket clients (echo with ids, room pushes) and HTTP requests while
       the config file changes and linkd gets a SIGHUP every ~100 ms, 10 times.
@@ -124,6 +128,35 @@ def hupstorm(pid, port):
             break
         n += 1
     print('# hupstorm: %d SIGHUPs' % n, file=sys.stderr)
+
+
+def keepup(pid, port, sock):
+    """A service link that never registers, while SIGHUPs come every 300 ms: the
+    register timeout (500 ms, set by the caller) must still close it — reloads
+    must not hold back linkd's periodic housekeeping (pings, deadlines)."""
+    import socket
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(sock)
+    s.settimeout(0.05)
+    t0 = time.monotonic()
+    closed, hups = None, 0
+    while time.monotonic() - t0 < 5 * SLOW and alive(pid):
+        os.kill(pid, signal.SIGHUP)
+        hups += 1
+        try:
+            if s.recv(100) == b'':
+                closed = time.monotonic() - t0
+                break
+        except socket.timeout:
+            pass
+        except OSError:
+            closed = time.monotonic() - t0
+            break
+        time.sleep(0.25)
+    c.ok('SIGHUP every 300 ms: a link that never registers is still closed by register_timeout = 500ms (%s, %d SIGHUPs)'
+         % ('after %.1f s' % closed if closed is not None else 'still open after %.0f s' % (5 * SLOW), hups),
+         closed is not None)
+    s.close()
 
 
 # ---------------------------------------------------------------- traffic
@@ -348,6 +381,8 @@ if __name__ == '__main__':
         early(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
     elif cmd == 'hupstorm':
         hupstorm(int(sys.argv[2]), int(sys.argv[3]))
+    elif cmd == 'keepup':
+        keepup(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
     elif cmd == 'traffic':
         traffic(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6])
     elif cmd == 'live':

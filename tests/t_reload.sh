@@ -287,6 +287,13 @@ expect_eq "... a request the service never answers: 504 within 5 s (30 s before)
 conf_write "$CONF" <"$BASE"
 hup_check "http_timeout back to the default: SIGHUP handled"
 
+# register_timeout, and reloads in a row (every 300 ms) do not hold back the housekeeping that enforces it
+{ cat "$BASE"; echo 'register_timeout = 500ms'; } | conf_write "$CONF"
+hup_check "register_timeout = 500ms: SIGHUP handled"
+$PY -u "$RC_PY" keepup "$LINKD_PID" "$LINKD_PORT" "$LINKD_SOCK"
+conf_write "$CONF" <"$BASE"
+hup_check "register_timeout back to the default: SIGHUP handled"
+
 # rate_limit on an open connection, handler_timeout, max_connections_per_user, heartbeat_interval
 $PY -u "$RC_PY" live "$LINKD_PORT" "$LINKD_PID" "$CONF" "$BASE" "$T_TMP/H1"
 check "linkd still running after every reload" _is_live "$LINKD_PID"
