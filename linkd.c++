@@ -4724,6 +4724,7 @@ void shutdown_finish() {
   uv_close((uv_handle_t*)&g.sigterm, nullptr);
   uv_close((uv_handle_t*)&g.sigint, nullptr);
   uv_close((uv_handle_t*)&g.sighup, nullptr);
+  signal(SIGHUP, SIG_IGN);   // libuv restored the default action, which would kill
 }
 
 void signal_cb(uv_signal_t*, int signum) noexcept { shutdown_begin(signum == SIGTERM ? "SIGTERM" : "SIGINT"); }
@@ -4777,7 +4778,8 @@ void reload() {
   keys = *fresh;
   free(fresh);
   if (tc) { tls_conf_unref(tls.current); tls.current = tc; }
-  if (!g.shutting_down) uv_timer_start(&g.tick, tick_cb, tick_ms(), tick_ms());
+  // (restarted only when its period changes: reloads in a row must not keep putting the tick off)
+  if (!g.shutting_down && uv_timer_get_repeat(&g.tick) != tick_ms()) uv_timer_start(&g.tick, tick_cb, tick_ms(), tick_ms());
   for (uint32_t i = 0; i < g.nbackends; i++) {
     Backend* b = &g.backends[i];
     if (b->state == BState::Ready && !allow_ok(b, g.groups[b->group].name)) backend_close(b, "no longer allowed by service_allow");
