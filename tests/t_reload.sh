@@ -332,6 +332,25 @@ EOF
 expect_eq "systemd: READY=1, then for each of the $(( ${a:-0} + ${f:-0} )) reloads RELOADING=1 with MONOTONIC_USEC (CLOCK_MONOTONIC) followed by READY=1" \
   "$seq" "ok $(( ${a:-0} + ${f:-0} ))"
 expect_match "systemd: STATUS= with the READY=1 after a reload" "$(grep -c 'READY=1.*STATUS=.*reloaded' "$NLOG")" '^[1-9][0-9]*$'
-svc_kill main TERM
-linkd_stop
+
+# ---- SIGHUP while stopping: no reload, and no READY=1 after STOPPING=1
+# (a request the service never answers holds the shutdown open for up to 2 s)
+{ cat "$BASE"; echo 'shutdown_timeout = 2s'; } | conf_write "$CONF"
+hup_check "shutdown_timeout = 2s: SIGHUP handled"
+curl -s -m 15 -o /dev/null "$LINKD_URL/api/held?noreply=1" &
+track $!
+wait_for 10 svc_grep main '"path": "/api/held"' || log "the held request did not reach the service"
+kill -TERM "$LINKD_PID"
+wait_for 10 grep -q 'STOPPING=1' "$NLOG" || log "no STOPPING=1: $(nl_dump)"
+n_reloaded=$(grep -c 'reloaded the settings' "$LINKD_LOG")
+kill -HUP "$LINKD_PID"
+wait_exit "$LINKD_PID" $((15 * T_SLOW))
+expect_eq "SIGHUP while stopping: linkd exits 0" "$WAIT_RC" 0
+after=$($PY -c '
+import json, sys
+m = [json.loads(l)["msg"].replace("\n", "\\n") for l in open(sys.argv[1])]
+i = max([k for k, x in enumerate(m) if "STOPPING=1" in x] or [len(m)])
+print(" | ".join(m[i + 1:]))' "$NLOG")
+expect_eq "SIGHUP while stopping: nothing after STOPPING=1 on \$NOTIFY_SOCKET (no RELOADING=1, no READY=1)" "$after" ""
+expect_eq "SIGHUP while stopping: no reload applied" "$(grep -c 'reloaded the settings' "$LINKD_LOG")" "$n_reloaded"
 exit 0
