@@ -1029,7 +1029,8 @@ def g_http_percap():
     check('one address opens 30 idle keep-alive connections: each answered 200', answers == [200] * 30,
           'answers %r' % answers)
     check('... it never holds more than 5 of them (its older idle ones closed by linkd)',
-          most <= 5 and open_now == held[-5:], 'up to %d open at once; the open ones at the end: %r' %
+          most <= 5 and len(open_now) == 5 and held[-1] in open_now,   # (idle times tie within a millisecond: which 4 others stay may vary)
+          'up to %d open at once; the open ones at the end: %r' %
           (most, [held.index(x) for x in open_now]))
     check('... /health from another address answers 200 meanwhile', health())
     for s in held:
@@ -1077,16 +1078,24 @@ def g_http_percap():
     for s in busy:
         s.close()
     wait_until(lambda: metric('linkd_http_connections') == 1, 5)
-    # 4. a burst from one address: every connection is answered (200 or 429), none dropped unanswered
-    burst = [tcp('127.0.0.10') for _ in range(12)]
-    for s in burst:
-        s.sendall(b'GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
-    got = [status(Reader(s).response(3)) for s in burst]
-    note('burst of 12 from one address: %r' % got)
-    for s in burst:
-        s.close()
-    check('12 connections at once from one address, each with a request: each answered 200 or 429, none dropped',
-          all(g in (200, 429) for g in got) and got.count(200) >= 5, 'statuses %r (None: closed without an answer)' % got)
+    # 4. a burst from one address: every connection is answered (200 or 429),
+    # none dropped unanswered; a connection that has not sent its request yet
+    # is not "idle" (not evicted for the next one)
+    for label, pause in (('each with its request at once', 0), ('all opened first, then each sends its request', 0.3)):
+        burst = [tcp('127.0.0.10') for _ in range(12)]
+        time.sleep(pause)
+        for s in burst:
+            try:
+                s.sendall(b'GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+            except OSError:
+                pass
+        got = [status(Reader(s).response(3)) for s in burst]
+        note('burst of 12 from one address (%s): %r' % (label, got))
+        for s in burst:
+            s.close()
+        check('12 connections at once from one address, %s: each answered 200 or 429, none dropped' % label,
+              all(g in (200, 429) for g in got) and got.count(200) >= 5, 'statuses %r (None: closed without an answer)' % got)
+        wait_until(lambda: metric('linkd_http_connections') == 1, 5)
 
 
 def g_cors():
