@@ -853,7 +853,7 @@ def g_linger():
     def http_try(mode, backlog):
         s = tcp(rcvbuf=4096 if backlog else None)
         body = b'y' * (2 * MiB)
-        pre = b'GET /health HTTP/1.1\r\nHost: x\r\n\r\n' * (60 if backlog else 0)
+        pre = b'GET /health HTTP/1.1\r\nHost: x\r\n\r\n' * (400 if backlog else 0)
         if mode == 'length':
             req = b'POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n' % len(body) + body
         else:
@@ -884,9 +884,9 @@ def g_linger():
               codes == [1009] * 3 and (not backlog or all(p == 100 for _, p in res)),
               'close codes %r, error replies %r (None: reset or no close frame)' % (codes, [p for _, p in res]))
         res = [http_try(mode, backlog) for mode in ('length', 'chunked')]
-        want = [200] * (60 if backlog else 0) + [413]
+        want = [200] * (400 if backlog else 0) + [413]
         check('2 MiB body over the 1m limit sent in one go, then read%s: the 413 arrives (Content-Length, chunked)' %
-              (' (60 answers unread before it)' if backlog else ''), res == [want, want],
+              (' (400 answers unread before it)' if backlog else ''), res == [want, want],
               'statuses %r (None: reset or nothing)' % [(len(x), x[-1:]) for x in res])
 
 
