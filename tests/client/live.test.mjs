@@ -10,7 +10,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { after, before, test } from "node:test";
 import { connect, LinkdError } from "linkd-client";
-import { cleanup, delay, nextEvent, startLinkd, startService, tmpDir, waitFor, ROOT } from "./helpers.mjs";
+import { cleanup, delay, nextEvent, recordingWebSocket, startLinkd, startService, tmpDir, waitFor, ROOT } from "./helpers.mjs";
 
 const run = promisify(execFile);
 let linkd;
@@ -130,6 +130,19 @@ test("live: pushes from the service (to the connection and to a room) reach on(t
   const before = svc.seen.length;
   assert.equal(a.send("echo", { fire: "and forget" }), true);
   await waitFor(() => svc.seen.slice(before).some((m) => m.data?.fire === "and forget"), 3000, "the service to get the send");
+});
+
+test("live: a path without recovery: no linkd.session, room pushes carry no room/seq, sessionInfo null", async () => {
+  const rec = recordingWebSocket();
+  const c = client({ WebSocket: rec.WebSocket });
+  await c.request("join", { room: "plain" });
+  const got = nextEvent((f) => c.on("plain.push", f), 3000, "a room push");
+  await svc.ws.to("plain").emit("plain.push", { x: 1 });
+  const [data, meta] = await got;
+  assert.deepEqual([data, meta], [{ x: 1 }, { type: "plain.push" }]);
+  assert.equal(c.sessionInfo, null);
+  assert.ok(!rec.received.some((m) => typeof m.type === "string" && m.type.startsWith("linkd.")), JSON.stringify(rec.received));
+  assert.deepEqual(c.positions(), {});
 });
 
 test("live: linkd's INVALID_MESSAGE for a bad type reaches the request; answers without an id go to onError", async () => {
