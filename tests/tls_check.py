@@ -12,8 +12,11 @@ python3-websockets, python3-cryptography). Prints PASS:/FAIL: lines.
                  SHA-256 (HTTP and WebSocket), without one or with another CA's it is refused
       reload     SIGHUP with a new certificate while a wss client stays connected; then a
                  reload that fails keeps the old one
+      resume-cert  a resumed session still carries the client certificate's CN and SHA-256
+      ticket-reload  a reload that adds a client CA: a ticket from before must not get in
+                 without a certificate
 Environment: TLS_PORT, LINKD_PORT, PKI (the test PKI dir), T_SLOW, and per mode
-CLI_FP (client certificate fingerprint), LINKD_PID, LINKD_LOG, LIVE_CERT, LIVE_KEY.
+CLI_FP (client certificate fingerprint), LINKD_PID, LINKD_LOG, LIVE_CERT, LIVE_KEY, CONF.
 """
 import asyncio, json, os, socket, ssl, struct, sys, time, urllib.request
 
@@ -76,6 +79,27 @@ def peer_cert(cert=None):
     x = x509.load_der_x509_certificate(der)
     cn = lambda n: n.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
     return x.serial_number, cn(x.subject), cn(x.issuer)
+
+
+def one_request(path, cert=None, session=None, context=None):
+    """GET path on a new TLS connection (resuming session if given); returns
+    (status, body, the SSLSession, whether it was resumed). Raises if refused."""
+    c = context or ctx(cert)
+    with socket.create_connection(('127.0.0.1', PORT), timeout=5 * SLOW) as s:
+        with c.wrap_socket(s, server_hostname='localhost', session=session) as t:
+            t.sendall(b'GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' % path.encode())
+            d = b''
+            while True:
+                try:
+                    x = t.recv(65536)
+                except ssl.SSLZeroReturnError:
+                    break
+                if not x:
+                    break
+                d += x
+            head, _, body = d.partition(b'\r\n\r\n')
+            st = int(head.split(b' ')[1]) if head.startswith(b'HTTP/1.1 ') else 0
+            return st, body, t.session, t.session_reused
 
 
 # ---- a TLS connection driven by hand (ssl.SSLObject over memory BIOs), so the
@@ -404,6 +428,9 @@ def mode_reload(c):
     c.eq('before the reload: the first certificate (serial 0x1001)', (hex(sn), cn), ('0x1001', 'localhost'))
     A = WSS('/ws/t')
     A.call('do.join', {'room': 'stay'})
+    cx = ctx()
+    cx.maximum_version = ssl.TLSVersion.TLSv1_2
+    _, _, ticket, _ = one_request('/health', context=cx)   # a session ticket under the first (EC) certificate
     r0 = metric(BASE, 'linkd_reloads_total') or 0
     # the new certificate (RSA, with its intermediate) at the same paths
     shutil.copy(os.path.join(PKI, 'srv2.crt'), live_crt + '.new')
@@ -419,6 +446,12 @@ def mode_reload(c):
          (hex(sn), cn, issuer), ('0x1002', 'linkd-reloaded', 'Linkd Test Intermediate'))
     st, _ = https_get('/health')
     c.eq('... and verifies through the chain in the certificate file (ECDHE-RSA)', st, 200)
+    try:
+        st, _, _, reused = one_request('/health', context=cx, session=ticket)
+        why = 'status %s, resumed %s' % (st, reused)
+    except (ssl.SSLError, OSError) as e:
+        st, why = 0, 'refused: %s' % e
+    c.ok('a client offering a ticket from before the reload (EC certificate, now RSA) still gets in: %s' % why[:70], st == 200, why)
     r = A.call('echo', 'after reload')
     c.ok('the wss connection opened before the reload was not dropped and still works', r and r.get('data') == 'after reload', r)
     B = WSS('/ws/t')
@@ -445,13 +478,54 @@ def mode_reload(c):
         w.close()
 
 
+def mode_resume_cert(c):
+    """A resumed session (ticket) still carries the client certificate's identity."""
+    fp = os.environ['CLI_FP']
+    cx = ctx('cli')
+    cx.maximum_version = ssl.TLSVersion.TLSv1_2
+    st, body, sess, _ = one_request('/t/whoami', context=cx)
+    st2, body2, _, reused = one_request('/t/whoami', context=cx, session=sess)
+    u = json.loads(body2).get('user', {}) if st2 == 200 else {}
+    c.eq('a resumed session (ticket) with a client certificate: still its CN and SHA-256',
+         (st, st2, reused, u.get('client_cert_cn'), u.get('client_cert_sha256')), (200, 200, True, 'device-42', fp))
+
+
+def mode_ticket_reload(c):
+    """A reload that brings a client CA: a session ticket from before must not
+    let a client in without a certificate."""
+    import signal
+    pid, conf = int(os.environ['LINKD_PID']), os.environ['CONF']
+    cx = ctx()
+    cx.maximum_version = ssl.TLSVersion.TLSv1_2
+    st, _, sess, _ = one_request('/t/whoami', context=cx)
+    c.eq('before the client CA: served without a client certificate (a ticket kept)', (st, sess is not None), (200, True))
+    n = metric(BASE, 'linkd_reloads_total') or 0
+    with open(conf, 'a') as f:
+        f.write('tls_client_ca = %s\n' % CA)
+    os.kill(pid, signal.SIGHUP)
+    c.ok('reload adding tls_client_ca applied', wait_until(lambda: (metric(BASE, 'linkd_reloads_total') or 0) > n, 10 * SLOW))
+    try:
+        st, _, _, _ = one_request('/t/whoami', context=cx)
+        why = 'answered %s' % st
+    except (ssl.SSLError, OSError) as e:
+        why = 'refused (%s)' % e
+    c.ok('after it, a full handshake without a client certificate is refused: %s' % why[:60], why.startswith('refused'), why)
+    try:
+        st, body, _, reused = one_request('/t/whoami', context=cx, session=sess)
+        why = 'answered %s (resumed %s): %s' % (st, reused, body[body.find(b'"user"'):][:120])
+    except (ssl.SSLError, OSError) as e:
+        why = 'refused (%s)' % e
+    c.ok('... and so is one resuming a ticket issued before the reload: %s' % why[:60], why.startswith('refused'), why)
+
+
 def main():
     name, mode = sys.argv[1], sys.argv[2]
     c = Checks(name)
     if mode.startswith('stall-'):
         mode_stall(c, mode[6:])
         return
-    fn = {'wss': mode_wss, 'records': mode_records, 'client-cert': mode_client_cert, 'reload': mode_reload}[mode]
+    fn = {'wss': mode_wss, 'records': mode_records, 'client-cert': mode_client_cert, 'reload': mode_reload,
+          'resume-cert': mode_resume_cert, 'ticket-reload': mode_ticket_reload}[mode]
     c.run(mode, lambda: fn(c))
 
 
