@@ -2,7 +2,7 @@
 //
 // A harness includes linkd.c++ itself (LINKD_NO_MAIN leaves main out), so
 // what is fuzzed is the daemon's own code, not a copy. The fixture runs
-// linkd's real listeners (listen_tcp on 127.0.0.1:0, listen_unix on a socket
+// linkd's real listeners (listen_tcp on 127.84.70.1:0, listen_unix on a socket
 // in /tmp): clients and services are real sockets that linkd accepts with its
 // own callbacks and reads with its own read callbacks, driven by
 // uv_run(UV_RUN_NOWAIT). Every input gets fresh tables (tables_init ..
@@ -86,7 +86,9 @@ void unlink_socket() { unlink(sock_path); }
 // Listeners and loop handles live for the whole process.
 void init() {
   signal(SIGPIPE, SIG_IGN);
-  snprintf(cfg.listen, sizeof cfg.listen, "127.0.0.1:0");
+  // An address of the loopback net nobody else uses: other processes on
+  // this machine (tests that probe ports) never reach this listener.
+  snprintf(cfg.listen, sizeof cfg.listen, "127.84.70.1:0");
   snprintf(sock_path, sizeof sock_path, "/tmp/linkd-fuzz.%d.sock", (int)getpid());
   snprintf(cfg.socket_path, sizeof cfg.socket_path, "%s", sock_path);
   g.loop = uv_default_loop();
@@ -257,7 +259,7 @@ size_t client_open(bool small = false, bool may_refuse = false) {
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_port = htons((uint16_t)port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_addr.s_addr = htonl(0x7f544601);   // 127.84.70.1, as in init
   int sz = 4096;
   if (small) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof sz);
   connect_to(fd, (sockaddr*)&a, sizeof a, "client connect");
@@ -496,9 +498,11 @@ void end() {
   for (Peer& s : services) close(s.fd);
   services.clear();
   spin(2);
-  for (uint32_t i = 0; i < g.conn_hw; i++) conn_close(&g.conns[i], "fuzz: end of input");
-  for (uint32_t i = 0; i < g.nbackends; i++) backend_close(&g.backends[i], "fuzz: end of input");
-  for (int i = 0; i < 100 && !all_free(); i++) uv_run(g.loop, UV_RUN_NOWAIT);
+  for (int i = 0; i < 100 && !all_free(); i++) {
+    for (uint32_t k = 0; k < g.conn_hw; k++) conn_close(&g.conns[k], "fuzz: end of input");
+    for (uint32_t k = 0; k < g.nbackends; k++) backend_close(&g.backends[k], "fuzz: end of input");
+    uv_run(g.loop, UV_RUN_NOWAIT);
+  }
   if (!all_free()) die("connection or service slots not freed after close");
   backends_flush_cb(nullptr);
   uv_timer_stop(&g.pend_timer);

@@ -415,6 +415,10 @@ shutdown_timeout = 10s
         'jwt-keys-missing': 'jwt_keys = /nonexistent/keys.pem\n',
         'nul-byte': 'max_rooms = 1\x002\n',
         'equals-first': '= 5\n',
+        'service-allow': 'service_allow = chat uid:0, gid:root\nservice_allow = api* uid:nobody gid:0\nservice_allow = "x uid:1"\n',
+        'service-allow-bad': 'service_allow = chat\nservice_allow = * uid:0\nservice_allow = a** uid:x:y\n',
+        'service-allow-many': ''.join('service_allow = s%d uid:%d\n' % (i, i) for i in range(70)),
+        'tls-and-newer': 'tls_listen = 127.0.0.1:3443\ntls_cert = /nonexistent/cert.pem\ntls_key = /nonexistent/key.pem\ntls_client_ca = /nonexistent/ca.pem\nregister_timeout = 5s\nmax_http_connections_per_ip = 4\n',
     }
     for name, text in s.items():
         seed('config', name, text.encode('latin-1'))
