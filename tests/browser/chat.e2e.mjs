@@ -4,13 +4,20 @@
 // is there after a reload. Then the page's rough edges: no failed request
 // (favicon included) on load, a very long word wraps inside the pane, a
 // 400 px wide screen has no horizontal scroll, two users with one name show
-// different tags. Prints one PASS:/FAIL: line per check.
+// different tags. Then a third page, loaded through a TCP proxy the test
+// controls, loses its network for a few seconds while another page keeps
+// sending: it shows "reconnecting…", and afterwards every message, in order,
+// once each (recovered by linkd, or by reloading the history when linkd did
+// not recover the connection; CHAT_E2E_RECOVERY=1 requires linkd's recovery).
+// Prints one PASS:/FAIL: line per check.
 //   node chat.e2e.mjs http://127.0.0.1:PORT OUT_DIR
 import fs from "node:fs";
+import net from "node:net";
 import path from "node:path";
 import { chromium } from "playwright-core";
 
 const [url, outDir = path.resolve("tests/out")] = process.argv.slice(2);
+const REQUIRE_RECOVERY = process.env.CHAT_E2E_RECOVERY === "1";
 const T = "t_browser";
 const STEP_MS = 10000;
 let failedEarlier = null;
@@ -41,15 +48,64 @@ async function waitText(page, sel, needle) {
   );
 }
 
-async function enter(page, name) {
-  await page.goto(url + "/", { timeout: STEP_MS });
+async function enter(page, name, { base = url, inRoom = room } = {}) {
+  await page.goto(base + "/", { timeout: STEP_MS });
   await waitText(page, "#status", "connected");
   await page.fill("#name", name);
-  await page.fill("#room", room);
+  await page.fill("#room", inRoom);
   await page.click("#join");
-  await waitText(page, "#room-title", "#" + room);
+  await waitText(page, "#room-title", "#" + inRoom);
   await page.waitForSelector("#text:not([disabled])", { timeout: STEP_MS });
 }
+
+/**
+ * A TCP proxy in front of linkd for one page: cut() drops every connection
+ * through it (linkd sees them close) and refuses new ones until restore().
+ */
+async function dropProxy(target) {
+  const { hostname, port } = new URL(target);
+  const live = new Set();
+  let down = false;
+  const server = net.createServer((c) => {
+    if (down) return c.destroy();
+    const up = net.connect(Number(port), hostname);
+    const pair = [c, up];
+    live.add(pair);
+    const end = () => {
+      live.delete(pair);
+      c.destroy();
+      up.destroy();
+    };
+    for (const s of pair) {
+      s.on("error", end);
+      s.on("close", end);
+    }
+    c.pipe(up);
+    up.pipe(c);
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    cut() {
+      down = true;
+      for (const [c, up] of [...live]) {
+        c.destroy();
+        up.destroy();
+      }
+      live.clear();
+    },
+    restore() {
+      down = false;
+    },
+    close() {
+      this.cut();
+      server.close();
+    },
+  };
+}
+
+/** The texts of the chat messages (not system lines) the page shows, in order. */
+const messageTexts = (page) => page.evaluate(() => [...document.querySelectorAll("#messages li[data-id] .text")].map((e) => e.textContent));
 
 /** linkd's answered HTTP requests by status, from /metrics. */
 async function statusCounts() {
@@ -139,8 +195,8 @@ try {
     await until(async () => {
       const now = await statusCounts();
       looks++;
-      return errorsIn(now) > errorsIn(before) || (now["200"] ?? 0) - looks >= (before["200"] ?? 0) + 7;
-    }, "the browser to fetch the page's icon (twice page, css, js, and the icon: 7 answers 200)");
+      return errorsIn(now) > errorsIn(before) || (now["200"] ?? 0) - looks >= (before["200"] ?? 0) + 9;
+    }, "the browser to fetch the page's icon (twice page, css, chat.js, linkd-client.js, and the icon: 9 answers 200)");
     const after = await statusCounts();
     if (errorsIn(after) !== errorsIn(before)) throw new Error(`linkd answered errors during the loads: ${JSON.stringify(before)} -> ${JSON.stringify(after)}`);
     if (failedRequests.length) throw new Error(failedRequests.join("; "));
@@ -270,6 +326,69 @@ try {
     if (msgTags.length !== 2 || !msgTags.every((t) => t.startsWith("sam #")) || msgTags[0] === msgTags[1]) throw new Error(`messages: ${JSON.stringify(msgTags)}`);
     if (!tags.includes(msgTags[0].slice(4)) || !tags.includes(msgTags[1].slice(4))) throw new Error(`message tags ${msgTags} are not the members' ${tags}`);
   }, { gate: false });
+
+  // a third page, through a proxy the test can cut: its network goes away for a few seconds
+  const room3 = `${room}-drop`;
+  let proxy;
+  const carolRequests = [];
+  await step("a page on linkd-client (/linkd-client.js through linkd) joins through a proxy", async () => {
+    proxy = await dropProxy(url);
+    const ctx = await browser.newContext({ viewport: { width: 1000, height: 640 } });
+    const page = await ctx.newPage();
+    page.on("pageerror", (e) => consoleErrors.push(`carol: ${e.message}`));
+    watchRequests(page, "carol", carolRequests); // its refused reconnects are expected: not in failedRequests
+    pages.carol = page;
+    await enter(page, "carol", { base: proxy.url, inRoom: room3 });
+    const state = await page.evaluate(() => window.chatClient && window.chatClient.state);
+    if (state !== "open") throw new Error(`client state ${state}`);
+    await pages.alice.fill("#name", "alice");
+    await pages.alice.fill("#room", room3);
+    await pages.alice.click("#join");
+    await waitText(pages.alice, "#room-title", "#" + room3);
+    await pages.alice.fill("#text", "before the drop");
+    await pages.alice.click("#send");
+    await waitText(page, "#messages", "before the drop");
+  });
+
+  await step("the page's network drops for a few seconds: it shows reconnecting… while the other page keeps sending", async () => {
+    proxy.cut();
+    await pages.carol.waitForSelector("#banner:not([hidden])", { timeout: STEP_MS });
+    await waitText(pages.carol, "#banner", "reconnecting");
+    await waitText(pages.carol, "#status", "reconnecting");
+    for (const t of ["sent during the drop 1", "sent during the drop 2", "sent during the drop 3"]) {
+      await pages.alice.fill("#text", t);
+      await pages.alice.click("#send");
+      await waitText(pages.alice, "#messages", t);
+    }
+    fs.mkdirSync(outDir, { recursive: true });
+    await pages.carol.screenshot({ path: path.join(outDir, "browser-chat-reconnecting.png"), timeout: STEP_MS });
+    await new Promise((r) => setTimeout(r, 2000)); // the outage itself: a few seconds in all
+    if (await pages.carol.isHidden("#banner")) throw new Error("the banner went away while the network was down");
+    proxy.restore();
+  });
+
+  await step("back online: the banner goes, the missed messages appear in order, once each, and new ones follow", async () => {
+    await pages.carol.waitForSelector("#banner", { state: "hidden", timeout: 2 * STEP_MS });
+    await waitText(pages.carol, "#status", "connected");
+    await waitText(pages.carol, "#messages", "sent during the drop 3");
+    await pages.alice.fill("#text", "after the drop");
+    await pages.alice.click("#send");
+    await waitText(pages.carol, "#messages", "after the drop");
+    const texts = await messageTexts(pages.carol);
+    const want = ["before the drop", "sent during the drop 1", "sent during the drop 2", "sent during the drop 3", "after the drop"];
+    if (JSON.stringify(texts) !== JSON.stringify(want)) throw new Error(`messages shown: ${JSON.stringify(texts)}`);
+    fs.mkdirSync(outDir, { recursive: true });
+    await pages.carol.screenshot({ path: path.join(outDir, "browser-chat-after-drop.png"), timeout: STEP_MS });
+  });
+
+  await step(`how the page came back: ${REQUIRE_RECOVERY ? "recovered by linkd (CHAT_E2E_RECOVERY=1)" : "recovered by linkd, or the history reloaded"}`, async () => {
+    const lines = await pages.carol.evaluate(() => [...document.querySelectorAll("#messages li.system")].map((e) => e.textContent));
+    const how = lines.filter((l) => l.startsWith("reconnected:"));
+    if (how.length !== 1) throw new Error(`system lines: ${JSON.stringify(lines)}`);
+    if (REQUIRE_RECOVERY && !/caught up/.test(how[0])) throw new Error(`not recovered by linkd: "${how[0]}"`);
+    console.log(`# t_browser: the page after the drop: "${how[0]}"`);
+  }, { gate: false });
+  proxy?.close();
 
   await step("screenshots written under tests/out/", async () => {
     fs.mkdirSync(outDir, { recursive: true });

@@ -1,73 +1,87 @@
-// The chat page: one WebSocket to Linkd (ws://HOST/ws/chat), the envelope
-// {"type","data","id"} with replies matched by id, and pushes by type.
-(function () {
+// The chat page, on linkd-client (/linkd-client.js, built from sdk/client and
+// served through linkd): one connection to ws://HOST/ws/chat, requests with
+// replies, pushes by type. The client reconnects by itself; the page shows a
+// "reconnecting…" banner meanwhile. After a reconnect, when linkd recovered the
+// connection, the rooms are still joined and the missed messages arrive as
+// pushes; otherwise ({recovered:false}) the page joins again and reloads the
+// room's history. A classic script: it loads the module with import().
+(async function () {
   "use strict";
   const $ = (id) => document.getElementById(id);
   const params = new URLSearchParams(location.search);
   const token = params.get("token");
-  const wsUrl = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws/chat" +
-    (token ? "?token=" + encodeURIComponent(token) : "");
 
-  let ws = null;
-  let seq = 0;
-  let retry = 500;
-  const pending = new Map(); // id -> {resolve, reject}
+  let linkd;
+  try {
+    linkd = await import("/linkd-client.js");
+  } catch (err) {
+    setStatus("could not load /linkd-client.js", false);
+    throw err;
+  }
+  const client = linkd.connect("/ws/chat", {
+    token: token || undefined,
+    reconnect: { initialDelayMs: 500, maxDelayMs: 8000 },
+    requestTimeoutMs: 10000,
+  });
+  window.chatClient = client; // for the console (and the browser test)
+
   const typers = new Map(); // userId -> {username, timer}
   let me = null; // {userId, username}
   let room = null;
   let typingSent = 0;
   let typingStop = null;
 
-  // --- transport ------------------------------------------------------------
-  function connect() {
-    setStatus("connecting…", false);
-    ws = new WebSocket(wsUrl);
-    ws.onopen = async () => {
-      retry = 500;
-      setStatus("connected", true);
-      const name = localStorage.getItem("chat.name");
-      const savedRoom = localStorage.getItem("chat.room");
-      if (name) $("name").value = name;
-      if (savedRoom) $("room").value = savedRoom;
-      if (name && savedRoom) await enter(name, savedRoom).catch(showError);
-    };
-    ws.onmessage = (ev) => {
-      let msg;
-      try { msg = JSON.parse(ev.data); } catch { return; }
-      if (msg.id && pending.has(msg.id)) {
-        const p = pending.get(msg.id);
-        pending.delete(msg.id);
-        if (msg.error) p.reject(Object.assign(new Error(msg.error.message), msg.error));
-        else p.resolve(msg.data);
-        return;
-      }
-      if (msg.error) return showError(msg.error);
-      onPush(msg.type, msg.data);
-    };
-    ws.onclose = () => {
-      for (const p of pending.values()) p.reject(new Error("disconnected"));
-      pending.clear();
-      setStatus("disconnected — reconnecting…", false);
-      enableComposer(false);
-      setTimeout(connect, retry);
-      retry = Math.min(retry * 2, 8000);
-    };
+  // --- connection ----------------------------------------------------------------
+  client.onStateChange((state) => {
+    $("banner").hidden = state !== "reconnecting";
+    if (state === "open") setStatus("connected", true);
+    else if (state === "reconnecting") setStatus("reconnecting…", false);
+    else if (state === "connecting") setStatus("connecting…", false);
+    else setStatus("closed", false);
+    if (state !== "open") enableComposer(false);
+  });
+
+  client.onOpen(({ reconnected }) => {
+    if (!reconnected) resumeSaved();
+  });
+
+  client.onRecover((r) => {
+    if (!room) return resumeSaved(); // not in a room yet
+    if (r.recovered) {
+      // rooms kept by linkd, missed messages delivered: tell the service who this
+      // (new) connection is, and refresh the lists
+      request("chat.identify", { name: me ? me.username : $("name").value.trim() })
+        .then((id) => { me = id; renderOnline(id.online); })
+        .catch(() => {});
+      refreshMembers();
+      enableComposer(true);
+      addSystem(r.missed ? `reconnected: ${r.missed} missed update${r.missed === 1 ? "" : "s"} caught up` : "reconnected: nothing missed");
+    } else {
+      // too long away, or linkd restarted: join again, which reloads the history
+      enter(me ? me.username : $("name").value.trim(), room)
+        .then(() => addSystem("reconnected: history reloaded"))
+        .catch(showError);
+    }
+  });
+
+  client.onError((err) => {
+    if (err.type !== "LISTENER_ERROR") addSystem("error: " + err.message);
+    else console.error(err.details || err);
+  });
+
+  /** Rejoins the saved name and room (a page load, or a first connection that dropped early). */
+  function resumeSaved() {
+    const name = localStorage.getItem("chat.name");
+    const savedRoom = localStorage.getItem("chat.room");
+    if (name) $("name").value = name;
+    if (savedRoom) $("room").value = savedRoom;
+    if (name && savedRoom) enter(name, savedRoom).catch(showError);
   }
 
-  function request(type, data) {
-    return new Promise((resolve, reject) => {
-      if (!ws || ws.readyState !== WebSocket.OPEN) return reject(new Error("not connected"));
-      const id = "c" + ++seq;
-      pending.set(id, { resolve, reject });
-      ws.send(JSON.stringify({ type, data, id }));
-      setTimeout(() => {
-        if (pending.delete(id)) reject(new Error("no answer to " + type));
-      }, 10000);
-    });
-  }
+  const request = (type, data) => client.request(type, data);
 
   function notify(type, data) {
-    if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type, data }));
+    if (client.state === "open") client.send(type, data); // typing news is stale once offline: not queued
   }
 
   // --- actions ---------------------------------------------------------------
@@ -115,33 +129,26 @@
   }
 
   // --- pushes ----------------------------------------------------------------
-  function onPush(type, data) {
-    switch (type) {
-      case "chat.message":
-        if (data.room !== room) return;
-        clearTyper(data.userId);
-        addMessage(data);
-        break;
-      case "chat.typing":
-        if (data.room !== room || (me && data.userId === me.userId)) return;
-        if (data.typing) setTyper(data.userId, data.username);
-        else clearTyper(data.userId);
-        break;
-      case "chat.user_joined":
-        if (data.room === room) { addSystem(data.username + " " + tagOf(data.userId).text + " joined"); refreshMembers(); }
-        break;
-      case "chat.user_left":
-        if (data.room === room) { addSystem(data.username + " " + tagOf(data.userId).text + " left"); clearTyper(data.userId); refreshMembers(); }
-        break;
-      case "presence.online":
-      case "presence.offline":
-        request("chat.online").then((r) => renderOnline(r.online)).catch(() => {});
-        break;
-      case "server.shutdown":
-        setStatus("server shutting down", false);
-        break;
-    }
-  }
+  client.on("chat.message", (data) => {
+    if (data.room !== room) return;
+    clearTyper(data.userId);
+    addMessage(data);
+  });
+  client.on("chat.typing", (data) => {
+    if (data.room !== room || (me && data.userId === me.userId)) return;
+    if (data.typing) setTyper(data.userId, data.username);
+    else clearTyper(data.userId);
+  });
+  client.on("chat.user_joined", (data) => {
+    if (data.room === room) { addSystem(data.username + " " + tagOf(data.userId).text + " joined"); refreshMembers(); }
+  });
+  client.on("chat.user_left", (data) => {
+    if (data.room === room) { addSystem(data.username + " " + tagOf(data.userId).text + " left"); clearTyper(data.userId); refreshMembers(); }
+  });
+  const refreshOnline = () => request("chat.online").then((r) => renderOnline(r.online)).catch(() => {});
+  client.on("presence.online", refreshOnline);
+  client.on("presence.offline", refreshOnline);
+  client.on("server.shutdown", () => setStatus("server shutting down", false));
 
   function refreshMembers() {
     if (!room) return;
@@ -249,5 +256,4 @@
     send();
   });
   $("text").addEventListener("input", onInput);
-  connect();
 })();

@@ -11,11 +11,11 @@
 //   chat.online                     -> {online}
 //   chat.members  {room}            -> {room, members}
 // Everyone gets presence.online / presence.offline when a user comes or goes.
-// HTTP: GET / (the page), /chat.js, /chat.css, /favicon.svg, /chat/health, /chat/ready,
+// HTTP: GET / (the page), /chat.js, /linkd-client.js, /chat.css, /favicon.svg, /chat/health, /chat/ready,
 // /chat/live, /chat/rooms, /chat/rooms/:room/messages.
 import * as fs from "fs";
 import * as path from "path";
-import { createService, reply, ForbiddenError, ValidationError, WsContext } from "linkd-sdk";
+import { createService, reply, ForbiddenError, ValidationError, WebSocketOptions, WsContext } from "linkd-sdk";
 import { Store } from "./store";
 
 const socketPath = process.env.LINKD_SOCKET || undefined; // SDK default otherwise
@@ -24,12 +24,22 @@ const publicDir = path.join(__dirname, "..", "public");
 const HISTORY = 50;
 
 const store = new Store(dbFile);
+// Connection recovery (issue 10): a page that drops for less than windowMs gets
+// its rooms back and the room pushes it missed (up to `history` per room); past
+// that the page reloads the room's history. Typed here until linkd-sdk's
+// WebSocketOptions has `recovery`; an SDK that does not know it ignores it.
+const websocket: WebSocketOptions & { recovery?: { windowMs: number; history: number } } = {
+  enabled: true,
+  path: "/ws/chat",
+  maxConnectionsPerUser: 10,
+  recovery: { windowMs: 30000, history: 100 },
+};
 const service = createService({
   name: "chat",
   version: "1.0.0",
   namespace: "examples",
   socketPath,
-  websocket: { enabled: true, path: "/ws/chat", maxConnectionsPerUser: 10 },
+  websocket,
 });
 const log = service.logger;
 
@@ -212,6 +222,13 @@ staticFile("/chat.js", "chat.js", "text/javascript; charset=utf-8");
 staticFile("/chat.css", "chat.css", "text/css; charset=utf-8");
 // the page links it; without one browsers ask for /favicon.ico on every load and get a 404
 staticFile("/favicon.svg", "favicon.svg", "image/svg+xml");
+// the client library's browser module, built into dist/ by scripts/client.js
+service.action("static:linkd-client.js", { route: "/linkd-client.js", method: "GET" }, () =>
+  reply(fs.readFileSync(path.join(__dirname, "linkd-client.js")), {
+    contentType: "text/javascript; charset=utf-8",
+    headers: { "cache-control": "no-cache" },
+  }),
+);
 
 service.action("health", { route: "/chat/health" }, () => ({
   status: "healthy",
