@@ -56,3 +56,20 @@ $(FUZZ_COV_BINS): $(FUZZ_DIR)/cov/%: tests/fuzz/%.cc tests/fuzz/fuzz_common.h li
 	@mkdir -p $(FUZZ_DIR)/cov
 	$(FUZZ_CXX) -std=c++20 -O1 -g -fsanitize=fuzzer -fprofile-instr-generate -fcoverage-mapping -Wno-unused-function \
 	  -DLINKD_NO_MAIN -DLINKD_FUZZ $(DEFS) $(INCLUDES) $< $(BUILD)/linkd.pb.o $(LLHTTP_OBJS) $(LIBS) -o $@
+
+# The C service library's side of a link (sdk/c): tests/fuzz/sdk_c.c includes
+# sdk/c/linkd_service.c itself (as the harnesses above include linkd.c++) and
+# is C, so it has its own rule; seeds from tests/fuzz/gen_sdk_c_corpus.py.
+# tests/t_sdk_c_fuzz.sh replays tests/fuzz/corpus/sdk_c in make test.
+FUZZ_NAMES += sdk_c
+FUZZ_SDKC  := $(FUZZ_DIR)/sdk_c
+fuzz-build: $(FUZZ_SDKC)
+fuzz: $(if $(filter sdk_c,$(FUZZ_ONLY)),$(FUZZ_SDKC))
+$(FUZZ_SDKC): tests/fuzz/sdk_c.c sdk/c/linkd_service.c sdk/c/linkd_service.h $(BUILD)/linkd.pb.h $(FUZZ_DIR)/obj/linkd.pb.o
+	$(FUZZ_CC) $(FUZZ_SAN) -fsanitize=fuzzer -std=c99 $(WARN) -Isdk/c -I$(BUILD) $< $(FUZZ_DIR)/obj/linkd.pb.o -l:libprotobuf-nanopb.a -o $@
+# fuzz-cov: its coverage is of sdk/c/linkd_service.c
+fuzz-cov: $(FUZZ_DIR)/cov/sdk_c
+$(FUZZ_DIR)/cov/sdk_c: tests/fuzz/sdk_c.c sdk/c/linkd_service.c sdk/c/linkd_service.h $(BUILD)/linkd.pb.o
+	@mkdir -p $(FUZZ_DIR)/cov
+	$(FUZZ_CC) -O1 -g -fsanitize=fuzzer -fprofile-instr-generate -fcoverage-mapping -std=c99 -Isdk/c -I$(BUILD) \
+	  $< $(BUILD)/linkd.pb.o -l:libprotobuf-nanopb.a -o $@

@@ -456,6 +456,7 @@ void begin() {
   tables_init();
   g.nroutes = 0;
   g.req_seq = 0;          // request ids and connection ids repeat from input to input
+  g.conn_gen = 0;
   g.except_serial = 0;
   skew = 0;
   memset(g.http_status, 0, sizeof g.http_status);

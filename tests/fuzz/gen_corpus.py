@@ -217,27 +217,28 @@ def msg(**kw):
 
 
 REQ = 4 | 1 << 32   # the fixture's pending HTTP request (service.cc)
+C0, C1, C2, C3 = '0.1', '1.2', '2.3', '3.4'   # the fixture's connections (slot.generation; service.cc checks them)
 HB = pb.ServiceMessage(heartbeat=pb.Heartbeat(timestamp_ms=5)).SerializeToString()   # one member, no length
 
 
 def service_seeds():
     O = pb.WebSocketOutbound
     s = {
-        'push-room-except': msg(ws_outbound=O(room='lobby', event='chat.message', payload=b'{"text":"hi"}', except_connections=['1.1', '9.9', 'x'], op_id=1)),
+        'push-room-except': msg(ws_outbound=O(room='lobby', event='chat.message', payload=b'{"text":"hi"}', except_connections=[C1, '9.9', 'x'], op_id=1)),
         'push-all': msg(ws_outbound=O(broadcast_all=True, event='news', payload=b'{"n":[1,2,3],"s":"' + b'long text ' * 30 + b'"}', op_id=2)),
-        'push-conn': msg(ws_outbound=O(connection_id='2.1', event='direct', payload=b'null')) + msg(ws_outbound=O(connection_id='3.1', event='other-group')),
+        'push-conn': msg(ws_outbound=O(connection_id=C2, event='direct', payload=b'null')) + msg(ws_outbound=O(connection_id=C3, event='other-group')),
         'push-stale-and-bad': msg(ws_outbound=O(connection_id='0.2', event='e', op_id=3)) + msg(ws_outbound=O(connection_id='abc', event='e')) + msg(ws_outbound=O(event='no-target', op_id=4)),
         'push-bad-json': msg(ws_outbound=O(room='lobby', event='e', payload=b'{"a":', op_id=5)) + msg(ws_outbound=O(room='lobby', event='', payload=b'1', op_id=6)),
         'push-many-tokens': msg(ws_outbound=O(broadcast_all=True, event='t', payload=b'[' + b','.join([b'1'] * 6000) + b']')),
         'push-deep': msg(ws_outbound=O(broadcast_all=True, event='d', payload=b'[' * 129 + b']' * 129)),
-        'push-escape-event': msg(ws_outbound=O(connection_id='0.1', event='a"b\\c\n', payload=b'"s"')),
+        'push-escape-event': msg(ws_outbound=O(connection_id=C0, event='a"b\\c\n', payload=b'"s"')),
         'push-flood': b''.join(msg(ws_outbound=O(broadcast_all=True, event='f', payload=b'"' + b'z' * 4000 + b'"')) for _ in range(12)),
-        'rooms-join-leave': msg(ws_room_operation=pb.WebSocketRoomOperation(connection_id='2.1', room='lobby', op_id=10)) + msg(ws_room_operation=pb.WebSocketRoomOperation(connection_id='0.1', room='a', operation=1, op_id=11)) + msg(ws_outbound=O(room='lobby', event='after')),
-        'rooms-bad': msg(ws_room_operation=pb.WebSocketRoomOperation(connection_id='0.1', room='', op_id=12)) + msg(ws_room_operation=pb.WebSocketRoomOperation(connection_id='3.1', room='x', op_id=13)) + msg(ws_room_operation=pb.WebSocketRoomOperation(connection_id='1.1', room='r' * 127, op_id=14)),
-        'rooms-fill': b''.join(msg(ws_room_operation=pb.WebSocketRoomOperation(connection_id='%d.1' % (i % 3), room='room%d' % i, op_id=100 + i)) for i in range(60)),
-        'rooms-query': msg(rooms_query=pb.RoomsQuery(query_id=1, connection_id='0.1')) + msg(rooms_query=pb.RoomsQuery(query_id=2, connection_id='7.7')),
-        'close-conn': msg(close_connection=pb.CloseConnection(connection_id='1.1', code=4000, reason='bye', op_id=20)) + msg(ws_outbound=O(connection_id='1.1', event='late')),
-        'close-bad-codes': msg(close_connection=pb.CloseConnection(connection_id='2.1', code=1005, op_id=21)) + msg(close_connection=pb.CloseConnection(connection_id='2.1', code=99999, op_id=22)) + msg(close_connection=pb.CloseConnection(connection_id='2.1', reason='r' * 123)),
+        'rooms-join-leave': msg(ws_room_operation=pb.WebSocketRoomOperation(connection_id=C2, room='lobby', op_id=10)) + msg(ws_room_operation=pb.WebSocketRoomOperation(connection_id=C0, room='a', operation=1, op_id=11)) + msg(ws_outbound=O(room='lobby', event='after')),
+        'rooms-bad': msg(ws_room_operation=pb.WebSocketRoomOperation(connection_id=C0, room='', op_id=12)) + msg(ws_room_operation=pb.WebSocketRoomOperation(connection_id=C3, room='x', op_id=13)) + msg(ws_room_operation=pb.WebSocketRoomOperation(connection_id=C1, room='r' * 127, op_id=14)),
+        'rooms-fill': b''.join(msg(ws_room_operation=pb.WebSocketRoomOperation(connection_id=(C0, C1, C2)[i % 3], room='room%d' % i, op_id=100 + i)) for i in range(60)),
+        'rooms-query': msg(rooms_query=pb.RoomsQuery(query_id=1, connection_id=C0)) + msg(rooms_query=pb.RoomsQuery(query_id=2, connection_id='7.7')),
+        'close-conn': msg(close_connection=pb.CloseConnection(connection_id=C1, code=4000, reason='bye', op_id=20)) + msg(ws_outbound=O(connection_id=C1, event='late')),
+        'close-bad-codes': msg(close_connection=pb.CloseConnection(connection_id=C2, code=1005, op_id=21)) + msg(close_connection=pb.CloseConnection(connection_id=C2, code=99999, op_id=22)) + msg(close_connection=pb.CloseConnection(connection_id=C2, reason='r' * 123)),
         'heartbeat': msg(heartbeat=pb.Heartbeat(timestamp_ms=1)) + msg(heartbeat=pb.Heartbeat(reply=True)),
         'http-response': msg(http_response=pb.HttpResponse(request_id=REQ, status=201, headers=[pb.Header(name='Content-Type', value='application/json'), pb.Header(name='Set-Cookie', value='a=b'), pb.Header(name='Connection', value='close')], body=b'{"id":7}')),
         'http-response-bad-header': msg(http_response=pb.HttpResponse(request_id=REQ, status=200, headers=[pb.Header(name='X-A', value='1\r\nInjected: yes')])) + msg(heartbeat=pb.Heartbeat()),
@@ -245,10 +246,10 @@ def service_seeds():
         'http-response-status': msg(http_response=pb.HttpResponse(request_id=REQ, status=101)) + msg(http_response=pb.HttpResponse(request_id=REQ, status=700)),
         'http-response-304-204': msg(http_response=pb.HttpResponse(request_id=REQ, status=304, body=b'ignored')),
         'http-response-unknown': msg(http_response=pb.HttpResponse(request_id=12345, status=200)) + msg(http_response=pb.HttpResponse(request_id=REQ + (1 << 32))),
-        'ws-response': msg(ws_response=pb.WebSocketResponse(connection_id='0.1', correlation_id='m1', data=b'{"ok":1}')) + msg(ws_response=pb.WebSocketResponse(connection_id='1.1', correlation_id='42', error=pb.ErrorResponse(code=403, type='FORBIDDEN', message='no "way"', details='{"why":1}'))),
-        'ws-response-bad': msg(ws_response=pb.WebSocketResponse(connection_id='0.1', correlation_id='m1', data=b'{bad')) + msg(ws_response=pb.WebSocketResponse(connection_id='1.1', correlation_id='42', error=pb.ErrorResponse(details='{not json'))) + msg(ws_response=pb.WebSocketResponse(connection_id='0.1', correlation_id='unknown')),
+        'ws-response': msg(ws_response=pb.WebSocketResponse(connection_id=C0, correlation_id='m1', data=b'{"ok":1}')) + msg(ws_response=pb.WebSocketResponse(connection_id=C1, correlation_id='42', error=pb.ErrorResponse(code=403, type='FORBIDDEN', message='no "way"', details='{"why":1}'))),
+        'ws-response-bad': msg(ws_response=pb.WebSocketResponse(connection_id=C0, correlation_id='m1', data=b'{bad')) + msg(ws_response=pb.WebSocketResponse(connection_id=C1, correlation_id='42', error=pb.ErrorResponse(details='{not json'))) + msg(ws_response=pb.WebSocketResponse(connection_id=C0, correlation_id='unknown')),
         'register-again': msg(register_service=pb.RegisterService(name='chat')),
-        'unknown-members': msg(command_result=pb.CommandResult(op_id=1)) + msg(error=pb.ErrorResponse(code=1)) + msg(ws_inbound=pb.WebSocketInbound(connection_id='0.1')),
+        'unknown-members': msg(command_result=pb.CommandResult(op_id=1)) + msg(error=pb.ErrorResponse(code=1)) + msg(ws_inbound=pb.WebSocketInbound(connection_id=C0)),
         'multi-member-frame': varint(2 * len(HB)) + HB + HB,
         'bad-varint': b'\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01',
         'over-max-frame': varint(70000) + b'\x00' * 10,
@@ -258,11 +259,11 @@ def service_seeds():
     }
     # Findings (reproducers of fixed bugs; see tests/fuzz/README.md).
     s['finding-response-header-without-value'] = msg(http_response=pb.HttpResponse(request_id=REQ, headers=[pb.Header(name='X-Empty')]))
-    s['finding-room-operation-out-of-enum'] = msg(ws_room_operation=pb.WebSocketRoomOperation(connection_id='0.1', room='lobby', operation=44, op_id=9))
+    s['finding-room-operation-out-of-enum'] = msg(ws_room_operation=pb.WebSocketRoomOperation(connection_id=C0, room='lobby', operation=44, op_id=9))
     # callback fields (payload, body, data) sent with a scalar wire type: key, then a fixed64
     scalar = lambda member, m, field: delim_raw(member, m.SerializeToString() + bytes([field << 3 | 1]) + b'"abcdef"')
-    s['finding-payload-scalar-wire-type'] = scalar(22, O(room='lobby', event='e'), 5) + scalar(22, O(connection_id='2.1', event='e'), 5)
-    s['scalar-wire-type-body-data'] = scalar(4, pb.HttpResponse(request_id=REQ, status=200), 4) + scalar(24, pb.WebSocketResponse(connection_id='0.1', correlation_id='m1'), 3)
+    s['finding-payload-scalar-wire-type'] = scalar(22, O(room='lobby', event='e'), 5) + scalar(22, O(connection_id=C2, event='e'), 5)
+    s['scalar-wire-type-body-data'] = scalar(4, pb.HttpResponse(request_id=REQ, status=200), 4) + scalar(24, pb.WebSocketResponse(connection_id=C0, correlation_id='m1'), 3)
     for name, data in s.items():
         seed('service', name, b'\x00\x00' + data)
     # A fresh link: registration first.
@@ -282,7 +283,7 @@ def service_seeds():
     }
     for name, data in fresh.items():
         seed('service', name, b'\x01\x00' + data)
-    base = msg(ws_outbound=O(room='lobby', event='m', payload=b'{"a":1}')) + msg(http_response=pb.HttpResponse(request_id=REQ, status=200, body=b'ok')) + msg(ws_response=pb.WebSocketResponse(connection_id='0.1', correlation_id='m1'))
+    base = msg(ws_outbound=O(room='lobby', event='m', payload=b'{"a":1}')) + msg(http_response=pb.HttpResponse(request_id=REQ, status=200, body=b'ok')) + msg(ws_response=pb.WebSocketResponse(connection_id=C0, correlation_id='m1'))
     for name, opt in {'split-1': 0x02, 'split-3': 0x06, 'split-64': 0x0c, 'link-drops': 0x10, 'slow-clients-close': 0x20,
                       'slow-clients-drop': 0x60, 'stale-conn': 0x80}.items():
         seed('service', 'opt-' + name, bytes([opt, 0]) + base)

@@ -11,12 +11,13 @@
 // connection, a room or everyone (except_connections, deflate, the
 // outbound cap), room joins and leaves, close, rooms query, heartbeat.
 //
-// Ids in the table (the same for every input, tables are fresh):
+// Ids in the table (the same for every input, tables are fresh; the
+// fixture checks them, and tests/fuzz/gen_corpus.py writes them):
 //   connections "0.1" (chat, user u1, deflate, rooms lobby and a),
-//   "1.1" (chat, user u2, lobby), "2.1" (chat, anonymous, room b),
-//   "3.1" (other, raw, lobby of other), HTTP request id 4294967300
+//   "1.2" (chat, user u2, lobby), "2.3" (chat, anonymous, room b),
+//   "3.4" (other, raw, lobby of other), HTTP request id 4294967300
 //   (slot 4, sequence 1, GET /items/7), pending WebSocket replies "m1"
-//   on 0.1 and 42 on 1.1.
+//   on 0.1 and 42 on 1.2.
 //
 // Input: bytes 0 and 1 choose the setting:
 //   byte 0 bit 0     write to a fresh link (not registered yet) instead of link A
@@ -68,6 +69,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   fz::send_bytes(fz::clients[c0].fd, m1.data(), m1.size());
   fz::send_bytes(fz::clients[c1].fd, m2.data(), m2.size());
   fz::settle();
+  static const char* const ids[] = {"0.1", "1.2", "2.3", "3.4"};
+  for (uint32_t i = 0; i < 4; i++) {
+    char id[32];
+    conn_id(&g.conns[i], id, sizeof id);
+    if (g.conns[i].state != CState::Ws || strcmp(id, ids[i])) fz::die("connection ids changed: update service.cc and gen_corpus.py");
+  }
+  if (g.conns[4].state != CState::Http || !g.conns[4].http || g.conns[4].http->pending == NIL || g.conns[4].http->req_seq != 1)
+    fz::die("the pending HTTP request changed: update service.cc and gen_corpus.py");
   static const struct { uint32_t slot; const char* room; } joins[] = {{0, "lobby"}, {0, "a"}, {1, "lobby"}, {2, "b"}, {3, "lobby"}};
   for (auto& j : joins)
     if (g.conns[j.slot].state == CState::Ws) room_join(&g.conns[j.slot], j.room, strlen(j.room));
