@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
 # Issue 8, part A: a regression check for each hostile-input defect (A.1-A.16)
-# and for what came with the fixes (lingering close, NOT_DELIVERED and
-# CommandResult.delivered, the 60 s idle limit). tests/hostile.py holds one
-# function per group of hostile inputs; this driver runs each group against
-# one linkd and, after each, checks that linkd is alive (/health 200), that
-# its RSS is under its boot RSS + 24 MiB (x16 under ASan, valgrind or qemu),
-# that linkd_http_connections / linkd_ws_connections / linkd_pending_replies
-# are back to what they were before the group, and that the three test
-# services are still registered. Then the "loop" phase runs every client-side
-# group HARDEN_LOOPS (3) more times against the same linkd, with the same
-# checks after each group, and checks that RSS does not keep growing from one
-# round to the next (issue 8 part C).
-#   HARDEN_GROUPS="jwt cors" tests/t_harden.sh   # some groups (names: see hostile.py, plus cli and idle)
+# and for what came with the fixes. tests/hostile.py holds one function per
+# group of hostile inputs:
+#   A.1 ws_pings  A.2 ws_fragments  A.3 http_trailers  A.4 svc_headers
+#   A.5 http_percap  A.6 jwt  A.7 svc_routes  A.8 svc_push  A.9 svc_register
+#   A.10 cors  A.11 http_framing  A.12 http_expect  A.13 http_params
+#   A.14 svc_inbound  A.15 jwks  A.16 cli (here) and http_local
+#   lingering close: linger; NOT_DELIVERED / delivered: svc_push, svc_shutdown;
+#   the 60 s idle limit: idle (a linkd of its own, watched in the background)
+# This driver runs each group against one linkd and, after each, checks that
+# linkd is alive (/health 200), that its RSS is under its boot RSS + 24 MiB
+# (x16 under ASan, valgrind or qemu), that linkd_http_connections /
+# linkd_ws_connections / linkd_pending_replies are back to what they were
+# before the group, and that the three test services are still registered.
+# Then the "loop" phase runs every client-side group HARDEN_LOOPS (3) more
+# times against the same linkd, with the same checks after each group, and
+# checks that RSS does not keep growing from one round to the next (issue 8
+# part C). svc_shutdown comes last: it stops linkd with SIGTERM.
+#   HARDEN_GROUPS="jwt cors" tests/t_harden.sh   # some groups only (any order is run in the usual order)
 #   HARDEN_LOOPS=0 tests/t_harden.sh             # no loop phase
+#   LINKD_CMD=/tmp/wt/linkd tests/t_harden.sh    # a linkd from before the fixes: the checks show each defect
 # A group that kills linkd (or leaves it over the RSS bound) is reported and
-# linkd restarted, so the later groups still run (an old linkd shows each defect).
-# Settings linkd gained with the fixes go in the environment
-# (LINKD_MAX_HTTP_CONNECTIONS_PER_IP, LINKD_REGISTER_TIMEOUT): a linkd that
-# predates them ignores them and still starts.
+# linkd restarted, so the later groups still run. Settings linkd gained with
+# the fixes go in the environment (LINKD_MAX_HTTP_CONNECTIONS_PER_IP,
+# LINKD_REGISTER_TIMEOUT): a linkd that predates them ignores them and starts.
 . "$(dirname "$0")/lib.sh"
 
 SECRET=harden-secret
