@@ -51,9 +51,8 @@
       // rooms kept by linkd, missed messages delivered: tell the service who this
       // (new) connection is, and refresh the lists
       request("chat.identify", { name: me ? me.username : $("name").value.trim() })
-        .then((id) => { me = id; renderOnline(id.online); })
-        .catch(() => {});
-      refreshMembers();
+        .then((id) => { me = id; renderOnline(id.online); refreshMembers(); })
+        .catch(showError);
       enableComposer(true);
       addSystem(r.missed ? `reconnected: ${r.missed} missed update${r.missed === 1 ? "" : "s"} caught up` : "reconnected: nothing missed");
     } else {
