@@ -95,6 +95,7 @@ bench: linkd
 clean:
 	rm -rf $(BUILD) linkd linkd-asan linkd-aarch64 linkd-armhf
 
+-include packaging/deb.mk
 -include cross/cross.mk
 -include tests/fuzz/fuzz.mk
 -include sdk/c/sdk_c.mk
