@@ -20,11 +20,12 @@
 //   8. Auth        JWT verification (HS256, RS256, ES256, JWKS), claims
 //   9. Services    the Unix-socket link: frames, registration, dispatch
 //  10. HTTP        llhttp parsing, forwarding, local endpoints, CORS
-//  11. WebSocket   upgrade, wslay contexts bound on demand, envelopes
-//  12. Pushes      to a connection, a room or everyone (encoded once, shared)
-//  13. Lifecycle   timers, heartbeats, watchdog, reload, shutdown, metrics, accept, listen
-//  14. Self-test   unit tests of the tables, routes, JSON and JWT checks
-//  15. main
+//  11. Recovery    room histories, dropped connections kept, resume tokens
+//  12. WebSocket   upgrade, wslay contexts bound on demand, envelopes
+//  13. Pushes      to a connection, a room or everyone (encoded once, shared)
+//  14. Lifecycle   timers, heartbeats, watchdog, reload, shutdown, metrics, accept, listen
+//  15. Self-test   unit tests of the tables, routes, JSON and JWT checks
+//  16. main
 
 #include <uv.h>
 #include <llhttp.h>
@@ -135,6 +136,7 @@ struct Config {
   int64_t outbound_policy = 0;         // 0 close (1008), 1 drop
   int64_t shutdown_timeout = 10000;    // ms
   int64_t register_timeout = 10000;    // ms: a service link must register within this
+  int64_t history_memory = 16 << 20;   // bytes of room pushes kept for recovery, all rooms together
   Allow allow[MAX_ALLOW];              // service_allow entries (config file only)
   int nallow = 0;                      // 0: any process that can open the socket may register any name
 };
@@ -183,6 +185,7 @@ const Setting settings[] = {
   SETTING_STR("tls-client-ca", tls_client_ca, "PEM CA certificate(s): require and verify client certificates"),
   {"shutdown-timeout", Kind::Duration, &cfg.shutdown_timeout, 0, 3600000, "time to finish in-flight work on SIGTERM"},
   {"register-timeout", Kind::Duration, &cfg.register_timeout, 100, 3600000, "a service link that has not registered by then is closed"},
+  {"history-memory", Kind::Size, &cfg.history_memory, 0, 1 << 30, "room pushes kept for connection recovery, all rooms together"},
 };
 #undef SETTING_STR
 
@@ -831,7 +834,9 @@ constexpr uint32_t CLOSING_SLACK = MAX_LINGER + 64;  // slots for connections li
 // shut down after the last bytes, input read and dropped until the peer's
 // FIN or a deadline, so that unread input does not make the kernel reset
 // the connection and lose what was sent last (an error answer, a close frame).
-enum class CState : uint8_t { Free, Http, Ws, Linger, Closed };
+// Ghost: a dropped WebSocket connection on a path with recovery, kept
+// (its rooms, its user) until its client comes back or the window ends.
+enum class CState : uint8_t { Free, Http, Ws, Linger, Closed, Ghost };
 
 struct HdrRef { uint32_t name_off, name_len, val_off, val_len; };  // into Http::head
 
@@ -875,6 +880,9 @@ struct Conn {
   bool msg_open;          // wslay: a fragmented message is in progress
   bool ws_closing;        // close frame queued: ignore further messages
   bool read_paused;       // WebSocket: reading stopped while the output is over --max-outbound
+  bool fresh;             // WebSocket: no message yet (linkd.resume is taken only as the first)
+  bool ghost;             // recovery: becomes a Ghost when its socket is closed
+  bool resumed_away;      // recovery: its client came back on another connection (no ghost)
   bool counted_ws;        // counted in g.ws_count and the tallies
   bool deflate;           // permessage-deflate negotiated (no context takeover either way)
   uint16_t group;         // service (by name) whose WebSocket path this is on
@@ -934,6 +942,8 @@ struct Group {
   uint32_t ws_heartbeat_ms;  // ping interval the service asked for (0: --heartbeat-interval)
   uint32_t ws_max_msg;    // bytes
   uint32_t ws_max_per_user;  // per-user cap the service asked for (0: --max-connections-per-user)
+  uint32_t rec_window_ms; // recovery: a dropped connection's rooms are kept this long (0: no recovery)
+  uint16_t rec_history;   // recovery: pushes kept per room for the replay
   uint16_t live;          // instances registered and open
   uint32_t rr;            // round-robin cursor
 };
@@ -948,9 +958,18 @@ struct Route {
   Seg seg[MAX_SEGS];      // pattern split at '/'
 };
 
+// A room push kept for the replay to a client that comes back (recovery).
+struct HistEntry {
+  Shared* frame;          // the plain frame every member got (one reference)
+  uint64_t serial;        // order among all pushes (the replay merges rooms by it)
+};
+
 struct Room {
   uint32_t head;          // first membership (room list), NIL if empty
   uint32_t count;
+  uint32_t seq;           // recovery: the last push's sequence number in this room
+  HistEntry* hist;        // recovery: ring of the last pushes (owner: this), or null
+  uint16_t hist_head, hist_count, hist_cap;   // oldest entry, entries, ring size
   uint32_t hash;
   uint32_t next_free;
   uint16_t group;
@@ -963,6 +982,7 @@ struct Room {
 // connection's, so broadcast is O(members) and disconnect O(rooms of conn).
 struct Member {
   uint32_t room, conn;
+  uint32_t join_seq;      // the room's seq when the connection joined (recovery)
   uint32_t rnext, rprev;  // room's list (rnext doubles as free-list link)
   uint32_t cnext, cprev;  // connection's list
 };
@@ -1047,6 +1067,11 @@ struct Global {
   const char* rd; size_t rdlen;  // bytes wslay may read now
   uint32_t except_serial;
   uint32_t req_seq;       // HTTP request ids: slot | seq << 32
+  uint64_t epoch;         // recovery: random per process (a restart makes every token stale)
+  unsigned char token_key[32];   // recovery: signs the session tokens
+  uint64_t history_bytes, push_serial;   // recovery: bytes held by room histories; pushes so far
+  uint32_t ghost_count;   // recovery: dropped connections waiting for their clients
+  uint64_t resumed, resume_failed;
   char readbuf[READ_BUF];
 
   // metrics
@@ -1110,7 +1135,10 @@ void index_remove(Index* x, uint32_t h, uint32_t v, HashOf hash_of) {
 }
 
 void tables_init() {
-  g.nconns = (uint32_t)(cfg.max_connections + cfg.max_http_connections) + CLOSING_SLACK;
+  // WebSocket slots twice over: the second half holds dropped connections
+  // kept for recovery (ghosts), so that a reconnect storm finds room. It is
+  // only reserved: untouched slots cost no resident memory.
+  g.nconns = (uint32_t)(cfg.max_connections * 2 + cfg.max_http_connections) + CLOSING_SLACK;
   g.conns = table_alloc<Conn>(g.nconns);
   g.conn_free = NIL;
   g.conn_hw = 0;
@@ -1259,13 +1287,19 @@ uint32_t room_get(uint16_t group, const char* name, size_t n) {
   room->name[n] = 0;
   room->head = NIL;
   room->count = 0;
+  room->seq = 0;
+  room->hist = nullptr;
+  room->hist_head = room->hist_count = room->hist_cap = 0;
   index_insert(&g.room_index, room->hash, r);
   g.room_count++;
   return r;
 }
 
+void hist_clear(Room* room);   // section 11
+
 void room_free(uint32_t r) {
   Room* room = &g.rooms[r];
+  hist_clear(room);
   index_remove(&g.room_index, room->hash, r, [](uint32_t x) { return g.rooms[x].hash; });
   room->used = false;
   room->next_free = g.room_free;
@@ -1299,6 +1333,7 @@ JoinResult room_join(Conn* c, const char* name, size_t n) {
   Room* room = &g.rooms[r];
   mb->room = r;
   mb->conn = conn_index(c);
+  mb->join_seq = room->seq;
   index_insert(&g.member_index, member_hash(mb->conn, r), m);
   mb->rprev = NIL;
   mb->rnext = room->head;
@@ -1330,6 +1365,29 @@ void member_remove(uint32_t m) {
   mb->rnext = g.member_free;
   g.member_free = m;
   g.member_count--;
+}
+
+// Moves every membership of `from` to `to` in place (recovery: a client
+// back on a new connection takes its rooms over). No allocation: it cannot
+// fail for want of room in the tables.
+void member_move_all(Conn* from, Conn* to) {
+  uint32_t ti = conn_index(to);
+  while (from->rooms != NIL) {
+    uint32_t m = from->rooms;
+    Member* mb = &g.members[m];
+    index_remove(&g.member_index, member_hash(mb->conn, mb->room), m,
+                 [](uint32_t x) { return member_hash(g.members[x].conn, g.members[x].room); });
+    from->rooms = mb->cnext;
+    if (mb->cnext != NIL) g.members[mb->cnext].cprev = NIL;
+    from->nrooms--;
+    mb->conn = ti;
+    index_insert(&g.member_index, member_hash(ti, mb->room), m);
+    mb->cprev = NIL;
+    mb->cnext = to->rooms;
+    if (to->rooms != NIL) g.members[to->rooms].cprev = m;
+    to->rooms = m;
+    to->nrooms++;
+  }
 }
 
 bool room_leave(Conn* c, const char* name, size_t n) {
@@ -1613,10 +1671,11 @@ void conn_send_bytes(Conn* c, const char* p, size_t n) {
 
 void conn_closed_cb(uv_handle_t* h) noexcept {
   Conn* c = (Conn*)h->data;
-  conn_free_slot(c);
+  if (c->ghost) { c->state = CState::Ghost; g.ghost_count++; }   // rooms kept for the client to come back
+  else conn_free_slot(c);
 }
 
-void ws_detach(Conn* c);  // section 11: tell the service, leave rooms
+void ws_detach(Conn* c);  // section 12: tell the service, leave rooms
 void http_free(Conn* c);  // section 10
 void tls_free(Conn* c);   // section 6
 void tls_close_notify(Conn* c);
@@ -1627,11 +1686,13 @@ void conn_release(Conn* c) {
   if (c->state == CState::Ws) ws_detach(c);
   if (c->http) http_free(c);
   tls_free(c);
-  free(c->user);
-  c->user = nullptr;
+  if (!c->ghost) { free(c->user); c->user = nullptr; }
 }
 
+void ghost_free(Conn* c);   // section 11
+
 void conn_close(Conn* c, const char* why) {
+  if (c->state == CState::Ghost) { ghost_free(c); return; }
   if (c->state == CState::Closed || c->state == CState::Free) return;
   LOG_DEBUG("conn %u closed: %s", conn_index(c), why);
   if (c->state == CState::Linger) g.linger_count--;
@@ -2097,7 +2158,7 @@ void tls_keep_peer(Tls* t) {
   ses->peer_cert = nullptr;
 }
 
-void conn_input(Conn* c, const char* p, size_t n);   // section 13: plaintext for HTTP or WebSocket (null: the end)
+void conn_input(Conn* c, const char* p, size_t n);   // section 14: plaintext for HTTP or WebSocket (null: the end)
 
 // Ciphertext read from a TLS connection: the handshake, then every record
 // decrypted and handed on as plaintext.
@@ -2392,7 +2453,7 @@ Keys keys;
 
 // base64url (no padding) → bytes. Returns length or -1.
 int b64url_decode(const char* s, size_t n, unsigned char* out, size_t outn) {
-  char tmp[4096];
+  char tmp[8200];   // a whole token (jwt_verify takes up to 8192 bytes)
   if (n + 4 > sizeof tmp) return -1;
   for (size_t i = 0; i < n; i++) tmp[i] = s[i] == '-' ? '+' : s[i] == '_' ? '/' : s[i];
   size_t m = n;
@@ -2632,7 +2693,7 @@ UserBlob* jwt_verify(const char* tok, size_t n, const char** why) {
   const char* d1 = (const char*)memchr(tok, '.', n);
   const char* d2 = d1 ? (const char*)memchr(d1 + 1, '.', n - (size_t)(d1 + 1 - tok)) : nullptr;
   if (!d2 || n > 8192) { *why = "token is not a JWT"; return nullptr; }
-  static unsigned char head[1024], body[4096], sig[1024];
+  static unsigned char head[1024], body[6144], sig[1024];
   int hl = b64url_decode(tok, (size_t)(d1 - tok), head, sizeof head - 1);
   int bl = b64url_decode(d1 + 1, (size_t)(d2 - d1 - 1), body, sizeof body - 1);
   int sl = b64url_decode(d2 + 1, n - (size_t)(d2 + 1 - tok), sig, sizeof sig);
@@ -2884,10 +2945,11 @@ void command_result(Backend* b, uint64_t op_id, const char* type, const char* ms
   backend_send_msg(b, TAG_COMMAND_RESULT, linkd_CommandResult_fields, &r);
 }
 
-void send_conn_event(Backend* b, Conn* c, linkd_WebSocketConnectionEvent_EventType type) {
+void send_conn_event(Backend* b, Conn* c, linkd_WebSocketConnectionEvent_EventType type, const char* previous = nullptr) {
   const Group* gr = &g.groups[c->group];
   linkd_WebSocketConnectionEvent e = {};
   conn_id(c, e.connection_id, sizeof e.connection_id);
+  if (previous) snprintf(e.previous_connection_id, sizeof e.previous_connection_id, "%s", previous);
   snprintf(e.service_name, sizeof e.service_name, "%s", gr->name);
   snprintf(e.path, sizeof e.path, "%s", gr->ws_path);
   e.has_user = true;
@@ -3043,7 +3105,8 @@ uint16_t group_reclaim() {
     Group* gr = &g.groups[i];
     if (!gr->used || gr->live) continue;
     bool has_conns = false;
-    for (uint32_t k = 0; k < g.conn_hw && !has_conns; k++) has_conns = g.conns[k].state == CState::Ws && g.conns[k].group == i;
+    for (uint32_t k = 0; k < g.conn_hw && !has_conns; k++)
+      has_conns = (g.conns[k].state == CState::Ws || g.conns[k].state == CState::Ghost) && g.conns[k].group == i;
     if (has_conns) continue;
     uint32_t kept = 0;
     for (uint32_t r = 0; r < g.nroutes; r++)
@@ -3179,8 +3242,15 @@ void on_register(Backend* b, pb_istream_t* s) {
     // the ids and user context around it.
     gr->ws_max_msg = std::min(gr->ws_max_msg, b->max_out > FRAME_META + 16 ? b->max_out - FRAME_META : 16);
     gr->ws_max_per_user = m.websocket.max_connections_per_user;
+    // Recovery, when asked for: window and history bounded, so that what a
+    // service asks cannot make linkd keep more than a few minutes or pushes.
+    bool rec = m.websocket.has_recovery && m.websocket.recovery.window_ms && m.websocket.recovery.history && !gr->ws_raw;
+    gr->rec_window_ms = rec ? std::min<uint32_t>(m.websocket.recovery.window_ms, 600000) : 0;
+    gr->rec_history = rec ? (uint16_t)std::min<uint32_t>(m.websocket.recovery.history, 1024) : 0;
   } else {
     gr->ws_path[0] = 0;
+    gr->rec_window_ms = 0;
+    gr->rec_history = 0;
   }
   for (uint32_t i = 0; i < g.reg_nroutes; i++) {
     Route* r = &g.reg_routes[i];
@@ -3729,7 +3799,8 @@ const char* status_text(unsigned s) {
     case 302: return "Found"; case 304: return "Not Modified"; case 400: return "Bad Request";
     case 401: return "Unauthorized"; case 403: return "Forbidden"; case 404: return "Not Found";
     case 405: return "Method Not Allowed"; case 408: return "Request Timeout"; case 409: return "Conflict";
-    case 413: return "Payload Too Large"; case 422: return "Unprocessable Entity"; case 426: return "Upgrade Required";
+    case 410: return "Gone"; case 413: return "Payload Too Large"; case 417: return "Expectation Failed";
+    case 422: return "Unprocessable Entity"; case 426: return "Upgrade Required"; case 505: return "HTTP Version Not Supported";
     case 429: return "Too Many Requests"; case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error"; case 502: return "Bad Gateway"; case 503: return "Service Unavailable";
     case 504: return "Gateway Timeout"; default: return s < 300 ? "OK" : s < 400 ? "Redirect" : s < 500 ? "Client Error" : "Server Error";
@@ -3739,7 +3810,8 @@ const char* status_text(unsigned s) {
 const char* status_type(unsigned s) {
   switch (s) {
     case 400: return "BAD_REQUEST"; case 401: return "UNAUTHORIZED"; case 403: return "FORBIDDEN";
-    case 404: return "NOT_FOUND"; case 408: return "REQUEST_TIMEOUT"; case 413: return "PAYLOAD_TOO_LARGE";
+    case 404: return "NOT_FOUND"; case 405: return "METHOD_NOT_ALLOWED"; case 408: return "REQUEST_TIMEOUT";
+    case 413: return "PAYLOAD_TOO_LARGE"; case 417: return "EXPECTATION_FAILED"; case 505: return "HTTP_VERSION_NOT_SUPPORTED";
     case 426: return "UPGRADE_REQUIRED"; case 429: return "TOO_MANY_REQUESTS"; case 431: return "HEADERS_TOO_LARGE";
     case 502: return "BAD_GATEWAY"; case 503: return "SERVICE_UNAVAILABLE"; case 504: return "GATEWAY_TIMEOUT";
     default: return "ERROR";
@@ -4011,7 +4083,220 @@ void http_pump(Conn* c) {
 }
 
 // ============================================================================
-// 11. WebSocket
+// 11. Recovery
+// On a path whose service asked for it, a client that drops comes back
+// within the window with the token linkd gave it at connect
+// ("linkd.session"), and gets its rooms back and every room push it
+// missed, in order. Room pushes there carry "room" and a per-room "seq";
+// each room keeps its last pushes (the frames already built, one reference
+// each, under --history-memory); the dropped connection's slot stays as a
+// Ghost holding its rooms and user until the window ends. Tokens name the
+// slot and generation, signed with a key that dies with the process.
+// ============================================================================
+
+void hist_clear(Room* room) {
+  for (uint16_t i = 0; i < room->hist_count; i++) {
+    HistEntry* e = &room->hist[(room->hist_head + i) % room->hist_cap];
+    g.history_bytes -= e->frame->len;
+    shared_unref(e->frame);
+  }
+  free(room->hist);
+  room->hist = nullptr;
+  room->hist_head = room->hist_count = room->hist_cap = 0;
+}
+
+void hist_drop_oldest(Room* room) {
+  HistEntry* e = &room->hist[room->hist_head];
+  g.history_bytes -= e->frame->len;
+  shared_unref(e->frame);
+  room->hist_head = (uint16_t)((room->hist_head + 1) % room->hist_cap);
+  room->hist_count--;
+}
+
+// Keeps the push numbered room->seq. Over --history-memory the room's own
+// oldest pushes go first; a push that still does not fit is not kept, and
+// the room's history starts again after it (a client whose gap reaches
+// back to it cannot recover, and is told so).
+void hist_push(Room* room, uint16_t cap, Shared* frame, uint64_t serial) {
+  if (!room->hist) {
+    room->hist = (HistEntry*)calloc(cap, sizeof(HistEntry));
+    if (!room->hist) return;
+    room->hist_cap = cap;
+  }
+  if (room->hist_count == room->hist_cap) hist_drop_oldest(room);
+  while (room->hist_count && g.history_bytes + frame->len > (uint64_t)cfg.history_memory) hist_drop_oldest(room);
+  if (g.history_bytes + frame->len > (uint64_t)cfg.history_memory) return;   // hist_count is 0: the history restarts
+  HistEntry* e = &room->hist[(room->hist_head + room->hist_count) % room->hist_cap];
+  e->frame = frame;
+  e->serial = serial;
+  frame->refs++;
+  g.history_bytes += frame->len;
+  room->hist_count++;
+}
+
+// The oldest seq a room can still replay (room->seq + 1 when it has none).
+uint32_t hist_oldest(const Room* room) { return room->seq - room->hist_count + 1; }
+
+void ghost_free(Conn* c) {
+  conn_leave_all(c);
+  free(c->user);
+  c->user = nullptr;
+  c->ghost = false;
+  if (c->state == CState::Ghost) { g.ghost_count--; conn_free_slot(c); }
+}
+
+// The table is full: the ghost closest to its end makes room for a live
+// connection (its client, if it comes back, is told recovered:false).
+bool ghost_evict() {
+  Conn* victim = nullptr;
+  for (uint32_t i = 0; i < g.conn_hw; i++)
+    if (g.conns[i].state == CState::Ghost && (!victim || g.conns[i].close_deadline < victim->close_deadline)) victim = &g.conns[i];
+  if (victim) ghost_free(victim);
+  return victim != nullptr;
+}
+
+// epoch(8) slot(4) gen(4), then 16 bytes of HMAC-SHA256: base64url, 43 chars.
+constexpr size_t TOKEN_RAW = 32;
+
+void token_mac(const unsigned char* body, unsigned char* mac16) {
+  unsigned char mac[32];
+  mbedtls_md_hmac(mbedtls_md_info_from_type(MBEDTLS_MD_SHA256), g.token_key, sizeof g.token_key, body, 16, mac);
+  memcpy(mac16, mac, 16);
+}
+
+// Tells a client on a recovery path how to come back: {"type":"linkd.session",
+// "data":{"token","epoch","windowMs","history"}}, its first message.
+void session_send(Conn* c) {
+  const Group* gr = &g.groups[c->group];
+  unsigned char raw[TOKEN_RAW];
+  uint32_t slot = conn_index(c);
+  memcpy(raw, &g.epoch, 8);
+  memcpy(raw + 8, &slot, 4);
+  memcpy(raw + 12, &c->gen, 4);
+  token_mac(raw, raw + 16);
+  unsigned char b64[64];
+  size_t bn = 0;
+  mbedtls_base64_encode(b64, sizeof b64, &bn, raw, TOKEN_RAW);
+  for (size_t i = 0; i < bn; i++) b64[i] = b64[i] == '+' ? '-' : b64[i] == '/' ? '_' : b64[i];
+  while (bn && b64[bn - 1] == '=') bn--;
+  char msg[256];
+  int n = snprintf(msg, sizeof msg, "{\"type\":\"linkd.session\",\"data\":{\"token\":\"%.*s\",\"epoch\":\"%016" PRIx64 "\",\"windowMs\":%u,\"history\":%u}}",
+                   (int)bn, b64, g.epoch, gr->rec_window_ms, gr->rec_history);
+  ws_send_text(c, msg, (size_t)n);
+}
+
+void recovered_send(Conn* c, bool ok, uint32_t missed, const char* reason) {
+  Buf b;
+  if (ok) buf_printf(&b, "{\"type\":\"linkd.recovered\",\"data\":{\"recovered\":true,\"missed\":%u}}", missed);
+  else {
+    buf_puts(&b, "{\"type\":\"linkd.recovered\",\"data\":{\"recovered\":false,\"reason\":\"");
+    buf_json_escape(&b, reason, strlen(reason));
+    buf_puts(&b, "\"}}");
+  }
+  ws_send_text(c, b.p, b.len);
+  buf_free(&b);
+  (ok ? g.resumed : g.resume_failed)++;
+}
+
+// The dropped connection a token names, if it is still kept for this
+// client: same epoch, a valid signature, a ghost of the same service.
+Conn* resume_target(Conn* c, Slice tok, const char** why) {
+  unsigned char raw[48], mac[16];
+  char tmp[64];
+  size_t rn = 0;
+  if (tok.n < 40 || tok.n > 44) { *why = "the token is malformed"; return nullptr; }
+  for (size_t i = 0; i < tok.n; i++) tmp[i] = tok.p[i] == '-' ? '+' : tok.p[i] == '_' ? '/' : tok.p[i];
+  size_t tn = tok.n;
+  while (tn % 4) tmp[tn++] = '=';
+  if (mbedtls_base64_decode(raw, sizeof raw, &rn, (const unsigned char*)tmp, tn) || rn != TOKEN_RAW) { *why = "the token is malformed"; return nullptr; }
+  uint64_t epoch;
+  uint32_t slot, gen;
+  memcpy(&epoch, raw, 8);
+  memcpy(&slot, raw + 8, 4);
+  memcpy(&gen, raw + 12, 4);
+  if (epoch != g.epoch) { *why = "linkd restarted since (a new epoch)"; return nullptr; }
+  token_mac(raw, mac);
+  unsigned diff = 0;
+  for (int i = 0; i < 16; i++) diff |= mac[i] ^ raw[16 + i];   // constant time
+  if (diff) { *why = "the token is forged"; return nullptr; }
+  Conn* old = slot < g.conn_hw ? &g.conns[slot] : nullptr;
+  if (!old || old == c || old->gen != gen || old->group != c->group || (old->state != CState::Ghost && old->state != CState::Ws && !old->ghost)) {
+    *why = "nothing to resume: the window passed, or it was resumed already";
+    return nullptr;
+  }
+  // A token is a bearer secret, but a connection that had a user comes
+  // back only as that user.
+  if (old->user && (!c->user || strcmp(old->user->data, c->user->data))) { *why = "the token is another user's"; return nullptr; }
+  return old;
+}
+
+// {"type":"linkd.resume","data":{"token":"...","rooms":{"room":lastSeq,...}}}
+// as a client's first message on a recovery path.
+void resume(Conn* c, const char* js, const jsmntok_t* t, int n, int data_at) {
+  Slice tok{};
+  int rooms_at = -1;
+  if (data_at >= 0 && t[data_at].type == JSMN_OBJECT)
+    for (int i = data_at + 1, k = 0; k < t[data_at].size && i + 1 < n; k++, i = json_skip(t, n, i + 1)) {
+      if (tok_eq(js, t[i], "token") && t[i + 1].type == JSMN_STRING) tok = tok_slice(js, t[i + 1]);
+      else if (tok_eq(js, t[i], "rooms") && t[i + 1].type == JSMN_OBJECT) rooms_at = i + 1;
+    }
+  const char* why = "a linkd.resume needs data.token";
+  Conn* old = !c->fresh ? (why = "linkd.resume must be the first message", nullptr) : tok.p ? resume_target(c, tok, &why) : nullptr;
+  if (!old) { LOG_DEBUG("conn %u: resume refused: %s", conn_index(c), why); recovered_send(c, false, 0, why); return; }
+  // What the client has seen of each room: its last seq, or the room's
+  // seq when the old connection joined (it never saw what came before).
+  auto since_of = [&](uint32_t m) -> uint32_t {
+    const Room* room = &g.rooms[g.members[m].room];
+    uint32_t since = g.members[m].join_seq;
+    for (int i = rooms_at + 1, k = 0; rooms_at >= 0 && k < t[rooms_at].size && i + 1 < n; k++, i = json_skip(t, n, i + 1))
+      if ((size_t)(t[i].end - t[i].start) == room->name_len && !memcmp(js + t[i].start, room->name, room->name_len) && t[i + 1].type == JSMN_PRIMITIVE) {
+        double v = strtod(js + t[i + 1].start, nullptr);
+        if (v > since && v <= room->seq) since = (uint32_t)v;
+      }
+    return since;
+  };
+  uint32_t missed = 0;
+  for (uint32_t m = old->rooms; m != NIL; m = g.members[m].cnext) {
+    const Room* room = &g.rooms[g.members[m].room];
+    uint32_t since = since_of(m);
+    if (since + 1 < hist_oldest(room)) {
+      recovered_send(c, false, 0, "missed pushes are older than the room's history");
+      ghost_free(old);   // it can never be recovered now
+      return;
+    }
+    missed += room->seq - since;
+  }
+  // The replay, merged across rooms in push order.
+  HistEntry* replay = missed ? (HistEntry*)malloc(missed * sizeof(HistEntry)) : nullptr;
+  if (missed && !replay) { recovered_send(c, false, 0, "out of memory"); return; }
+  uint32_t k = 0;
+  for (uint32_t m = old->rooms; m != NIL; m = g.members[m].cnext) {
+    const Room* room = &g.rooms[g.members[m].room];
+    uint32_t since = since_of(m);
+    for (uint16_t i = 0; i < room->hist_count; i++)
+      if (hist_oldest(room) + i > since) replay[k++] = room->hist[(room->hist_head + i) % room->hist_cap];
+  }
+  std::sort(replay, replay + k, [](const HistEntry& a, const HistEntry& b) { return a.serial < b.serial; });
+  // The rooms move to the new connection; the old one is gone for good.
+  char old_id[24];
+  conn_id(old, old_id, sizeof old_id);
+  member_move_all(old, c);
+  if (old->state == CState::Ws) { old->resumed_away = true; conn_close(old, "resumed on another connection"); }
+  else ghost_free(old);
+  for (uint32_t i = 0; i < k; i++) {
+    replay[i].frame->refs++;   // conn_send may queue it
+    if (conn_send(c, replay[i].frame)) { g.ws_msgs_out++; g.ws_bytes_out += replay[i].frame->len; }
+    shared_unref(replay[i].frame);
+  }
+  free(replay);
+  if (c->state != CState::Ws) return;
+  Backend* b = conn_backend(c);
+  if (b) send_conn_event(b, c, linkd_WebSocketConnectionEvent_EventType_RESUMED, old_id);
+  recovered_send(c, true, k, nullptr);
+}
+
+// ============================================================================
+// 12. WebSocket
 // After the RFC 6455 handshake a connection drops its Http record. wslay
 // parses frames (fragmentation, ping/pong, close handshake, UTF-8 checks,
 // the size limit), but a wslay context (~8.7 KiB) is bound to a connection
@@ -4045,7 +4330,9 @@ bool ws_close(Conn* c, uint16_t code, const char* reason);
 // Fragments one message may have: wslay keeps a chunk per fragment, so a
 // message of many tiny fragments costs far more than its bytes. At least
 // 512 bytes per fragment on average, or 64 fragments, whichever is more.
-uint32_t ws_frames_max(const Conn* c) { return std::min<uint32_t>(65535, std::max<uint32_t>(64, g.groups[c->group].ws_max_msg / 512)); }
+// Below UINT16_MAX: Conn::msg_frames counts up to one past the cap, and a
+// cap of 65535 let it wrap to 0 (no cap at all from 32 MiB messages on).
+uint32_t ws_frames_max(const Conn* c) { return std::min<uint32_t>(65534, std::max<uint32_t>(64, g.groups[c->group].ws_max_msg / 512)); }
 
 void on_ws_frame_start(wslay_event_context_ptr ctx, const wslay_event_on_frame_recv_start_arg* a, void*) noexcept {
   Conn* c = g.cur;
@@ -4182,7 +4469,16 @@ void ws_detach(Conn* c) {
   while (c->pend != NIL) pend_release_ws(c, c->pend);
   if (c->backend != NIL16 && g.backends[c->backend].state == BState::Ready)
     send_conn_event(&g.backends[c->backend], c, linkd_WebSocketConnectionEvent_EventType_DISCONNECTED);
-  conn_leave_all(c);
+  // On a path with recovery the rooms (and the user, to check who comes
+  // back) stay with the slot, which becomes a Ghost once its socket is closed.
+  // A close handshake means the client or the service meant it: no ghost.
+  if (g.groups[c->group].rec_window_ms && !g.shutting_down && !c->resumed_away && (c->close_code == 0 || c->close_code == 1006) &&
+      g.ghost_count < (uint32_t)cfg.max_connections) {
+    c->ghost = true;
+    c->close_deadline = now_ms() + g.groups[c->group].rec_window_ms;
+  } else {
+    conn_leave_all(c);
+  }
   if (c->ws) {
     // Closed from inside one of its own wslay callbacks: wslay_event_recv
     // still uses the context, so ws_feed frees it once that returns.
@@ -4244,6 +4540,7 @@ void ws_message(Conn* c, int opcode, const char* msg, size_t len) {
   if (n < 1 || t[0].type != JSMN_OBJECT) { ws_send_error(c, nullptr, 0, false, "INVALID_MESSAGE", "message is not a JSON object", 400); return; }
   Slice type{}, id{}, data{"null", 4};
   bool id_quoted = false, type_ok = false;
+  int data_at = -1;
   for (int i = 1, k = 0; k < t[0].size; k++) {
     if (i + 1 >= n) { ws_send_error(c, nullptr, 0, false, "INVALID_MESSAGE", "message is not a JSON object", 400); return; }
     const jsmntok_t& key = t[i];
@@ -4260,10 +4557,13 @@ void ws_message(Conn* c, int opcode, const char* msg, size_t len) {
       int s0 = val.type == JSMN_STRING ? val.start - 1 : val.start;
       int e0 = val.type == JSMN_STRING ? val.end + 1 : val.end;
       data = Slice{msg + s0, (size_t)(e0 - s0)};
+      data_at = i + 1;
     }
     i = json_skip(t, n, i + 1);
   }
   if (!type_ok) { ws_send_error(c, id.p, id.n, id_quoted, "INVALID_MESSAGE", "message needs a string \"type\" (1-127 bytes)", 400); return; }
+  if (gr->rec_window_ms && type.n == 12 && !memcmp(type.p, "linkd.resume", 12)) { resume(c, msg, t, n, data_at); c->fresh = false; return; }
+  c->fresh = false;
   if (!rate_take(c)) { g.ws_drops++; ws_send_error(c, id.p, id.n, id_quoted, "RATE_LIMITED", "too many messages", 429); return; }
   Backend* b = conn_backend(c);
   if (!b) { ws_send_error(c, id.p, id.n, id_quoted, "SERVICE_UNAVAILABLE", "service is not running", 503); return; }
@@ -4459,6 +4759,9 @@ void ws_accept(Conn* c, uint16_t gi) {
   uint16_t bi = group_pick(gi);
   c->backend = bi;
   if (bi != NIL16) send_conn_event(&g.backends[bi], c, linkd_WebSocketConnectionEvent_EventType_CONNECTED);
+  c->fresh = true;
+  if (gr->rec_window_ms) session_send(c);
+  if (c->state != CState::Ws) { buf_free(&rest); return; }
   uv_read_start((uv_stream_t*)&c->tcp, alloc_cb, conn_read_cb);
   ws_feed(c, rest.p, rest.len);
   buf_free(&rest);
@@ -4480,7 +4783,7 @@ bool ws_try_upgrade(Conn* c) {
 }
 
 // ============================================================================
-// 12. Pushes
+// 13. Pushes
 // What a service sends its WebSocket clients: to one connection, a room
 // (membership lists from section 4) or everyone on its path. A push is
 // built once (the JSON envelope and the frame header), then the same bytes are
@@ -4527,6 +4830,19 @@ void ws_outbound(Backend* b, const linkd_WebSocketOutbound* m, Slice payload) {
   } else if (m->room[0]) {
     size_t rn = strlen(m->room);
     uint32_t r = room_find(b->group, m->room, rn);
+    if (r != NIL && gr->rec_window_ms) {
+      // Recovery: the envelope names the room and its next seq, and the
+      // plain frame is kept in the room's history for clients that drop.
+      Room* room = &g.rooms[r];
+      room->seq++;
+      e.len = e.len ? e.len - 1 : 0;   // reopen the envelope's object
+      buf_puts(&e, ",\"room\":\"");
+      buf_json_escape(&e, m->room, rn);
+      buf_printf(&e, "\",\"seq\":%u}", room->seq);
+      msg.p = e.p;
+      msg.n = e.len;
+      hist_push(room, gr->rec_history, outmsg_frame(&msg, false), ++g.push_serial);
+    }
     // Each member written to is marked like an excepted one. A failed write
     // can close other connections too (through a service link that breaks):
     // if the saved next member went away, start again from the room's head,
@@ -4556,7 +4872,7 @@ void ws_outbound(Backend* b, const linkd_WebSocketOutbound* m, Slice payload) {
 }
 
 // ============================================================================
-// 13. Lifecycle
+// 14. Lifecycle
 // Timers: one for all pending replies (the FIFO head), a 1 s housekeeping
 // tick (heartbeats, idle HTTP connections, stalled close handshakes,
 // shutdown progress), the systemd watchdog. Then signals and shutdown,
@@ -4629,6 +4945,8 @@ void housekeeping(uint64_t now) {
       if (int r = conn_write(c, ping->data, ping->len, ping)) conn_close(c, uv_strerror(r));
     } else if (c->state == CState::Linger) {
       if (now >= c->close_deadline) conn_close(c, "linger deadline");
+    } else if (c->state == CState::Ghost) {
+      if (now >= c->close_deadline) ghost_free(c);
     } else if (c->state == CState::Http && c->tls && !c->tls->handshaken) {
       if (now - c->http->since > TLS_HANDSHAKE_MS) { tls.failures++; conn_close(c, "TLS handshake not finished in time"); }
     } else if (c->state == CState::Http && c->http && !c->http->complete) {
@@ -4814,6 +5132,10 @@ void metrics_write(Buf* b) {
     {"linkd_service_registrations_refused_total", "counter", "Registrations refused (any reason).", g.reg_refused},
     {"linkd_service_registrations_refused_identity_total", "counter", "Registrations refused by service_allow (the peer's uid/gid).", g.reg_refused_identity},
     {"linkd_reloads_total", "counter", "SIGHUP reloads applied.", g.reloads},
+    {"linkd_ws_ghosts", "gauge", "Dropped connections kept for their clients to resume (recovery).", g.ghost_count},
+    {"linkd_history_bytes", "gauge", "Bytes of room pushes kept for recovery (--history-memory).", g.history_bytes},
+    {"linkd_ws_resumed_total", "counter", "Clients that came back and recovered their rooms and missed pushes.", g.resumed},
+    {"linkd_ws_resume_failed_total", "counter", "Resume attempts answered recovered:false.", g.resume_failed},
     {"linkd_tls_connections", "gauge", "Open connections on the TLS listener.", tls.count},
     {"linkd_tls_handshakes_total", "counter", "TLS handshakes completed.", tls.handshakes},
     {"linkd_tls_resumed_total", "counter", "TLS handshakes that resumed a session (ticket).", tls.resumed},
@@ -4955,6 +5277,7 @@ void tcp_connection_cb(uv_stream_t* server, int status) noexcept {
   if (status < 0) { LOG_WARN("accept: %s", uv_strerror(status)); return; }
   bool secure = server == (uv_stream_t*)&g.tls_listener;
   Conn* c = conn_alloc();
+  if (!c && ghost_evict()) c = conn_alloc();
   if (!c) {
     // No slot at all (every one is open or closing): accept, say 503, close
     // (on the TLS port there is no way to say it before a handshake).
@@ -5061,7 +5384,7 @@ int listen_unix() {
 }
 
 // ============================================================================
-// 14. Self-test
+// 15. Self-test
 // `linkd --self-test` runs these unit tests of the tables and the route
 // matcher in-process (no sockets) and prints PASS:/FAIL: lines.
 // ============================================================================
@@ -5371,7 +5694,7 @@ int self_test() {
 }  // namespace
 
 // ============================================================================
-// 15. main
+// 16. main
 // LINKD_NO_MAIN leaves main out, so a harness (tests/fuzz/) can #include
 // this file and drive its sections directly: the same code, not a copy.
 // ============================================================================
@@ -5396,6 +5719,11 @@ int main(int argc, char** argv) {
   g.loop = uv_default_loop();
   tables_init();
   http_settings_init();
+  // Recovery tokens die with the process: a fresh epoch and signing key.
+  if (uv_random(nullptr, nullptr, &g.epoch, sizeof g.epoch, 0, nullptr) || uv_random(nullptr, nullptr, g.token_key, sizeof g.token_key, 0, nullptr)) {
+    LOG_ERROR("no random bytes from the kernel");
+    return 1;
+  }
   if (listen_tcp(cfg.listen, &g.listener, &g.listening) || (*cfg.tls_listen && listen_tcp(cfg.tls_listen, &g.tls_listener, &g.tls_listening)) ||
       listen_unix())
     return 1;
@@ -5426,7 +5754,7 @@ int main(int argc, char** argv) {
   // Every table must be empty now: anything left is a leak in linkd's
   // bookkeeping, reported and turned into a failing exit status.
   bool clean = uv_loop_close(g.loop) == 0 && g.ws_count == 0 && g.http_count == 0 && g.room_count == 0 &&
-               g.member_count == 0 && g.pend_count == 0;
+               g.member_count == 0 && g.pend_count == 0 && g.ghost_count == 0 && g.history_bytes == 0;
   for (uint32_t i = 0; i < g.conn_hw; i++) clean &= g.conns[i].state == CState::Free;
   for (uint32_t i = 0; i < g.nbackends; i++) clean &= g.backends[i].state == BState::Free;
   if (!clean)

@@ -176,6 +176,10 @@ class Svc:
             w.auth_required = a.ws_auth
             w.compression = a.compression
             w.max_connections_per_user = a.max_per_user
+            if getattr(a, 'recovery', None):   # "WINDOW_MS:HISTORY"
+                win, hist = a.recovery.split(':')
+                w.recovery.window_ms = int(win)
+                w.recovery.history = int(hist)
         self.send_msg(m)
 
     # ---- senders
@@ -264,9 +268,10 @@ class Svc:
             self.send_msg(resp)
 
     def on_event(self, e):
-        names = {0: 'CONNECTED', 1: 'DISCONNECTED', 2: 'EXISTING'}
+        names = {0: 'CONNECTED', 1: 'DISCONNECTED', 2: 'EXISTING', 3: 'RESUMED'}
         out('EVENT', json.dumps({'type': names.get(e.event_type, str(e.event_type)),
                                  'conn': e.connection_id, 'rooms': list(e.rooms),
+                                 'previous': getattr(e, 'previous_connection_id', ''),
                                  'path': e.path, 'service': e.service_name,
                                  'user': user_dict(e.user), 'close_code': e.close_code,
                                  'remote': e.remote_address}, separators=(',', ':')))
@@ -462,6 +467,7 @@ def main():
     p.add_argument('--raw', action='store_true')
     p.add_argument('--ws-auth', action='store_true')
     p.add_argument('--compression', action='store_true', help='ask for permessage-deflate')
+    p.add_argument('--recovery', default='', help='WINDOW_MS:HISTORY: connection recovery on the WebSocket path')
     p.add_argument('--max-msg', type=int, default=0)
     p.add_argument('--max-per-user', type=int, default=0)
     p.add_argument('--max-inbound', type=int, default=0,
