@@ -2,6 +2,7 @@
 // speaking the same JSON envelope). One libuv loop, wslay in client mode.
 //
 //   loadws --url ws://127.0.0.1:PORT/path [options] idle|echo|fanout|churn
+//   loadws --url wss://127.0.0.1:PORT/path [options] idle|echo|fanout|churn|handshake
 //
 // idle    open N connections (ramping, at most --concurrency handshakes in
 //         flight), report how long it took, hold them (--hold seconds, or
@@ -26,6 +27,19 @@
 //         up no slot opens again; when every connection is closed it reports
 //         how many were opened, exchanged and closed each way, and failures.
 //
+// handshake  (wss:// only) -c M connections at a time, for -t seconds after
+//         --warmup: connect, complete the TLS handshake, reset the connection
+//         (no TIME_WAIT left behind), again. Reports full TLS handshakes/s;
+//         with --resume every connection after the first offers the session
+//         (ticket) of the first one, and resumed ones are counted apart.
+//
+// wss:// runs every mode over TLS 1.2 with mbedTLS on the same libuv loop:
+// ciphertext read from the socket is handed to mbedTLS from memory and what
+// it writes goes out through the same write path (as linkd does). The
+// client offers ECDHE (X25519, P-256) with AES-128-GCM, so that every server
+// is measured with the same suite; --ca FILE verifies the server's
+// certificate (name: --sni, default localhost), else it is not verified.
+//
 // --done FILE: once the results are printed, write FILE and keep the
 // connections open until SIGUSR1/SIGTERM (30 s at most).
 // --ready FILE: once every connection is open (or failed), write
@@ -40,6 +54,12 @@
 #include <wslay/wslay.h>
 #include <mbedtls/sha1.h>
 #include <mbedtls/base64.h>
+#include <mbedtls/ctr_drbg.h>
+#include <mbedtls/entropy.h>
+#include <mbedtls/error.h>
+#include <mbedtls/ssl.h>
+#include <mbedtls/ssl_internal.h>   // ssl->handshake->resume: was this handshake a resumption
+#include <mbedtls/x509_crt.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -86,6 +106,10 @@ struct Options {
   std::string ready_file;
   std::string done_file;
   bool quiet = false;
+  bool tls = false;         // wss://
+  bool resume = false;      // handshake: offer the first connection's session
+  std::string ca_file;      // verify the server with these CAs (else no verification)
+  std::string sni = "localhost";
 } opt;
 
 uv_loop_t* loop;
@@ -113,6 +137,12 @@ struct Conn {
   // fanout
   bool joined = false;
   int seen_round = 0;
+  // wss
+  mbedtls_ssl_context* ssl = nullptr;   // the TLS session (owner: this), or null for ws://
+  bool tls_up = false;      // TLS handshake finished
+  bool tls_resumed = false; // ... by resuming a session
+  const uint8_t* trd = nullptr;  // ciphertext mbedTLS may read now
+  size_t trdlen = 0;
   // churn
   int slot = -1;
   bool closing = false;     // we asked for the close (or dropped the connection)
@@ -151,6 +181,143 @@ void churn_on_msg(Conn* c, const char* s, size_t n);
 
 void note_error(const char* what) {
   if (first_error.empty()) first_error = what;
+}
+
+// ---- TLS client (wss://) ----------------------------------------------------
+struct TlsClient {
+  mbedtls_entropy_context entropy;
+  mbedtls_ctr_drbg_context drbg;
+  mbedtls_ssl_config conf;
+  mbedtls_x509_crt ca;
+  mbedtls_ssl_session saved;      // --resume: the session every later connection offers
+  bool have_saved = false;
+  uint64_t full = 0, resumed = 0, failed = 0;   // handshakes finished / failed
+  std::string suite;              // the suite the first handshake got
+} tlsc;
+
+const int tls_suites[] = {MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, MBEDTLS_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, 0};
+const mbedtls_ecp_group_id tls_curves[] = {MBEDTLS_ECP_DP_CURVE25519, MBEDTLS_ECP_DP_SECP256R1, MBEDTLS_ECP_DP_NONE};
+
+bool tls_init() {
+  mbedtls_entropy_init(&tlsc.entropy);
+  mbedtls_ctr_drbg_init(&tlsc.drbg);
+  mbedtls_ssl_config_init(&tlsc.conf);
+  mbedtls_x509_crt_init(&tlsc.ca);
+  mbedtls_ssl_session_init(&tlsc.saved);
+  if (mbedtls_ctr_drbg_seed(&tlsc.drbg, mbedtls_entropy_func, &tlsc.entropy, nullptr, 0) ||
+      mbedtls_ssl_config_defaults(&tlsc.conf, MBEDTLS_SSL_IS_CLIENT, MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT))
+    return false;
+  mbedtls_ssl_conf_rng(&tlsc.conf, mbedtls_ctr_drbg_random, &tlsc.drbg);
+  mbedtls_ssl_conf_min_version(&tlsc.conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
+  mbedtls_ssl_conf_ciphersuites(&tlsc.conf, tls_suites);
+  mbedtls_ssl_conf_curves(&tlsc.conf, tls_curves);
+  mbedtls_ssl_conf_session_tickets(&tlsc.conf, MBEDTLS_SSL_SESSION_TICKETS_ENABLED);
+  if (!opt.ca_file.empty()) {
+    if (mbedtls_x509_crt_parse_file(&tlsc.ca, opt.ca_file.c_str())) { fprintf(stderr, "loadws: cannot load %s\n", opt.ca_file.c_str()); return false; }
+    mbedtls_ssl_conf_ca_chain(&tlsc.conf, &tlsc.ca, nullptr);
+    mbedtls_ssl_conf_authmode(&tlsc.conf, MBEDTLS_SSL_VERIFY_REQUIRED);
+  } else {
+    mbedtls_ssl_conf_authmode(&tlsc.conf, MBEDTLS_SSL_VERIFY_NONE);
+  }
+  return true;
+}
+
+void raw_write(Conn* c, std::string&& data);
+void conn_fail(Conn* c, const char* why);
+void on_plain(Conn* c, const uint8_t* p, size_t n);
+void send_upgrade(Conn* c);
+void hs_done(Conn* c);
+
+int tls_bio_send(void* ud, const unsigned char* p, size_t n) {
+  raw_write(static_cast<Conn*>(ud), std::string(reinterpret_cast<const char*>(p), n));
+  return (int)n;
+}
+
+int tls_bio_recv(void* ud, unsigned char* p, size_t n) {
+  Conn* c = static_cast<Conn*>(ud);
+  if (c->trdlen == 0) return MBEDTLS_ERR_SSL_WANT_READ;
+  n = std::min(n, c->trdlen);
+  memcpy(p, c->trd, n);
+  c->trd += n;
+  c->trdlen -= n;
+  return (int)n;
+}
+
+void tls_fail(Conn* c, const char* what, int r) {
+  char e[128];
+  mbedtls_strerror(r, e, sizeof e);
+  conn_fail(c, (std::string(what) + ": " + e).c_str());
+}
+
+// A connection is up: set up its TLS session and send the ClientHello.
+bool tls_begin(Conn* c) {
+  c->ssl = new mbedtls_ssl_context;
+  mbedtls_ssl_init(c->ssl);
+  int r = mbedtls_ssl_setup(c->ssl, &tlsc.conf);
+  if (!r) r = mbedtls_ssl_set_hostname(c->ssl, opt.sni.c_str());
+  if (!r && opt.resume && tlsc.have_saved) r = mbedtls_ssl_set_session(c->ssl, &tlsc.saved);
+  if (r) { tls_fail(c, "TLS setup", r); return false; }
+  mbedtls_ssl_set_bio(c->ssl, c, tls_bio_send, tls_bio_recv, nullptr);
+  return true;
+}
+
+void tls_free(Conn* c) {
+  if (!c->ssl) return;
+  mbedtls_ssl_free(c->ssl);
+  delete c->ssl;
+  c->ssl = nullptr;
+}
+
+// Drives the handshake with what has arrived; on its end, the WebSocket
+// upgrade (or, in handshake mode, the count and the reset).
+void tls_handshake(Conn* c) {
+  while (c->ssl->state != MBEDTLS_SSL_HANDSHAKE_OVER) {
+    if (c->ssl->handshake && c->ssl->handshake->resume) c->tls_resumed = true;
+    int r = mbedtls_ssl_handshake_step(c->ssl);
+    if (r == MBEDTLS_ERR_SSL_WANT_READ || r == MBEDTLS_ERR_SSL_WANT_WRITE) return;
+    if (r) { ++tlsc.failed; tls_fail(c, "TLS handshake", r); return; }
+  }
+  c->tls_up = true;
+  if (c->tls_resumed) ++tlsc.resumed;
+  else ++tlsc.full;
+  if (tlsc.suite.empty()) tlsc.suite = mbedtls_ssl_get_ciphersuite(c->ssl);
+  if (opt.resume && !tlsc.have_saved && mbedtls_ssl_get_session(c->ssl, &tlsc.saved) == 0) tlsc.have_saved = true;
+  if (opt.mode == "handshake") { hs_done(c); return; }
+  send_upgrade(c);
+}
+
+// Ciphertext from the socket: the handshake, then every record's plaintext.
+void tls_feed(Conn* c, const uint8_t* p, size_t n) {
+  static unsigned char plain[16 * 1024];
+  c->trd = p;
+  c->trdlen = n;
+  if (!c->tls_up) {
+    tls_handshake(c);
+    if (!c->tls_up || c->state == CLOSED) { c->trdlen = 0; return; }
+  }
+  for (;;) {
+    int r = mbedtls_ssl_read(c->ssl, plain, sizeof plain);
+    if (r > 0) {
+      on_plain(c, plain, (size_t)r);
+      if (c->state == CLOSED) break;
+      continue;
+    }
+    if (r == MBEDTLS_ERR_SSL_WANT_READ) break;
+    if (r == 0 || r == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY) conn_fail(c, "connection closed by server (close_notify)");
+    else tls_fail(c, "TLS record", r);
+    break;
+  }
+  c->trdlen = 0;
+}
+
+// Plaintext to the server: encrypted into records on wss://.
+void conn_write(Conn* c, std::string&& data) {
+  if (!c->ssl) { raw_write(c, std::move(data)); return; }
+  for (size_t done = 0; done < data.size();) {
+    int r = mbedtls_ssl_write(c->ssl, reinterpret_cast<const unsigned char*>(data.data()) + done, data.size() - done);
+    if (r <= 0) { tls_fail(c, "TLS write", r); return; }
+    done += (size_t)r;
+  }
 }
 
 // ---- wslay callbacks -------------------------------------------------------
@@ -328,14 +495,17 @@ void flush(Conn* c) {
   if (!c->out.empty()) {
     std::string d;
     d.swap(c->out);
-    raw_write(c, std::move(d));
+    conn_write(c, std::move(d));
   }
 }
 
 void ramp();
 
+void hs_end(Conn* c, const char* why);
+
 void conn_fail(Conn* c, const char* why) {
   if (opt.mode == "churn") { churn_end(c, why); return; }
+  if (opt.mode == "handshake") { hs_end(c, why); return; }
   bool was_open = c->state == OPEN;
   if (c->state == CLOSED) return;
   if (c->state != OPEN) { --pending; ++failed; note_error(why); }
@@ -371,9 +541,15 @@ void on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* b) {
   }
   if (nread == 0) return;
   const uint8_t* p = reinterpret_cast<const uint8_t*>(b->base);
+  if (c->ssl) tls_feed(c, p, (size_t)nread);
+  else on_plain(c, p, (size_t)nread);
+}
+
+// Bytes from the server (decrypted on wss://): the upgrade answer, then frames.
+void on_plain(Conn* c, const uint8_t* p, size_t nread) {
   if (c->state == HANDSHAKE) {
     size_t old = c->hs.size();
-    c->hs.append(b->base, nread);
+    c->hs.append(reinterpret_cast<const char*>(p), nread);
     size_t e = c->hs.find("\r\n\r\n");
     if (e == std::string::npos) {
       if (c->hs.size() > 16384) conn_fail(c, "handshake response too large");
@@ -424,6 +600,12 @@ void on_connect(uv_connect_t* req, int status) {
   if (status < 0) { conn_fail(c, uv_strerror(status)); return; }
   uv_tcp_nodelay(&c->tcp, 1);
   c->state = HANDSHAKE;
+  uv_read_start(reinterpret_cast<uv_stream_t*>(&c->tcp), on_alloc, on_read);
+  if (!opt.tls) { send_upgrade(c); return; }
+  if (tls_begin(c)) tls_handshake(c);
+}
+
+void send_upgrade(Conn* c) {
   char key[32];
   make_key(c, key);
   char req_text[512];
@@ -431,15 +613,14 @@ void on_connect(uv_connect_t* req, int status) {
                    "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                    "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n",
                    opt.path.c_str(), opt.host.c_str(), opt.port, key);
-  raw_write(c, std::string(req_text, l));
-  uv_read_start(reinterpret_cast<uv_stream_t*>(&c->tcp), on_alloc, on_read);
+  conn_write(c, std::string(req_text, l));
 }
 
 void start_conn(int idx) {
   Conn* c = new Conn;
   c->idx = idx;
   if (opt.mode == "churn") { c->slot = idx % opt.n; churn_slot[c->slot] = c; }   // churn: none is kept
-  else conns.push_back(c);
+  else if (opt.mode != "handshake") conns.push_back(c);
   ++pending;
   ++started;
   int r = uv_tcp_init_ex(loop, &c->tcp, AF_INET);
@@ -499,6 +680,7 @@ void churn_pump() {
 void churn_freed(uv_handle_t* h) {
   Conn* c = static_cast<Conn*>(h->data);
   if (c->ws) wslay_event_context_free(c->ws);
+  tls_free(c);
   int slot = c->slot;
   if (churn_slot[slot] == c) churn_slot[slot] = nullptr;
   delete c;
@@ -595,6 +777,81 @@ void churn_print() {
          churn_server_closed, churn_live, churn_max_open, secs > 0 ? opened / secs : 0.0);
 }
 
+// ---- handshake (wss://) -------------------------------------------------------
+uint64_t hs_t0 = 0, hs_t1 = 0;     // the measured window
+uint64_t hs_counted = 0, hs_counted_resumed = 0;
+int hs_live = 0;                   // Conn objects not yet freed
+int hs_next = 0;
+uv_timer_t hs_timer;
+
+void hs_pump();
+
+void hs_freed(uv_handle_t* h) {
+  Conn* c = static_cast<Conn*>(h->data);
+  tls_free(c);
+  if (c->ws) wslay_event_context_free(c->ws);
+  delete c;
+  --hs_live;
+  hs_pump();
+}
+
+// The connection is done with (handshake finished, or failed): reset it, so
+// neither side keeps a TIME_WAIT, and start another one.
+void hs_close(Conn* c) {
+  c->state = CLOSED;
+  uv_os_fd_t fd;
+  if (c->tcp_inited && uv_fileno(reinterpret_cast<uv_handle_t*>(&c->tcp), &fd) == 0) {
+    linger lg{1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+  }
+  if (!c->tcp_inited) { hs_freed(reinterpret_cast<uv_handle_t*>(&c->tcp)); return; }
+  c->tcp.data = c;
+  if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&c->tcp))) uv_close(reinterpret_cast<uv_handle_t*>(&c->tcp), hs_freed);
+}
+
+void hs_done(Conn* c) {
+  uint64_t t = now_ns();
+  if (t >= hs_t0 && t < hs_t1) {
+    ++hs_counted;
+    if (c->tls_resumed) ++hs_counted_resumed;
+  }
+  --pending;
+  ++opened;
+  hs_close(c);
+}
+
+void hs_end(Conn* c, const char* why) {
+  if (c->state == CLOSED) return;
+  --pending;
+  ++failed;
+  note_error(why);
+  hs_close(c);
+}
+
+// Keeps --concurrency connections handshaking until the window ends; with
+// --resume, one full handshake first (its session is what the rest offer).
+void hs_pump() {
+  if (phase != P_RUN) return;
+  uint64_t t = now_ns();
+  if (t >= hs_t1) {
+    if (hs_live == 0) finish();
+    return;
+  }
+  if (failed > 1000 && opened == 0) { note_error("no handshake succeeds"); finish(); return; }
+  int want = (opt.resume && !tlsc.have_saved) ? 1 : opt.m;
+  while (hs_live < want) { ++hs_live; start_conn(hs_next++); }
+}
+
+void hs_start() {
+  uint64_t t = now_ns();
+  hs_t0 = t + (uint64_t)(opt.warmup * 1e9);
+  hs_t1 = hs_t0 + (uint64_t)(opt.seconds * 1e9);
+  uv_timer_init(loop, &hs_timer);
+  uv_timer_start(&hs_timer, [](uv_timer_t*) { hs_pump(); }, 10, 10);   // also ends the run when the window closes
+  if (!opt.quiet) fprintf(stderr, "loadws: TLS handshakes, %d at a time, %.0f s%s\n", opt.m, opt.seconds, opt.resume ? ", resuming" : "");
+  hs_pump();
+}
+
 void all_connected() {
   t_connect_end = now_ns();
   uv_timer_stop(&ramp_timer);
@@ -619,6 +876,12 @@ void all_connected() {
 }
 
 void ramp() {
+  if (opt.mode == "handshake" && phase == P_CONNECT) {   // no ramp: connections come and go
+    uv_timer_stop(&ramp_timer);
+    t_connect_start = now_ns();
+    start_phase_run();
+    return;
+  }
   if (opt.mode == "churn" && phase == P_CONNECT) {   // no ramp: the slots open as they churn
     uv_timer_stop(&ramp_timer);
     t_connect_start = now_ns();
@@ -693,6 +956,7 @@ void start_phase_run() {
   phase = P_RUN;
   if (opt.mode == "idle") { finish(); return; }
   if (opt.mode == "churn") { churn_start(); return; }
+  if (opt.mode == "handshake") { hs_start(); return; }
   if (opt.mode == "echo") {
     echo_sending = true;
     for (Conn* c : conns) {
@@ -754,6 +1018,10 @@ void finish() {
            lat_us.empty() ? 0.0 : lat_us.back() / 1000.0);
   } else if (opt.mode == "churn") {
     churn_print();
+  } else if (opt.mode == "handshake") {
+    double secs = (std::min(now_ns(), hs_t1) - hs_t0) / 1e9;
+    printf("RESULT handshake_conc=%d seconds=%.2f handshakes=%" PRIu64 " resumed=%" PRIu64 " handshakes_per_s=%.0f failed=%d suite=%s\n",
+           opt.m, secs, hs_counted, hs_counted_resumed, secs > 0 ? hs_counted / secs : 0.0, failed, tlsc.suite.c_str());
   } else if (opt.mode == "fanout") {
     std::vector<double> s = fan_ms;
     std::sort(s.begin(), s.end());
@@ -768,6 +1036,9 @@ void finish() {
            s.empty() ? 0.0 : s.back(), all.c_str());
   }
   if (closed_after_open) printf("RESULT closed_by_server=%d\n", closed_after_open);
+  if (opt.tls && opt.mode != "handshake")
+    printf("RESULT tls_full=%" PRIu64 " tls_resumed=%" PRIu64 " tls_failed=%" PRIu64 " suite=%s\n", tlsc.full, tlsc.resumed, tlsc.failed,
+           tlsc.suite.c_str());
   if (!first_error.empty()) printf("RESULT first_error=\"%s\"\n", first_error.c_str());
   fflush(stdout);
   fflush(stderr);
@@ -787,7 +1058,7 @@ void finish() {
 
 void usage() {
   fprintf(stderr,
-          "usage: loadws --url ws://HOST:PORT/PATH [options] idle|echo|fanout|churn\n"
+          "usage: loadws --url ws[s]://HOST:PORT/PATH [options] idle|echo|fanout|churn|handshake\n"
           "  -n N             connections for idle/fanout, slots for churn (10000)\n"
           "  -c M             connections for echo (50)\n"
           "  -d D             echo messages in flight per connection (8)\n"
@@ -803,18 +1074,24 @@ void usage() {
           "  --churn-hold SEC churn: keep each connection open up to SEC (random) after its exchange (0)\n"
           "  --churn-rooms R  churn: the exchange is a join to one of R rooms (benchsvc's \"join\")\n"
           "  --timeout SEC    overall bound (120)\n"
-          "  -q               fewer messages on stderr\n");
+          "  -q               fewer messages on stderr\n"
+          "wss:// (TLS 1.2, mbedTLS):\n"
+          "  handshake        TLS handshakes per second, -c at a time, for -t SEC (after --warmup)\n"
+          "  --resume         handshake: resume the first connection's session (ticket)\n"
+          "  --ca FILE        verify the server's certificate against these CAs (name: --sni, localhost)\n"
+          "  --sni NAME       server name sent and verified (localhost)\n");
   exit(1);
 }
 
 bool parse_url(const std::string& u) {
-  if (u.rfind("ws://", 0) != 0) return false;
-  std::string rest = u.substr(5);
+  opt.tls = u.rfind("wss://", 0) == 0;
+  if (u.rfind("ws://", 0) != 0 && !opt.tls) return false;
+  std::string rest = u.substr(opt.tls ? 6 : 5);
   size_t slash = rest.find('/');
   std::string hp = rest.substr(0, slash);
   opt.path = slash == std::string::npos ? "/" : rest.substr(slash);
   size_t colon = hp.rfind(':');
-  if (colon == std::string::npos) { opt.host = hp; opt.port = 80; }
+  if (colon == std::string::npos) { opt.host = hp; opt.port = opt.tls ? 443 : 80; }
   else { opt.host = hp.substr(0, colon); opt.port = atoi(hp.c_str() + colon + 1); }
   if (opt.host == "localhost") opt.host = "127.0.0.1";
   return opt.port > 0;
@@ -845,12 +1122,16 @@ int main(int argc, char** argv) {
     else if (a == "--churn-rooms") opt.churn_rooms = atoi(next());
     else if (a == "--timeout") opt.timeout = atof(next());
     else if (a == "-q") opt.quiet = true;
-    else if (a == "idle" || a == "echo" || a == "fanout" || a == "churn") opt.mode = a;
+    else if (a == "--resume") opt.resume = true;
+    else if (a == "--ca") opt.ca_file = next();
+    else if (a == "--sni") opt.sni = next();
+    else if (a == "idle" || a == "echo" || a == "fanout" || a == "churn" || a == "handshake") opt.mode = a;
     else usage();
   }
   if (opt.mode.empty() || !parse_url(url) || opt.n < 1 || opt.m < 1 || opt.depth < 1 || opt.concurrency < 1 ||
-      opt.src_ips < 1 || opt.src_ips > 254)
+      opt.src_ips < 1 || opt.src_ips > 254 || (opt.mode == "handshake" && !opt.tls))
     usage();
+  if (opt.tls && !tls_init()) { fprintf(stderr, "loadws: TLS set-up failed\n"); return 1; }
   pad.assign(opt.size, 'x');
   rng_state ^= (uint64_t)getpid() << 17 ^ uv_hrtime();
 

@@ -4,15 +4,21 @@
 //   {"type":"join","data":{"room":R},"id":K}  -> joins room R, {"id":K,"data":{"joined":R}}
 //   {"type":"fanout","data":{"room":R,...}}   -> {"type":"fanout","data":...} to every member of R
 //   GET /health -> {"status":"healthy"}, GET /bench/hello -> "hello\n"
-// Usage: node peer.js PORT [PATH]   (prints "listening PORT" when ready)
+// Usage: node peer.js PORT [PATH] [--tls CERT KEY]   (prints "listening PORT" when ready)
+// --tls: https:// and wss:// (Node's https module: OpenSSL, session tickets on
+// by default) instead of http:// and ws://, with the same handlers.
 'use strict';
+const fs = require('fs');
 const http = require('http');
+const https = require('https');
 const { WebSocketServer } = require('ws');
 
 const port = Number(process.argv[2] || 3900);
 const wsPath = process.argv[3] || '/ws/bench';
+const tlsAt = process.argv.indexOf('--tls');
+const tlsOpts = tlsAt > 0 ? { cert: fs.readFileSync(process.argv[tlsAt + 1]), key: fs.readFileSync(process.argv[tlsAt + 2]) } : null;
 
-const server = http.createServer((req, res) => {
+const handler = (req, res) => {
   if (req.method === 'GET' && req.url === '/health') {
     res.writeHead(200, { 'content-type': 'application/json' });
     res.end('{"status":"healthy","version":"peer"}');
@@ -23,8 +29,10 @@ const server = http.createServer((req, res) => {
     res.writeHead(404, { 'content-type': 'application/json' });
     res.end('{"error":{"type":"NOT_FOUND","message":"no route"}}');
   }
-});
+};
+const server = tlsOpts ? https.createServer(tlsOpts, handler) : http.createServer(handler);
 server.keepAliveTimeout = 60000;
+server.on('tlsClientError', () => {});   // resets by the handshake benchmark
 
 const wss = new WebSocketServer({ server, path: wsPath, perMessageDeflate: false, maxPayload: 64 * 1024 });
 const rooms = new Map(); // room -> Set<ws>
