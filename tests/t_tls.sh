@@ -123,4 +123,11 @@ expect_eq "linkd served others meanwhile and still does" "$HTTP_STATUS" 200
 wait_for 5 metric_is linkd_tls_connections 0
 expect_eq "every TLS connection is gone (linkd_tls_connections)" "$(metric linkd_tls_connections)" 0
 expect_match "linkd_tls_buffers_pooled is exported" "$(metric linkd_tls_buffers_pooled)" '^[0-9]+$'
+# shutdown with a wss client connected
+READY_FILE=$T_TMP/shut.ready $PY "$TESTS/tls_check.py" t_tls shutdown >"$T_TMP/shut.out" 2>&1 &
+shut=$!
+wait_for 10 test -s "$T_TMP/shut.ready"
 linkd_stop
+wait_exit "$shut" 15 >/dev/null
+cat "$T_TMP/shut.out"
+grep -q '^[A-Z]*: ' "$T_TMP/shut.out" || fail "SIGTERM with a wss client connected" "$(tail -n 3 "$T_TMP/shut.out")"

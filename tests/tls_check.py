@@ -15,8 +15,9 @@ python3-websockets, python3-cryptography). Prints PASS:/FAIL: lines.
       resume-cert  a resumed session still carries the client certificate's CN and SHA-256
       ticket-reload  a reload that adds a client CA: a ticket from before must not get in
                  without a certificate
+      shutdown   a wss client held until linkd's SIGTERM: server.shutdown, close 1001
 Environment: TLS_PORT, LINKD_PORT, PKI (the test PKI dir), T_SLOW, and per mode
-CLI_FP (client certificate fingerprint), LINKD_PID, LINKD_LOG, LIVE_CERT, LIVE_KEY, CONF.
+CLI_FP (client certificate fingerprint), LINKD_PID, LINKD_LOG, LIVE_CERT, LIVE_KEY, CONF, READY_FILE.
 """
 import asyncio, json, os, socket, ssl, struct, sys, time, urllib.request
 
@@ -518,6 +519,16 @@ def mode_ticket_reload(c):
     c.ok('... and so is one resuming a ticket issued before the reload: %s' % why[:60], why.startswith('refused'), why)
 
 
+def mode_shutdown(c):
+    """Holds a wss connection until linkd shuts down: server.shutdown, then close 1001."""
+    w = WSS('/ws/t')
+    w.whoami()
+    open(os.environ['READY_FILE'], 'w').write('ready\n')
+    m = w.expect(lambda m: isinstance(m, dict) and m.get('type') == 'server.shutdown', 30 * SLOW)
+    code = w.wait_close(10 * SLOW)
+    c.ok('SIGTERM: a wss client gets {"type":"server.shutdown"} and close 1001', m is not None and code and code[0] == 1001, (m, code))
+
+
 def main():
     name, mode = sys.argv[1], sys.argv[2]
     c = Checks(name)
@@ -525,7 +536,7 @@ def main():
         mode_stall(c, mode[6:])
         return
     fn = {'wss': mode_wss, 'records': mode_records, 'client-cert': mode_client_cert, 'reload': mode_reload,
-          'resume-cert': mode_resume_cert, 'ticket-reload': mode_ticket_reload}[mode]
+          'resume-cert': mode_resume_cert, 'ticket-reload': mode_ticket_reload, 'shutdown': mode_shutdown}[mode]
     c.run(mode, lambda: fn(c))
 
 
