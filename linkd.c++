@@ -5059,6 +5059,7 @@ const char* const restart_only[] = {"listen", "tls-listen", "socket", "socket-mo
                                     "max-memberships", "max-services", "max-message-size", "max-body-size", "max-frame-size"};
 
 void reload() {
+  if (g.shutting_down) { LOG_INFO("SIGHUP while stopping: ignored"); return; }
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   char msg[512];
@@ -5088,6 +5089,7 @@ void reload() {
     size_t size = st->kind == Kind::Str ? (size_t)st->max : sizeof(int64_t);
     if (!memcmp((const char*)&old + off, st->field, size)) continue;
     memcpy(st->field, (const char*)&old + off, size);
+    if (!*setting_from[st - settings]) continue;   // a default derived from others (max-frame-size): not the file's doing
     buf_printf(&kept, "%s%s", kept.len ? ", " : "", name);
   }
   if (kept.len) LOG_WARN("reload: %.*s changed but only take effect at a restart: kept as they were", (int)kept.len, kept.p);
