@@ -326,6 +326,7 @@ export class Service extends EventEmitter implements Link {
               compression: !!ws.compression,
               authRequired: !!ws.authRequired,
               raw: !!ws.raw,
+              recovery: ws.recovery ? { windowMs: ws.recovery.windowMs, history: ws.recovery.history } : undefined,
             }
           : { enabled: false },
       // linkd never sends more than this: a bigger request gets 413, a bigger message 1009

@@ -33,6 +33,12 @@ export interface WebSocketOptions {
   authRequired?: boolean;
   /** No JSON envelope: frames are forwarded as they are. */
   raw?: boolean;
+  /**
+   * Connection recovery: a client that drops and comes back within windowMs
+   * (with the token linkd gave it) gets its rooms back and the last `history`
+   * room pushes it missed; the service sees onResume. Off when absent.
+   */
+  recovery?: { windowMs: number; history: number };
 }
 
 export interface ServiceOptions {

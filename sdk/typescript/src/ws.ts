@@ -32,6 +32,8 @@ export interface SocketInfo {
   auth: AuthContext;
   /** Rooms as last known to the SDK (ctx.rooms() asks linkd). */
   rooms: Set<string>;
+  /** On onResume: the id of the dropped connection this one took over. */
+  previousId?: string;
 }
 
 export type Next = () => Promise<unknown>;
@@ -250,6 +252,7 @@ export class WebSocketApi implements WsRegistrar {
   private readonly connectHandlers: LifecycleHandler[] = [];
   private readonly disconnectHandlers: LifecycleHandler[] = [];
   private readonly existingHandlers: LifecycleHandler[] = [];
+  private readonly resumeHandlers: LifecycleHandler[] = [];
   private catchAll: MessageHandler | null = null;
 
   constructor(private readonly link: Link, private readonly raw: boolean) {}
@@ -273,6 +276,16 @@ export class WebSocketApi implements WsRegistrar {
   /** Called for each connection linkd reports after a (re)registration (EXISTING). */
   onExisting(handler: LifecycleHandler): this {
     this.existingHandlers.push(handler);
+    return this;
+  }
+
+  /**
+   * Recovery paths: a client came back on a new connection (ctx.socket.id)
+   * and took over its dropped one (ctx.socketInfo.previousId, already seen
+   * by onDisconnect) with its rooms (ctx.socketInfo.rooms).
+   */
+  onResume(handler: LifecycleHandler): this {
+    this.resumeHandlers.push(handler);
     return this;
   }
 
@@ -375,6 +388,15 @@ export class WebSocketApi implements WsRegistrar {
       const merged = known ? { ...known, rooms: info.rooms } : info;
       const ctx = new WsContext(this, merged, { rooms: [...info.rooms] });
       await this.runLifecycle(this.disconnectHandlers, ctx, "onDisconnect");
+      return;
+    }
+    if (type === 3) {
+      // RESUMED: the connection (already CONNECTED) has its rooms back
+      if (opening) await opening;
+      const known = this.sockets.get(id);
+      const resumed = { ...(known ?? info), rooms: info.rooms, previousId: String(ev.previousConnectionId ?? "") };
+      this.sockets.set(id, resumed);
+      await this.runLifecycle(this.resumeHandlers, new WsContext(this, resumed), "onResume");
       return;
     }
     this.sockets.set(id, info);
