@@ -22,7 +22,7 @@ esac
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1} UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
 
 # ---------------------------------------------------------------- without linkd
-"${SENS[0]}" --self-test >"$T_TMP/self.out" 2>&1
+"${SENS[@]}" --self-test >"$T_TMP/self.out" 2>&1
 rc=$?
 grep -E '^(PASS|FAIL):' "$T_TMP/self.out"
 [ "$rc" -eq 0 ] || fail "self-test exits 0" "exit $rc: $(tail -n 3 "$T_TMP/self.out" | tr '\n' ' ')"
