@@ -60,7 +60,15 @@ $(BUILD)/llhttp_http.o: | $(BUILD)/.deps
 $(BUILD)/linkd.pb.o: $(BUILD)/linkd.pb.c
 	$(CC) $(CFLAGS) -I$(BUILD) -c $< -o $@
 
-linkd: linkd.c++ Makefile $(BUILD)/linkd.pb.h $(BUILD)/linkd.pb.o $(LLHTTP_OBJS)
+# The admin console's page, gzip'ed into a C array linkd.c++ includes.
+$(BUILD)/admin_page.h: admin/index.html
+	@mkdir -p $(BUILD)
+	gzip -9 -n -c $< > $(BUILD)/admin_page.gz
+	@{ echo '// generated from admin/index.html (gzip -9) by the Makefile'; \
+	   echo 'const unsigned char admin_page_gz[] = {'; od -An -v -tu1 $(BUILD)/admin_page.gz | sed 's/[0-9][0-9]*/&,/g'; echo '};'; \
+	   echo "constexpr size_t admin_page_gz_len = $$(stat -c %s $(BUILD)/admin_page.gz);"; } > $@
+
+linkd: linkd.c++ Makefile $(BUILD)/linkd.pb.h $(BUILD)/linkd.pb.o $(LLHTTP_OBJS) $(BUILD)/admin_page.h
 	$(CXX) -std=c++20 $(CXXFLAGS) $(CXXLEAN) $(WARN) $(DEFS) $(INCLUDES) linkd.c++ $(BUILD)/linkd.pb.o $(LLHTTP_OBJS) $(LEANLINK) $(LIBS) -o $@
 
 # linkd built with AddressSanitizer and UBSan: `make test SAN=1` runs the
@@ -72,7 +80,7 @@ $(BUILD)/asan/%.o: $(LLHTTP_SRC)/%.c | $(BUILD)/.deps
 $(BUILD)/asan/linkd.pb.o: $(BUILD)/linkd.pb.c
 	@mkdir -p $(BUILD)/asan
 	$(CC) $(ASAN) -I$(BUILD) -c $< -o $@
-linkd-asan: linkd.c++ Makefile $(BUILD)/linkd.pb.h $(BUILD)/asan/linkd.pb.o $(BUILD)/asan/llhttp.o $(BUILD)/asan/api.o $(BUILD)/asan/http.o
+linkd-asan: linkd.c++ Makefile $(BUILD)/admin_page.h $(BUILD)/linkd.pb.h $(BUILD)/asan/linkd.pb.o $(BUILD)/asan/llhttp.o $(BUILD)/asan/api.o $(BUILD)/asan/http.o
 	$(CXX) -std=c++20 $(ASAN) $(WARN) $(DEFS) $(INCLUDES) linkd.c++ $(BUILD)/asan/linkd.pb.o \
 	  $(BUILD)/asan/llhttp.o $(BUILD)/asan/api.o $(BUILD)/asan/http.o $(LIBS) -o $@
 

@@ -23,9 +23,10 @@
 //  11. Recovery    room histories, dropped connections kept, resume tokens
 //  12. WebSocket   upgrade, wslay contexts bound on demand, envelopes
 //  13. Pushes      to a connection, a room or everyone (encoded once, shared)
-//  14. Lifecycle   timers, heartbeats, watchdog, reload, shutdown, metrics, accept, listen
-//  15. Self-test   unit tests of the tables, routes, JSON and JWT checks
-//  16. main
+//  14. Admin       the console: embedded page, JSON API, rate samples, actions
+//  15. Lifecycle   timers, heartbeats, watchdog, reload, shutdown, metrics, accept, listen
+//  16. Self-test   unit tests of the tables, routes, JSON and JWT checks
+//  17. main
 
 #include <uv.h>
 #include <llhttp.h>
@@ -114,6 +115,8 @@ struct Config {
   char tls_cert[256] = "";
   char tls_key[256] = "";
   char tls_client_ca[256] = "";        // set: client certificates required and verified
+  char admin_listen[128] = "";         // empty: no admin console
+  char admin_role[64] = "admin";       // the JWT role the console requires
   int64_t log_level = 2;               // 0 error, 1 warn, 2 info, 3 debug
   int64_t max_connections = 10000;     // WebSocket connections
   int64_t max_http_connections = 1024; // plain HTTP connections
@@ -183,6 +186,8 @@ const Setting settings[] = {
   SETTING_STR("tls-cert", tls_cert, "PEM certificate (chain) for --tls-listen"),
   SETTING_STR("tls-key", tls_key, "PEM private key of --tls-cert (must not be readable by others)"),
   SETTING_STR("tls-client-ca", tls_client_ca, "PEM CA certificate(s): require and verify client certificates"),
+  SETTING_STR("admin-listen", admin_listen, "admin console address host:port (loopback only without JWT); empty: off"),
+  SETTING_STR("admin-role", admin_role, "JWT role the admin console requires"),
   {"shutdown-timeout", Kind::Duration, &cfg.shutdown_timeout, 0, 3600000, "time to finish in-flight work on SIGTERM"},
   {"register-timeout", Kind::Duration, &cfg.register_timeout, 100, 3600000, "a service link that has not registered by then is closed"},
   {"history-memory", Kind::Size, &cfg.history_memory, 0, 1 << 30, "room pushes kept for connection recovery, all rooms together"},
@@ -509,6 +514,17 @@ CliMode config_parse(int argc, char** argv) {
     config_dief("socket: %s is too long for a Unix socket path (%zu bytes at most)", setting_origin(cfg.socket_path, w1, sizeof w1),
                 sizeof(((sockaddr_un*)0)->sun_path) - 1);
   config_check_listen(cfg.listen, "listen");
+  if (*cfg.admin_listen) {
+    config_check_listen(cfg.admin_listen, "admin-listen");
+    // Without a JWT to check, the console must not be reachable from the
+    // network: only a loopback address will do.
+    const char* h = cfg.admin_listen;
+    bool loopback = !strncmp(h, "127.", 4) || !strncmp(h, "[::1]:", 6) || !strncmp(h, "::1:", 4);
+    if (!*cfg.jwt_secret && !*cfg.jwt_keys && !loopback)
+      config_dief("admin-listen: %s is not a loopback address and no JWT is configured (jwt-secret or jwt-keys): the console would be open to "
+                  "anyone who can reach it. Use 127.0.0.1:PORT (and an SSH tunnel), or configure JWT and give the console's users the '%s' role",
+                  setting_origin(cfg.admin_listen, w1, sizeof w1), cfg.admin_role);
+  }
   if (*cfg.tls_listen) {
     config_check_listen(cfg.tls_listen, "tls-listen");
     if (!*cfg.tls_cert || !*cfg.tls_key) config_dief("tls-listen: %s needs tls-cert and tls-key", setting_origin(cfg.tls_listen, w1, sizeof w1));
@@ -883,6 +899,7 @@ struct Conn {
   bool fresh;             // WebSocket: no message yet (linkd.resume is taken only as the first)
   bool ghost;             // recovery: becomes a Ghost when its socket is closed
   bool resumed_away;      // recovery: its client came back on another connection (no ghost)
+  bool admin;             // accepted on --admin-listen: only the console's page and API
   bool counted_ws;        // counted in g.ws_count and the tallies
   bool deflate;           // permessage-deflate negotiated (no context takeover either way)
   uint16_t group;         // service (by name) whose WebSocket path this is on
@@ -1024,6 +1041,8 @@ struct Global {
   uv_tcp_t listener;
   uv_tcp_t tls_listener;
   bool tls_listening;
+  uv_tcp_t admin_listener;
+  bool admin_listening;
   uv_pipe_t svc_listener;
   uv_timer_t tick;        // 1 s housekeeping: heartbeats, idle HTTP, close deadlines
   uv_timer_t pend_timer;  // the head of the pending FIFO
@@ -2158,7 +2177,7 @@ void tls_keep_peer(Tls* t) {
   ses->peer_cert = nullptr;
 }
 
-void conn_input(Conn* c, const char* p, size_t n);   // section 14: plaintext for HTTP or WebSocket (null: the end)
+void conn_input(Conn* c, const char* p, size_t n);   // section 15: plaintext for HTTP or WebSocket (null: the end)
 
 // Ciphertext read from a TLS connection: the handshake, then every record
 // decrypted and handed on as plaintext.
@@ -3858,6 +3877,7 @@ void cors_headers(Buf* out, const Http* h) {
 
 void http_pump(Conn* c);
 bool ws_try_upgrade(Conn* c);
+void admin_dispatch(Conn* c, const char* method, Slice path);   // section 14
 void conn_read_cb(uv_stream_t* st, ssize_t n, const uv_buf_t* buf) noexcept;
 void metrics_write(Buf* b);
 
@@ -3991,6 +4011,7 @@ void http_dispatch(Conn* c) {
   const char* method = llhttp_method_name((llhttp_method_t)h->parser.method);
   Slice path = http_path(h);
   if (path.n == 0 || path.p[0] != '/') { http_error(c, 400, "request target must be an absolute path", "", true); return; }
+  if (c->admin) { admin_dispatch(c, method, path); return; }
   if (ws_try_upgrade(c)) return;
   if (http_local(c, method, path)) return;
   if (!strcmp(method, "OPTIONS") && http_header(h, "origin").p && http_header(h, "access-control-request-method").p) {
@@ -4791,23 +4812,33 @@ bool ws_try_upgrade(Conn* c) {
 // current serial while the frame was decoded, so skipping them is O(1).
 // ============================================================================
 
-void ws_outbound(Backend* b, const linkd_WebSocketOutbound* m, Slice payload) {
-  const Group* gr = &g.groups[b->group];
+// What became of a push: type null when it went out (delivered: to how
+// many connections it was queued), else the error for the CommandResult.
+struct PushOutcome {
+  const char* type;
+  const char* msg;
+  int code;
+  uint32_t delivered;
+};
+
+// A push of service gi (a service's WebSocketOutbound, or the admin
+// console's): to one connection, a room or everyone on the path, minus the
+// connections marked with the current except serial.
+PushOutcome push_send(uint16_t gi, const linkd_WebSocketOutbound* m, Slice payload) {
+  const Group* gr = &g.groups[gi];
   Buf e;                  // the envelope; frames are built from it on first use
   OutMsg msg{1, payload.p, payload.n, nullptr, nullptr, false};
+  PushOutcome out{nullptr, nullptr, 0, 0};
   if (gr->ws_raw) {
     msg.opcode = m->binary ? 2 : 1;
-    if (!m->binary && !utf8_valid((const uint8_t*)payload.p, payload.n)) {   // a client would close with 1007
-      command_result(b, m->op_id, "BAD_MESSAGE", "a text frame must be UTF-8 (send it as binary)", 400);
-      return;
-    }
+    if (!m->binary && !utf8_valid((const uint8_t*)payload.p, payload.n))   // a client would close with 1007
+      return PushOutcome{"BAD_MESSAGE", "a text frame must be UTF-8 (send it as binary)", 400, 0};
   } else {
     size_t en = strlen(m->event);
-    if (!en || !utf8_valid((const uint8_t*)m->event, en)) { command_result(b, m->op_id, "BAD_MESSAGE", "event (envelope type) must be 1-127 bytes of UTF-8", 400); return; }
+    if (!en || !utf8_valid((const uint8_t*)m->event, en)) return PushOutcome{"BAD_MESSAGE", "event (envelope type) must be 1-127 bytes of UTF-8", 400, 0};
     if (payload.n && !json_valid(payload.p, payload.n)) {
       LOG_WARN("service '%s' pushed invalid JSON for '%s': dropped", gr->name, m->event);
-      command_result(b, m->op_id, "BAD_MESSAGE", "payload is not valid JSON", 400);
-      return;
+      return PushOutcome{"BAD_MESSAGE", "payload is not valid JSON", 400, 0};
     }
     buf_puts(&e, "{\"type\":\"");
     buf_json_escape(&e, m->event, en);
@@ -4817,19 +4848,18 @@ void ws_outbound(Backend* b, const linkd_WebSocketOutbound* m, Slice payload) {
     msg.p = e.p;
     msg.n = e.len;
   }
-  uint32_t serial = g.except_serial, delivered = 0;
+  uint32_t serial = g.except_serial;
   if (m->connection_id[0]) {
     Conn* c = conn_lookup(m->connection_id);
-    if (!c || c->group != b->group) command_result(b, m->op_id, "NOT_FOUND", "no such connection", 404);
-    else if (c->except_mark == serial) command_result(b, m->op_id, nullptr, nullptr, 0);
-    else {
+    if (!c || c->group != gi) out = PushOutcome{"NOT_FOUND", "no such connection", 404, 0};
+    else if (c->except_mark != serial) {
       bool closing = c->ws_closing;
-      if (ws_send_msg(c, &msg)) command_result(b, m->op_id, nullptr, nullptr, 0, 1);
-      else command_result(b, m->op_id, "NOT_DELIVERED", closing ? "connection is closing" : "connection over its outbound cap", 410);
+      if (ws_send_msg(c, &msg)) out.delivered = 1;
+      else out = PushOutcome{"NOT_DELIVERED", closing ? "connection is closing" : "connection over its outbound cap", 410, 0};
     }
   } else if (m->room[0]) {
     size_t rn = strlen(m->room);
-    uint32_t r = room_find(b->group, m->room, rn);
+    uint32_t r = room_find(gi, m->room, rn);
     if (r != NIL && gr->rec_window_ms) {
       // Recovery: the envelope names the room and its next seq, and the
       // plain frame is kept in the room's history for clients that drop.
@@ -4850,29 +4880,366 @@ void ws_outbound(Backend* b, const linkd_WebSocketOutbound* m, Slice payload) {
     for (uint32_t i = r == NIL ? NIL : g.rooms[r].head; i != NIL;) {
       uint32_t next = g.members[i].rnext;
       Conn* c = &g.conns[g.members[i].conn];
-      if (c->except_mark != serial) { c->except_mark = serial; delivered += ws_send_msg(c, &msg); }
+      if (c->except_mark != serial) { c->except_mark = serial; out.delivered += ws_send_msg(c, &msg); }
       if (next != NIL && g.members[next].room != r) {
-        r = room_find(b->group, m->room, rn);
+        r = room_find(gi, m->room, rn);
         next = r == NIL ? NIL : g.rooms[r].head;
       }
       i = next;
     }
-    command_result(b, m->op_id, nullptr, nullptr, 0, delivered);
   } else if (m->broadcast_all) {
     for (uint32_t i = 0; i < g.conn_hw; i++) {
       Conn* c = &g.conns[i];
-      if (c->state == CState::Ws && c->group == b->group && c->except_mark != serial) delivered += ws_send_msg(c, &msg);
+      if (c->state == CState::Ws && c->group == gi && c->except_mark != serial) out.delivered += ws_send_msg(c, &msg);
     }
-    command_result(b, m->op_id, nullptr, nullptr, 0, delivered);
   } else {
-    command_result(b, m->op_id, "BAD_MESSAGE", "no target: set connection_id, room or broadcast_all", 400);
+    out = PushOutcome{"BAD_MESSAGE", "no target: set connection_id, room or broadcast_all", 400, 0};
   }
   outmsg_free(&msg);
   buf_free(&e);
+  return out;
+}
+
+void ws_outbound(Backend* b, const linkd_WebSocketOutbound* m, Slice payload) {
+  PushOutcome o = push_send(b->group, m, payload);
+  command_result(b, m->op_id, o.type, o.msg, o.code, o.delivered);
 }
 
 // ============================================================================
-// 14. Lifecycle
+// 14. Admin console
+// --admin-listen serves one page, built into the binary (gzip), and the
+// small JSON API it polls once a second: services and instances,
+// connections, users, rooms, rates (a ring of one-second samples), HTTP
+// statuses, memory, limits; and two actions, a test push and a disconnect,
+// each logged. Access needs a JWT with --admin-role, or, when no JWT is
+// configured, a loopback address (config_parse refuses anything else).
+// ============================================================================
+
+#if __has_include("admin_page.h")
+#include "admin_page.h"       // admin_page_gz[]: admin/index.html, gzip -9 (the Makefile makes it)
+#else
+const unsigned char admin_page_gz[] = {0};
+constexpr size_t admin_page_gz_len = 0;
+#endif
+
+constexpr int SAMPLES = 300;  // five minutes of one-second samples
+
+struct Sample { uint32_t msgs_in, msgs_out, drops, http; };
+
+struct AdminState {
+  Sample ring[SAMPLES];
+  int head, count;            // head: the next slot written
+  uint64_t last[4];           // the counters at the last sample
+  uint64_t second;            // loop ms of the last sample
+  uint64_t started;           // loop ms at start
+} admin;
+
+uint64_t http_total() {
+  uint64_t n = 0;
+  for (unsigned s = 100; s < 600; s++) n += g.http_status[s];
+  return n;
+}
+
+// One sample a second, from the housekeeping tick: what each counter did
+// since the last one.
+void admin_sample(uint64_t now) {
+  if (now - admin.second < 1000) return;
+  uint64_t cur[4] = {g.ws_msgs_in, g.ws_msgs_out, g.ws_drops, http_total()};
+  if (admin.second != admin.started || admin.count) {
+    Sample* s = &admin.ring[admin.head];
+    s->msgs_in = (uint32_t)(cur[0] - admin.last[0]);
+    s->msgs_out = (uint32_t)(cur[1] - admin.last[1]);
+    s->drops = (uint32_t)(cur[2] - admin.last[2]);
+    s->http = (uint32_t)(cur[3] - admin.last[3]);
+    admin.head = (admin.head + 1) % SAMPLES;
+    if (admin.count < SAMPLES) admin.count++;
+  }
+  memcpy(admin.last, cur, sizeof cur);
+  admin.second = now;
+}
+
+uint64_t rss_kib() {
+  long pages = 0, resident = 0;
+  FILE* f = fopen("/proc/self/statm", "r");
+  if (f) { if (fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0; fclose(f); }
+  return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE) / 1024;
+}
+
+void json_str(Buf* b, const char* s, size_t n) {
+  buf_puts(b, "\"");
+  buf_json_escape(b, s, n);
+  buf_puts(b, "\"");
+}
+void json_str(Buf* b, const char* s) { json_str(b, s, strlen(s)); }
+
+void admin_services(Buf* b) {
+  buf_puts(b, "\"services\":[");
+  bool first = true;
+  for (uint32_t gi = 0; gi < g.ngroups; gi++) {
+    const Group* gr = &g.groups[gi];
+    if (!gr->used) continue;
+    uint32_t conns = 0;
+    for (uint32_t i = 0; i < g.conn_hw; i++) conns += g.conns[i].state == CState::Ws && g.conns[i].group == gi;
+    buf_printf(b, "%s{\"name\":", first ? "" : ",");
+    first = false;
+    json_str(b, gr->name);
+    buf_puts(b, ",\"version\":");
+    json_str(b, gr->version);
+    buf_puts(b, ",\"wsPath\":");
+    json_str(b, gr->ws_path);
+    buf_printf(b, ",\"raw\":%s,\"recovery\":%s,\"connections\":%u,\"routes\":[", gr->ws_raw ? "true" : "false", gr->rec_window_ms ? "true" : "false", conns);
+    bool rf = true;
+    for (uint32_t r = 0; r < g.nroutes; r++) {
+      const Route* rt = &g.routes[r];
+      if (rt->group != gi) continue;
+      buf_printf(b, "%s{\"method\":", rf ? "" : ",");
+      rf = false;
+      json_str(b, rt->def.method);
+      buf_puts(b, ",\"path\":");
+      json_str(b, rt->def.path);
+      buf_printf(b, ",\"auth\":%s,\"roles\":[", rt->def.auth || rt->def.roles_count ? "true" : "false");
+      for (pb_size_t k = 0; k < rt->def.roles_count; k++) { if (k) buf_puts(b, ","); json_str(b, rt->def.roles[k]); }
+      buf_puts(b, "]}");
+    }
+    buf_puts(b, "],\"instances\":[");
+    bool bf = true;
+    for (uint32_t i = 0; i < g.nbackends; i++) {
+      const Backend* be = &g.backends[i];
+      if (be->state != BState::Ready || be->group != gi) continue;
+      buf_printf(b, "%s{\"id\":", bf ? "" : ",");
+      bf = false;
+      json_str(b, be->instance_id);
+      buf_printf(b, ",\"state\":\"ready\",\"uid\":%u,\"gid\":%u,\"pid\":%u,\"queueBytes\":%zu}", be->uid, be->gid, be->pid,
+                 be->pipe.write_queue_size + be->out.len);
+    }
+    buf_printf(b, "],\"live\":%u}", gr->live);
+  }
+  buf_puts(b, "]");
+}
+
+// The largest few of a table, by a count: rooms by members, users by connections.
+template <class Count>
+int admin_top(uint32_t n, int want, uint32_t* out, Count count) {
+  int k = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    uint32_t c = count(i);
+    if (!c) continue;
+    int pos = k < want ? k++ : want;
+    if (pos == want && c <= count(out[want - 1])) continue;
+    if (pos == want) pos = want - 1;
+    while (pos > 0 && count(out[pos - 1]) < c) { out[pos] = out[pos - 1]; pos--; }
+    out[pos] = i;
+  }
+  return k;
+}
+
+void admin_state(Buf* b, uint64_t now) {
+  uint32_t instances = 0, services = 0;
+  for (uint32_t i = 0; i < g.nbackends; i++) instances += g.backends[i].state == BState::Ready;
+  for (uint32_t i = 0; i < g.ngroups; i++) services += g.groups[i].used && g.groups[i].live;
+  buf_printf(b, "{\"version\":\"%s\",\"uptimeS\":%" PRIu64 ",\"rssKiB\":%" PRIu64 ",", LINKD_VERSION, (now - admin.started) / 1000, rss_kib());
+  buf_printf(b, "\"limits\":{\"maxConnections\":%" PRId64 ",\"maxHttpConnections\":%" PRId64 ",\"maxRooms\":%" PRId64 ",\"maxMemberships\":%" PRId64
+                ",\"maxServices\":%" PRId64 ",\"maxMessageSize\":%" PRId64 ",\"maxOutbound\":%" PRId64 ",\"rateLimit\":%" PRId64 ",\"maxConnectionsPerUser\":%" PRId64
+                ",\"historyMemory\":%" PRId64 "},",
+             cfg.max_connections, cfg.max_http_connections, cfg.max_rooms, cfg.max_memberships, cfg.max_services, cfg.max_message_size,
+             cfg.max_outbound, cfg.rate_limit, cfg.max_connections_per_user, cfg.history_memory);
+  buf_printf(b, "\"counts\":{\"ws\":%u,\"http\":%u,\"tls\":%u,\"ghosts\":%u,\"rooms\":%u,\"memberships\":%u,\"pending\":%u,\"services\":%u,\"instances\":%u},",
+             g.ws_count, g.http_count, tls.count, g.ghost_count, g.room_count, g.member_count, g.pend_count, services, instances);
+  buf_printf(b, "\"totals\":{\"msgsIn\":%" PRIu64 ",\"msgsOut\":%" PRIu64 ",\"drops\":%" PRIu64 ",\"wsAccepted\":%" PRIu64 ",\"httpRequests\":%" PRIu64
+                ",\"historyBytes\":%" PRIu64 "},",
+             g.ws_msgs_in, g.ws_msgs_out, g.ws_drops, g.ws_accepted, http_total(), g.history_bytes);
+  buf_puts(b, "\"http\":{");
+  bool first = true;
+  for (unsigned st = 100; st < 600; st++)
+    if (g.http_status[st]) { buf_printf(b, "%s\"%u\":%" PRIu64, first ? "" : ",", st, g.http_status[st]); first = false; }
+  buf_puts(b, "},");
+  admin_services(b);
+  uint32_t top[20];
+  int k = admin_top(g.room_hw, 20, top, [](uint32_t r) { return g.rooms[r].used ? g.rooms[r].count : 0u; });
+  buf_puts(b, ",\"rooms\":[");
+  for (int i = 0; i < k; i++) {
+    const Room* r = &g.rooms[top[i]];
+    buf_printf(b, "%s{\"service\":", i ? "," : "");
+    json_str(b, g.groups[r->group].name);
+    buf_puts(b, ",\"room\":");
+    json_str(b, r->name, r->name_len);
+    buf_printf(b, ",\"members\":%u,\"seq\":%u}", r->count, r->seq);
+  }
+  k = admin_top(g.tally_hw, 10, top, [](uint32_t t) { return g.tallies[t].key[0] == 'u' ? g.tallies[t].count : 0u; });
+  buf_puts(b, "],\"users\":[");
+  for (int i = 0; i < k; i++) {
+    const Tally* t = &g.tallies[top[i]];
+    uint16_t gi;
+    memcpy(&gi, t->key + 1, 2);
+    buf_printf(b, "%s{\"service\":", i ? "," : "");
+    json_str(b, gi < g.ngroups ? g.groups[gi].name : "?");
+    buf_puts(b, ",\"user\":");
+    json_str(b, t->key + 3, t->len - 3u);
+    buf_printf(b, ",\"connections\":%u}", t->count);
+  }
+  // The newest connections (the console's disconnect action needs ids).
+  k = 0;
+  for (uint32_t i = g.conn_hw; i-- > 0 && k < 20;)
+    if (g.conns[i].state == CState::Ws) top[k++] = i;
+  buf_puts(b, "],\"connections\":[");
+  for (int i = 0; i < k; i++) {
+    const Conn* c = &g.conns[top[i]];
+    char id[24], remote[80];
+    conn_id(c, id, sizeof id);
+    conn_remote(c, remote, sizeof remote);
+    buf_printf(b, "%s{\"id\":\"%s\",\"service\":", i ? "," : "", id);
+    json_str(b, g.groups[c->group].name);
+    buf_puts(b, ",\"user\":");
+    json_str(b, c->user ? c->user->data : "");
+    buf_puts(b, ",\"remote\":");
+    json_str(b, remote);
+    buf_printf(b, ",\"rooms\":%u,\"connectedAt\":%" PRIu64 ",\"tls\":%s}", c->nrooms, c->connected_ms, c->tls ? "true" : "false");
+  }
+  buf_puts(b, "],\"series\":{\"intervalS\":1");
+  static const char* names[] = {"msgsIn", "msgsOut", "drops", "http"};
+  for (int f = 0; f < 4; f++) {
+    buf_printf(b, ",\"%s\":[", names[f]);
+    for (int i = 0; i < admin.count; i++) {
+      const Sample* s = &admin.ring[(admin.head - admin.count + i + SAMPLES) % SAMPLES];
+      uint32_t v = f == 0 ? s->msgs_in : f == 1 ? s->msgs_out : f == 2 ? s->drops : s->http;
+      buf_printf(b, "%s%u", i ? "," : "", v);
+    }
+    buf_puts(b, "]");
+  }
+  buf_puts(b, "}}");
+}
+
+// The members of a small JSON object body, for the actions.
+struct AdminBody {
+  Slice service, room, connection, event, data, reason;
+  bool all;
+  int64_t code;
+};
+
+bool admin_body(const Http* h, AdminBody* ab) {
+  *ab = AdminBody{};
+  const char* js = h->body.p;
+  size_t n = h->body.len;
+  if (!js || !json_valid(js, n)) return false;
+  jsmn_parser jp;
+  jsmn_init(&jp);
+  int k = jsmn_parse(&jp, js, n, g.toks, g.ntoks);
+  const jsmntok_t* t = g.toks;
+  if (k < 1 || t[0].type != JSMN_OBJECT) return false;
+  for (int i = 1; i + 1 < k; i = json_skip(t, k, i + 1)) {
+    const jsmntok_t& v = t[i + 1];
+    Slice val = tok_slice(js, v);
+    if (tok_eq(js, t[i], "data")) ab->data = v.type == JSMN_STRING ? Slice{js + v.start - 1, val.n + 2} : val;
+    else if (v.type == JSMN_STRING && tok_eq(js, t[i], "service")) ab->service = val;
+    else if (v.type == JSMN_STRING && tok_eq(js, t[i], "room")) ab->room = val;
+    else if (v.type == JSMN_STRING && tok_eq(js, t[i], "connection")) ab->connection = val;
+    else if (v.type == JSMN_STRING && tok_eq(js, t[i], "event")) ab->event = val;
+    else if (v.type == JSMN_STRING && tok_eq(js, t[i], "reason")) ab->reason = val;
+    else if (tok_eq(js, t[i], "all")) ab->all = val.n == 4 && !memcmp(val.p, "true", 4);
+    else if (tok_eq(js, t[i], "code") && v.type == JSMN_PRIMITIVE) ab->code = strtoll(val.p, nullptr, 10);
+  }
+  return true;
+}
+
+// "service": by name (escapes are not decoded: names are [A-Za-z0-9._-]).
+uint16_t group_by_name(Slice name) {
+  for (uint32_t i = 0; i < g.ngroups; i++)
+    if (g.groups[i].used && strlen(g.groups[i].name) == name.n && !memcmp(g.groups[i].name, name.p, name.n)) return (uint16_t)i;
+  return NIL16;
+}
+
+void admin_json(Conn* c, unsigned status, Buf* body) {
+  const char* hd = "Content-Type: application/json\r\nCache-Control: no-store\r\n";
+  http_respond(c, status, hd, strlen(hd), body->p, body->len);
+}
+
+void admin_push(Conn* c, const char* who) {
+  AdminBody ab;
+  if (!admin_body(c->http, &ab)) { http_error(c, 400, "the body must be a JSON object"); return; }
+  uint16_t gi = group_by_name(ab.service);
+  if (gi == NIL16 || !g.groups[gi].ws_path[0]) { http_error(c, 404, "no such service with a WebSocket path"); return; }
+  linkd_WebSocketOutbound m = {};
+  snprintf(m.event, sizeof m.event, "%.*s", (int)ab.event.n, ab.event.p);
+  if (!m.event[0]) snprintf(m.event, sizeof m.event, "admin.test");
+  if (ab.connection.p) snprintf(m.connection_id, sizeof m.connection_id, "%.*s", (int)ab.connection.n, ab.connection.p);
+  else if (ab.room.p) snprintf(m.room, sizeof m.room, "%.*s", (int)std::min<size_t>(ab.room.n, sizeof m.room - 1), ab.room.p);
+  else m.broadcast_all = ab.all;
+  g.except_serial++;   // no connection is excepted
+  PushOutcome o = push_send(gi, &m, ab.data.p ? ab.data : Slice{"null", 4});
+  LOG_INFO("admin (%s): push '%s' to %s '%s' of service '%s': %s, delivered to %u", who, m.event, m.connection_id[0] ? "connection" : m.room[0] ? "room" : "everyone",
+           m.connection_id[0] ? m.connection_id : m.room, g.groups[gi].name, o.type ? o.type : "ok", o.delivered);
+  if (o.type) { http_error(c, (unsigned)o.code, o.msg); return; }
+  Buf b;
+  buf_printf(&b, "{\"ok\":true,\"delivered\":%u}", o.delivered);
+  admin_json(c, 200, &b);
+  buf_free(&b);
+}
+
+void admin_disconnect(Conn* c, const char* who) {
+  AdminBody ab;
+  if (!admin_body(c->http, &ab)) { http_error(c, 400, "the body must be a JSON object"); return; }
+  char id[32];
+  snprintf(id, sizeof id, "%.*s", (int)std::min<size_t>(ab.connection.n, sizeof id - 1), ab.connection.p ? ab.connection.p : "");
+  Conn* target = conn_lookup(id);
+  if (!target) { http_error(c, 404, "no such connection"); return; }
+  int64_t code = ab.code ? ab.code : 4000;
+  if (code < 1000 || code > 4999 || code == 1004 || code == 1005 || code == 1006 || code == 1015) { http_error(c, 400, "close code not allowed on the wire"); return; }
+  char reason[124];
+  snprintf(reason, sizeof reason, "%.*s", (int)std::min<size_t>(ab.reason.n, sizeof reason - 1), ab.reason.p ? ab.reason.p : "closed by the administrator");
+  LOG_INFO("admin (%s): disconnect %s with %" PRId64 " (%s)", who, id, code, reason);
+  ws_close(target, (uint16_t)code, reason);
+  Buf b;
+  buf_puts(&b, "{\"ok\":true}");
+  admin_json(c, 200, &b);
+  buf_free(&b);
+}
+
+// Who may use the API: the holder of a JWT with --admin-role; without any
+// JWT configured, whoever reaches the loopback listener. Null if refused
+// (the answer is sent).
+const char* admin_who(Conn* c, char* who, size_t n) {
+  char remote[80];
+  conn_remote(c, remote, sizeof remote);
+  if (!*cfg.jwt_secret && !keys.n) { snprintf(who, n, "loopback %s", remote); return who; }
+  const char* why = "the console needs a token with the admin role (Authorization: Bearer)";
+  Slice tok = token_of(http_header(c->http, "authorization"), Slice{nullptr, 0});
+  UserBlob* u = tok.p ? jwt_verify(tok.p, tok.n, &why) : nullptr;
+  if (!u) { LOG_WARN("admin: refused %s: %s", remote, why); http_error(c, 401, why, "WWW-Authenticate: Bearer\r\n"); return nullptr; }
+  bool ok = user_has_role(u, cfg.admin_role);
+  snprintf(who, n, "user '%s' from %s", u->data, remote);
+  free(u);
+  if (!ok) { LOG_WARN("admin: refused %s: no '%s' role", who, cfg.admin_role); http_error(c, 403, "the token lacks the admin role"); return nullptr; }
+  return who;
+}
+
+void admin_dispatch(Conn* c, const char* method, Slice path) {
+  auto is = [&](const char* p) { return path.n == strlen(p) && !memcmp(path.p, p, path.n); };
+  bool get = !strcmp(method, "GET") || !strcmp(method, "HEAD"), post = !strcmp(method, "POST");
+  if (is("/") || is("/index.html")) {
+    if (!get) { http_error(c, 405, "method not allowed here", "Allow: GET, HEAD\r\n"); return; }
+    if (!admin_page_gz_len) { http_error(c, 404, "this linkd was built without the console page"); return; }
+    // The page holds no data (the API does): it needs no token. CSP: nothing from elsewhere.
+    const char* hd = "Content-Type: text/html; charset=utf-8\r\nContent-Encoding: gzip\r\nCache-Control: no-store\r\n"
+                     "Content-Security-Policy: default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:\r\n"
+                     "X-Frame-Options: DENY\r\nReferrer-Policy: no-referrer\r\n";
+    http_respond(c, 200, hd, strlen(hd), (const char*)admin_page_gz, admin_page_gz_len);
+    return;
+  }
+  bool state = is("/api/state"), push = is("/api/push"), disc = is("/api/disconnect");
+  if (!state && !push && !disc) { http_error(c, 404, "no such page or API"); return; }
+  if (state ? !get : !post) { http_error(c, 405, "method not allowed here", state ? "Allow: GET\r\n" : "Allow: POST\r\n"); return; }
+  char who[256];
+  if (!admin_who(c, who, sizeof who)) return;
+  if (push) { admin_push(c, who); return; }
+  if (disc) { admin_disconnect(c, who); return; }
+  Buf b;
+  admin_state(&b, now_ms());
+  admin_json(c, 200, &b);
+  buf_free(&b);
+}
+
+// ============================================================================
+// 15. Lifecycle
 // Timers: one for all pending replies (the FIFO head), a 1 s housekeeping
 // tick (heartbeats, idle HTTP connections, stalled close handshakes,
 // shutdown progress), the systemd watchdog. Then signals and shutdown,
@@ -4976,6 +5343,7 @@ void shutdown_finish();
 void tick_cb(uv_timer_t*) noexcept {
   uint64_t now = now_ms();
   housekeeping(now);
+  admin_sample(now);
   if (g.shutting_down && !g.services_told && ((g.ws_count == 0 && g.http_count == 0) || now >= g.shutdown_deadline))
     shutdown_tell_services();
   if (g.services_told && (backends_open() == 0 || now >= g.services_deadline)) shutdown_finish();
@@ -4991,6 +5359,7 @@ void shutdown_begin(const char* why) {
   g.shutdown_deadline = now_ms() + (uint64_t)cfg.shutdown_timeout;
   if (g.listening) { uv_close((uv_handle_t*)&g.listener, nullptr); g.listening = false; }
   if (g.tls_listening) { uv_close((uv_handle_t*)&g.tls_listener, nullptr); g.tls_listening = false; }
+  if (g.admin_listening) { uv_close((uv_handle_t*)&g.admin_listener, nullptr); g.admin_listening = false; }
   if (g.svc_listening) { uv_close((uv_handle_t*)&g.svc_listener, nullptr); g.svc_listening = false; unlink(cfg.socket_path); }
   static const char bye[] = "{\"type\":\"server.shutdown\"}";
   for (uint32_t i = 0; i < g.conn_hw; i++) {
@@ -5055,7 +5424,7 @@ uint64_t tick_ms() { return std::min<uint64_t>(1000, (uint64_t)cfg.heartbeat_int
 // service_allow list (instances it no longer allows are closed). What
 // cannot (addresses, table and size limits) is named in one log line and
 // keeps its value until a restart. A bad value changes nothing.
-const char* const restart_only[] = {"listen", "tls-listen", "socket", "socket-mode", "max-connections", "max-http-connections", "max-rooms",
+const char* const restart_only[] = {"listen", "tls-listen", "admin-listen", "socket", "socket-mode", "max-connections", "max-http-connections", "max-rooms",
                                     "max-memberships", "max-services", "max-message-size", "max-body-size", "max-frame-size"};
 
 void reload() {
@@ -5277,7 +5646,7 @@ void conn_refuse(uv_stream_t* st, unsigned status, const char* type, const char*
 
 void tcp_connection_cb(uv_stream_t* server, int status) noexcept {
   if (status < 0) { LOG_WARN("accept: %s", uv_strerror(status)); return; }
-  bool secure = server == (uv_stream_t*)&g.tls_listener;
+  bool secure = server == (uv_stream_t*)&g.tls_listener, admin = server == (uv_stream_t*)&g.admin_listener;
   Conn* c = conn_alloc();
   if (!c && ghost_evict()) c = conn_alloc();
   if (!c) {
@@ -5309,6 +5678,7 @@ void tcp_connection_cb(uv_stream_t* server, int status) noexcept {
     return;
   }
   c->state = CState::Http;
+  c->admin = admin;
   c->http = h;
   g.http_count++;
   tally_add(key, kn);
@@ -5386,7 +5756,7 @@ int listen_unix() {
 }
 
 // ============================================================================
-// 15. Self-test
+// 16. Self-test
 // `linkd --self-test` runs these unit tests of the tables and the route
 // matcher in-process (no sockets) and prints PASS:/FAIL: lines.
 // ============================================================================
@@ -5696,7 +6066,7 @@ int self_test() {
 }  // namespace
 
 // ============================================================================
-// 16. main
+// 17. main
 // LINKD_NO_MAIN leaves main out, so a harness (tests/fuzz/) can #include
 // this file and drive its sections directly: the same code, not a copy.
 // ============================================================================
@@ -5721,13 +6091,14 @@ int main(int argc, char** argv) {
   g.loop = uv_default_loop();
   tables_init();
   http_settings_init();
+  admin.started = admin.second = now_ms();
   // Recovery tokens die with the process: a fresh epoch and signing key.
   if (uv_random(nullptr, nullptr, &g.epoch, sizeof g.epoch, 0, nullptr) || uv_random(nullptr, nullptr, g.token_key, sizeof g.token_key, 0, nullptr)) {
     LOG_ERROR("no random bytes from the kernel");
     return 1;
   }
   if (listen_tcp(cfg.listen, &g.listener, &g.listening) || (*cfg.tls_listen && listen_tcp(cfg.tls_listen, &g.tls_listener, &g.tls_listening)) ||
-      listen_unix())
+      (*cfg.admin_listen && listen_tcp(cfg.admin_listen, &g.admin_listener, &g.admin_listening)) || listen_unix())
     return 1;
   uv_timer_init(g.loop, &g.tick);
   uv_timer_init(g.loop, &g.pend_timer);

@@ -160,7 +160,11 @@ CROSS_INCLUDES := -I$(CROSS_DIR) -I$(CROSS_DIR)/include -I$(CROSS_TP)/llhttp/inc
   -I$(CROSS_TP)/libuv/include -I$(CROSS_TP)/wslay/lib/includes -I$(CROSS_TP)/mbedtls/include \
   -I$(CROSS_TP)/nanopb -I$(CROSS_TP)/zlib
 
-$(CROSS_BIN): linkd.c++ $(CROSS_DIR)/.flags $(CROSS_DIR)/linkd.pb.h $(CROSS_DIR)/linkd.pb.o $(CROSS_DIR)/include/jsmn.h $(CROSS_LIBFILES)
+$(CROSS_DIR)/admin_page.h: $(BUILD)/admin_page.h
+	@mkdir -p $(@D)
+	cp $< $@
+
+$(CROSS_BIN): linkd.c++ $(CROSS_DIR)/.flags $(CROSS_DIR)/linkd.pb.h $(CROSS_DIR)/linkd.pb.o $(CROSS_DIR)/include/jsmn.h $(CROSS_DIR)/admin_page.h $(CROSS_LIBFILES)
 	$(CROSS_CXX) -std=c++20 $(CROSS_CXXFLAGS) -Wall -Wextra -DLINKD_VERSION='"$(CROSS_VERSION)"' $(CROSS_MBED_CONFIG) $(CROSS_INCLUDES) \
 	  linkd.c++ $(CROSS_DIR)/linkd.pb.o $(CROSS_LDFLAGS) -L$(CROSS_DIR) \
 	  -Wl,--start-group $(addprefix -l,$(CROSS_LIBS)) -Wl,--end-group -pthread -o $@
