@@ -66,9 +66,17 @@ export function gate() {
   return { wait: () => p, open: () => open() };
 }
 
+const tmpDirs = [];
+/** A fresh temp dir, removed when the process exits (kept with KEEP_TMP=1). */
 export function tmpDir(tag) {
-  return fs.mkdtempSync(path.join(os.tmpdir(), `linkd-client-${tag}-`));
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), `linkd-client-${tag}-`));
+  tmpDirs.push(d);
+  return d;
 }
+process.on("exit", () => {
+  if (process.env.KEEP_TMP === "1") return;
+  for (const d of tmpDirs) fs.rmSync(d, { recursive: true, force: true });
+});
 
 /**
  * Starts linkd on a free loopback port with its socket in a fresh temp dir.
