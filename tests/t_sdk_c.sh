@@ -5,8 +5,8 @@
 # plain, under ASan+UBSan and under valgrind; the C++ check. Then the test
 # service on the library (sdk/c/test/svc_c.c) against a real linkd, driven
 # over HTTP and WebSocket (sdk/c/test/e2e.py), a service restart with clients
-# staying, the declared frame limit (413 / 1009), and linkd restarting under
-# a running service. The service runs with ASan when linkd does (SAN=1) and
+# staying, the declared frame limit (413 / 1009), connection recovery
+# (RESUMED), and linkd restarting under a running service. The service runs with ASan when linkd does (SAN=1) and
 # under valgrind when linkd does (VALGRIND=1); natively under ARCH=... .
 . "$(dirname "$0")/lib.sh"
 cd "$ROOT" || exit 1
@@ -101,6 +101,18 @@ EOF
   csvc_stop "$CSVC_PID" "$CSVC_OUT" "the small instance exits 0 on SIGTERM"
 else
   fail "a service declaring max_frame_bytes 32768 registers" "$(tail -n 3 "$CSVC_OUT.err" | tr '\n' ' ' | cut -c1-300)"
+fi
+
+# ---------------------------------------------------------------- connection recovery (RESUMED)
+if csvc_start rec --name rec --path /ws/rec --prefix /r --recovery 30000; then
+  o=$(T_SLOW=$T_SLOW timeout -k 5 60 $PY "$ROOT/sdk/c/test/recovery.py" "$LINKD_URL" "$CSVC_OUT" 2>&1 | tr '\n' ' ')
+  expect_match "recovery: asked for at registration; a client drops, comes back with its token, gets the missed push" \
+    "$o" "dropped=True missed=missed recovered=True"
+  expect_match "recovery: on_resume gets RESUMED with the rooms given back and the dropped connection's id" \
+    "$o" "resumed_rooms=r1 previous_is_dropped=True"
+  csvc_stop "$CSVC_PID" "$CSVC_OUT" "the recovery instance exits 0 on SIGTERM"
+else
+  fail "a service asking for connection recovery registers" "$(tail -n 3 "$CSVC_OUT.err" | tr '\n' ' ' | cut -c1-300)"
 fi
 
 # ---------------------------------------------------------------- linkd restarts under the service

@@ -118,7 +118,7 @@ struct linkd_service {
   unsigned cmd_timeout;            /* ms */
   size_t max_output;               /* bytes */
   void *arg;
-  linkd_conn_cb on_connect, on_disconnect, on_existing;
+  linkd_conn_cb on_connect, on_disconnect, on_existing, on_resume;
   linkd_message_cb on_message;
   linkd_result_cb on_result;
   linkd_link_cb on_link;
@@ -774,6 +774,8 @@ static void user_from(linkd_service *s, linkd_user *u, const linkd_UserContext *
   u->roles = s->roles;
   u->roles_count = n;
   u->authenticated = c->authenticated;
+  u->client_cert_cn = c->client_cert_cn;
+  u->client_cert_sha256 = c->client_cert_sha256;
 }
 
 /* ============================================================ 7. Dispatch */
@@ -909,15 +911,13 @@ static bool on_ws_event(linkd_service *s, const uint8_t *p, size_t n) {
   pb_istream_t st = pb_istream_from_buffer(p, n);
   if (!pb_decode(&st, linkd_WebSocketConnectionEvent_fields, e)) return false;
   if (!e->connection_id[0]) return true;
-  linkd_conn c;
-  memset(&c, 0, sizeof c);
-  c.event = e->event_type == linkd_WebSocketConnectionEvent_EventType_DISCONNECTED ? LINKD_DISCONNECTED
-            : e->event_type == linkd_WebSocketConnectionEvent_EventType_EXISTING   ? LINKD_EXISTING
-                                                                                   : LINKD_CONNECTED;
-  if ((int)e->event_type < 0 || (int)e->event_type > 2) {
+  if ((int)e->event_type < 0 || (int)e->event_type > 3) {
     LOG_DEBUG(s, "connection event of unknown type %d ignored", (int)e->event_type);
     return true;
   }
+  linkd_conn c;
+  memset(&c, 0, sizeof c);
+  c.event = (linkd_conn_event)e->event_type;
   c.id = e->connection_id;
   c.path = e->path;
   c.remote_address = e->remote_address;
@@ -926,7 +926,11 @@ static bool on_ws_event(linkd_service *s, const uint8_t *p, size_t n) {
   c.rooms_count = s->rooms.n;
   c.connected_at_ms = e->connected_at_ms;
   c.close_code = e->close_code;
-  linkd_conn_cb cb = c.event == LINKD_CONNECTED ? s->on_connect : c.event == LINKD_DISCONNECTED ? s->on_disconnect : s->on_existing;
+  c.previous_id = e->previous_connection_id;
+  linkd_conn_cb cb = c.event == LINKD_CONNECTED      ? s->on_connect
+                     : c.event == LINKD_DISCONNECTED ? s->on_disconnect
+                     : c.event == LINKD_EXISTING     ? s->on_existing
+                                                     : s->on_resume;
   if (cb) cb(s, &c, s->arg);
   return true;
 }
@@ -1482,6 +1486,11 @@ linkd_service *linkd_service_new(const linkd_config *cfg) {
     s->ws.compression = cfg->websocket.compression != 0;
     s->ws.auth_required = cfg->websocket.auth_required != 0;
     s->ws.raw = cfg->websocket.raw != 0;
+    if (cfg->websocket.recovery_window_ms) {
+      s->ws.has_recovery = true;
+      s->ws.recovery.window_ms = cfg->websocket.recovery_window_ms;
+      s->ws.recovery.history = cfg->websocket.recovery_history;
+    }
   }
   s->max_frame = cfg->max_frame_bytes ? cfg->max_frame_bytes : DEFAULT_MAX_FRAME;
   s->rc_initial = cfg->reconnect_initial_ms ? cfg->reconnect_initial_ms : 100;
@@ -1492,6 +1501,7 @@ linkd_service *linkd_service_new(const linkd_config *cfg) {
   s->on_connect = cfg->on_connect;
   s->on_disconnect = cfg->on_disconnect;
   s->on_existing = cfg->on_existing;
+  s->on_resume = cfg->on_resume;
   s->on_message = cfg->on_message;
   s->on_result = cfg->on_result;
   s->on_link = cfg->on_link;

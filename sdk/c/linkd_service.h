@@ -50,6 +50,8 @@ typedef struct linkd_user {
   const char *const *roles;         /* roles_count strings */
   size_t roles_count;
   int authenticated;                /* 0: no (valid) token was presented */
+  const char *client_cert_cn;       /* TLS with a client CA: the verified certificate's subject CN, else "" */
+  const char *client_cert_sha256;   /* ... and its SHA-256 (lower-case hex of the DER), else "" */
 } linkd_user;
 
 typedef struct linkd_pair {
@@ -85,9 +87,14 @@ typedef struct linkd_message {
   linkd_user user;
 } linkd_message;
 
-/* A connection opened (CONNECTED), closed (DISCONNECTED) or reported after
- * a (re-)registration (EXISTING). */
-typedef enum linkd_conn_event { LINKD_CONNECTED = 0, LINKD_DISCONNECTED = 1, LINKD_EXISTING = 2 } linkd_conn_event;
+/* A connection opened (CONNECTED), closed (DISCONNECTED), reported after a
+ * (re-)registration (EXISTING), or, on a path with recovery, a client that
+ * came back within the window on a new connection and took over its dropped
+ * one (RESUMED: id is the new connection, previous_id the dropped one,
+ * already reported DISCONNECTED; rooms are the rooms it got back). */
+typedef enum linkd_conn_event {
+  LINKD_CONNECTED = 0, LINKD_DISCONNECTED = 1, LINKD_EXISTING = 2, LINKD_RESUMED = 3
+} linkd_conn_event;
 typedef struct linkd_conn {
   linkd_conn_event event;
   const char *id;
@@ -98,6 +105,7 @@ typedef struct linkd_conn {
   size_t rooms_count;
   uint64_t connected_at_ms;         /* Unix time */
   unsigned close_code;              /* DISCONNECTED: the close code, when known */
+  const char *previous_id;          /* RESUMED: the dropped connection it took over, else "" */
 } linkd_conn;
 
 /* The outcome of a command (linkd's CommandResult), or a local failure:
@@ -146,6 +154,9 @@ typedef struct linkd_config {
     int compression;                /* permessage-deflate wanted */
     int auth_required;              /* upgrade refused (401) without a valid token */
     int raw;                        /* no JSON envelope: frames forwarded as they are */
+    unsigned recovery_window_ms;    /* connection recovery: how long a dropped client's rooms are
+                                       kept for it (0: no recovery; linkd caps it at 10 min) */
+    unsigned recovery_history;      /* room pushes kept per room for the replay (linkd caps it at 1024) */
   } websocket;
   uint32_t max_frame_bytes;         /* largest frame this service reads (0: 4 MiB), declared to
                                        linkd, which never sends more (bigger requests get 413,
@@ -157,7 +168,8 @@ typedef struct linkd_config {
   void *arg;                        /* handed to the callbacks below */
   linkd_conn_cb on_connect;         /* CONNECTED */
   linkd_conn_cb on_disconnect;      /* DISCONNECTED (rooms: where it was) */
-  linkd_conn_cb on_existing;        /* EXISTING, after a re-registration (NULL: on_connect gets them) */
+  linkd_conn_cb on_existing;        /* EXISTING, after a re-registration */
+  linkd_conn_cb on_resume;          /* RESUMED (paths with recovery) */
   linkd_message_cb on_message;      /* messages whose type has no linkd_ws_on() handler (all, on raw paths) */
   linkd_result_cb on_result;        /* command outcomes; NULL: failures are logged at warn */
   linkd_link_cb on_link;            /* registered / down / refused */
@@ -205,8 +217,9 @@ int linkd_start(linkd_service *s);
  * and call linkd_process() when it is readable. Socket, reconnect timer and
  * command timeouts are all behind it. */
 int linkd_fd(const linkd_service *s);
-/* Does whatever is ready, never blocks. Returns 0, or what linkd_run()
- * would return once the service has stopped (1 after linkd_stop()). */
+/* Does whatever is ready, never blocks. Returns 0 while the service runs,
+ * 1 once it stopped after linkd_stop(), -EPERM when linkd refused the first
+ * registration. */
 int linkd_process(linkd_service *s);
 /* Asks the service to stop: the link is closed at the next linkd_process()
  * and linkd_run() returns 0. Async-signal-safe. */

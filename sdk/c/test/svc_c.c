@@ -2,10 +2,10 @@
  * tests/t_sdk_c.sh starts it against a real linkd and talks to it over
  * HTTP and WebSocket. It prints one line per event on stdout:
  *   REGISTERED <linkd version> | DOWN <why> | REFUSED <why>
- *   CONNECT|DISCONNECT|EXISTING {"id":..,"user":..,"rooms":[..],"code":N}
+ *   CONNECT|DISCONNECT|EXISTING|RESUMED {"id":..,"user":..,"rooms":[..],"code":N} (RESUMED after RESUMED_FROM <previous id>)
  *   RESULT <op> <ok> <type> <delivered>
  *
- *   svc_c [--socket PATH] [--name NAME] [--path /ws/c] [--prefix /c] [--max-frame N]
+ *   svc_c [--socket PATH] [--name NAME] [--path /ws/c] [--prefix /c] [--max-frame N] [--recovery MS]
  *
  * HTTP (under --prefix, default /c):
  *   GET  /hello/:name   {"name","x" (query),"agent" (header),"method","path","route","user"}
@@ -107,6 +107,11 @@ static void conn_line(const char *kind, const linkd_conn *c) {
 static void on_connect(linkd_service *s, const linkd_conn *c, void *arg) { (void)s; (void)arg; conn_line("CONNECT", c); }
 static void on_disconnect(linkd_service *s, const linkd_conn *c, void *arg) { (void)s; (void)arg; conn_line("DISCONNECT", c); }
 static void on_existing(linkd_service *s, const linkd_conn *c, void *arg) { (void)s; (void)arg; conn_line("EXISTING", c); }
+static void on_resume(linkd_service *s, const linkd_conn *c, void *arg) {
+  (void)s; (void)arg;
+  printf("RESUMED_FROM %s\n", c->previous_id);
+  conn_line("RESUMED", c);
+}
 
 static void on_result(linkd_service *s, const linkd_result *r, void *arg) {
   (void)s; (void)arg;
@@ -323,11 +328,16 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--path")) cfg.websocket.path = argv[i + 1];
     else if (!strcmp(argv[i], "--prefix")) snprintf(prefix, sizeof prefix, "%s", argv[i + 1]);
     else if (!strcmp(argv[i], "--max-frame")) cfg.max_frame_bytes = (uint32_t)strtoul(argv[i + 1], NULL, 10);
+    else if (!strcmp(argv[i], "--recovery")) {
+      cfg.websocket.recovery_window_ms = (unsigned)strtoul(argv[i + 1], NULL, 10);
+      cfg.websocket.recovery_history = 100;
+    }
     else { fprintf(stderr, "svc_c: unknown option %s\n", argv[i]); return 2; }
   }
   cfg.on_connect = on_connect;
   cfg.on_disconnect = on_disconnect;
   cfg.on_existing = on_existing;
+  cfg.on_resume = on_resume;
   cfg.on_result = on_result;
   cfg.on_link = on_link;
   cfg.reconnect_max_ms = 1000;

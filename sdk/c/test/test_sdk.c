@@ -217,7 +217,8 @@ static void pump_for(int t) {
 }
 
 /* ------------------------------------------------------------ the service under test */
-static int n_http, n_msg, n_admin, n_connect, n_disconnect, n_existing;
+static int n_http, n_msg, n_admin, n_connect, n_disconnect, n_existing, n_resumed;
+static char last_previous[64];
 static int link_events[4];
 static char last_detail[256];
 static linkd_result last_result;
@@ -238,13 +239,17 @@ static void on_conn(linkd_service *s, const linkd_conn *c, void *arg) {
   if (c->event == LINKD_CONNECTED) n_connect++;
   if (c->event == LINKD_DISCONNECTED) n_disconnect++;
   if (c->event == LINKD_EXISTING) n_existing++;
+  if (c->event == LINKD_RESUMED) {
+    n_resumed++;
+    snprintf(last_previous, sizeof last_previous, "%s", c->previous_id);
+  }
   last_conn_rooms[0] = 0;
   for (size_t i = 0; i < c->rooms_count; i++) {
     strcat(last_conn_rooms, c->rooms[i]);
     strcat(last_conn_rooms, ";");
   }
-  snprintf(last_user, sizeof last_user, "%s/%s/%zu/%d", c->user.user_id, c->user.username, c->user.roles_count,
-           c->user.authenticated);
+  snprintf(last_user, sizeof last_user, "%s/%s/%zu/%d/%s", c->user.user_id, c->user.username, c->user.roles_count,
+           c->user.authenticated, c->user.client_cert_cn);
 }
 static void on_result(linkd_service *s, const linkd_result *r, void *arg) {
   (void)s; (void)arg;
@@ -458,6 +463,8 @@ int main(int argc, char **argv) {
   c.socket_path = path;
   c.websocket.path = "/ws/unit";
   c.websocket.max_message_size_bytes = 1000;
+  c.websocket.recovery_window_ms = 30000;
+  c.websocket.recovery_history = 50;
   c.max_frame_bytes = 8192;
   c.reconnect_initial_ms = 20;
   c.reconnect_max_ms = 50;
@@ -467,6 +474,7 @@ int main(int argc, char **argv) {
   c.on_connect = on_conn;
   c.on_disconnect = on_conn;
   c.on_existing = on_conn;
+  c.on_resume = on_conn;
   c.on_result = on_result;
   S = linkd_service_new(&c);
   static const char *const admin[] = {"admin", NULL};
@@ -497,6 +505,9 @@ int main(int argc, char **argv) {
         "tag %d name '%s'", t, reg.name);
   CHECK("RegisterService declares max_inbound_frame_bytes", ok && reg.max_inbound_frame_bytes == 8192, "got %u",
         reg.max_inbound_frame_bytes);
+  CHECK("RegisterService asks for connection recovery (window, history)",
+        ok && reg.websocket.has_recovery && reg.websocket.recovery.window_ms == 30000 && reg.websocket.recovery.history == 50,
+        "recovery %d %u %u", reg.websocket.has_recovery, reg.websocket.recovery.window_ms, reg.websocket.recovery.history);
   CHECK("RegisterService lists the routes with method, auth, roles, CORS",
         routes.n == 3 && !strcmp(routes.r[0].method, "GET") && !strcmp(routes.r[0].path, "/u/:name") &&
             !strcmp(routes.r[1].method, "*") && routes.r[2].auth && routes.r[2].roles_count == 1 &&
@@ -627,14 +638,23 @@ int main(int argc, char **argv) {
     strcpy(e.user.roles[0], "a");
     strcpy(e.user.roles[1], "b");
     e.user.authenticated = true;
+    strcpy(e.user.client_cert_cn, "device-7");
     fake_frame(20, linkd_WebSocketConnectionEvent_fields, &e);
     e.event_type = linkd_WebSocketConnectionEvent_EventType_DISCONNECTED;
     e.rooms.funcs.encode = enc_rooms;
     fake_frame(20, linkd_WebSocketConnectionEvent_fields, &e);
     pump_for(100);
-    CHECK("connection events: CONNECTED with the user, DISCONNECTED with its rooms",
-          n_connect == 1 && n_disconnect == 1 && !strcmp(last_conn_rooms, "lobby;kitchen;") && !strcmp(last_user, "u9/zed/2/1"),
+    CHECK("connection events: CONNECTED with the user (client certificate CN too), DISCONNECTED with its rooms",
+          n_connect == 1 && n_disconnect == 1 && !strcmp(last_conn_rooms, "lobby;kitchen;") && !strcmp(last_user, "u9/zed/2/1/device-7"),
           "connect %d disconnect %d rooms '%s' user '%s'", n_connect, n_disconnect, last_conn_rooms, last_user);
+    e.event_type = linkd_WebSocketConnectionEvent_EventType_RESUMED;
+    strcpy(e.connection_id, "4.9");
+    strcpy(e.previous_connection_id, "4.2");
+    fake_frame(20, linkd_WebSocketConnectionEvent_fields, &e);
+    pump_for(50);
+    CHECK("RESUMED: on_resume with the new id, the previous one and the rooms given back",
+          n_resumed == 1 && !strcmp(last_previous, "4.2") && !strcmp(last_conn_rooms, "lobby;kitchen;"),
+          "resumed %d previous '%s' rooms '%s'", n_resumed, last_previous, last_conn_rooms);
   }
 
   /* commands and their results */
