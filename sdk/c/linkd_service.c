@@ -68,6 +68,9 @@ typedef enum {
 #define MIN_MAX_FRAME 1024u
 #define READ_CHUNK 16384u
 #define READS_PER_PROCESS 16       /* bounded work per wakeup */
+#define MAX_FRAME_PARAMS 256        /* per request: linkd's patterns have a few */
+#define MAX_FRAME_HEADERS 4096      /* per request: linkd's header block is 16 KiB by default */
+#define MAX_FRAME_ROOMS 65536       /* per connection event or rooms answer */
 #define MAX_ROUTE_ROLES 16
 #define MAX_ROUTE_CORS 8
 
@@ -97,14 +100,17 @@ typedef struct pending {
   void *arg;
 } pending;
 
+/* Lists of one frame (params, headers, rooms): a frame with more than max
+ * entries does not decode (a linkd never sends that many; a runaway one
+ * would make them several times the frame's size). */
 typedef struct pairvec {
   linkd_pair *v;
-  size_t n, cap;
+  size_t n, cap, max;
 } pairvec;
 
 typedef struct strvec {
   const char **v;
-  size_t n, cap;
+  size_t n, cap, max;
 } strvec;
 
 struct linkd_service {
@@ -716,7 +722,7 @@ static bool dec_strlist(pb_istream_t *st, const pb_field_t *f, void **arg) {
   char *p = arena_take(sl->s, n + 1);
   if (!p || !pb_read(st, (pb_byte_t *)p, n)) return false;
   p[n] = 0;
-  if (grow((void **)&v->v, &v->cap, v->n + 1, sizeof *v->v) < 0) return false;
+  if (v->n >= v->max || grow((void **)&v->v, &v->cap, v->n + 1, sizeof *v->v) < 0) return false;
   v->v[v->n++] = p;
   return true;
 }
@@ -745,16 +751,26 @@ static bool dec_pair(pb_istream_t *st, const pb_field_t *f, void **arg) {
     kv[tag] = p;
     if (!pb_close_string_substream(st, &sub)) return false;
   }
-  if (grow((void **)&v->v, &v->cap, v->n + 1, sizeof *v->v) < 0) return false;
+  if (v->n >= v->max || grow((void **)&v->v, &v->cap, v->n + 1, sizeof *v->v) < 0) return false;
   v->v[v->n].name = kv[1];
   v->v[v->n].value = kv[2];
   v->n++;
   return true;
 }
 
+static void vec_trim(void **v, size_t *cap, size_t keep) {
+  if (*cap <= keep) return;
+  free(*v);   /* after an unusually long list: back to nothing, grown again on demand */
+  *v = NULL;
+  *cap = 0;
+}
+
 static int frame_scratch(linkd_service *s, size_t n) {
   s->arena_len = 0;
   s->params.n = s->headers.n = s->rooms.n = 0;
+  vec_trim((void **)&s->params.v, &s->params.cap, 64);
+  vec_trim((void **)&s->headers.v, &s->headers.cap, 256);
+  vec_trim((void **)&s->rooms.v, &s->rooms.cap, 1024);
   size_t need = 2 * n + 64;
   if (s->arena_cap < need || (s->arena_cap > 512 * 1024 && need < 64 * 1024)) {
     char *a = realloc(s->arena, need < 4096 ? 4096 : need);
@@ -1507,6 +1523,9 @@ linkd_service *linkd_service_new(const linkd_config *cfg) {
   s->on_link = cfg->on_link;
   s->delay = s->rc_initial;
   s->limit = PRE_REGISTER_MAX_FRAME;
+  s->params.max = MAX_FRAME_PARAMS;
+  s->headers.max = MAX_FRAME_HEADERS;
+  s->rooms.max = MAX_FRAME_ROOMS;
   s->dec = malloc(sizeof *s->dec);
   s->route_scratch = malloc(sizeof *s->route_scratch);
   s->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -1654,7 +1673,6 @@ static int finished(const linkd_service *s) {
 int linkd_process(linkd_service *s) {
   if (!s) return -EINVAL;
   if (s->in_process) return -EBUSY;
-  if (s->state == ST_IDLE) return 0;
   s->in_process = 1;
   struct epoll_event ev[4];
   int n = epoll_wait(s->epfd, ev, 4, 0);
@@ -1680,6 +1698,10 @@ int linkd_process(linkd_service *s) {
     s->in_process = 0;
     do_stop(s);
     return 1;
+  }
+  if (s->state == ST_IDLE) {   /* not started: nothing to do (the descriptors were drained) */
+    s->in_process = 0;
+    return 0;
   }
   uint64_t now = now_ms();
   if (s->state == ST_RETRY && now >= s->retry_at) link_connect(s);

@@ -292,6 +292,7 @@ typedef struct routes_arg { int n; linkd_HttpRoute r[4]; } routes_arg;
 static bool dec_route(pb_istream_t *st, const pb_field_t *f, void **arg);
 static bool enc_rooms(pb_ostream_t *st, const pb_field_t *f, void *const *arg);
 static bool enc_req_fields(pb_ostream_t *st, const pb_field_t *f, void *const *arg);
+static bool enc_many_params(pb_ostream_t *st, const pb_field_t *f, void *const *arg);
 static void send_inbound(const char *conn, const char *type, const char *data, const char *corr, const char *role) {
   linkd_WebSocketInbound m = linkd_WebSocketInbound_init_zero;
   strcpy(m.connection_id, conn);
@@ -382,6 +383,11 @@ static void test_config(void) {
         "unexpected result");
   CHECK("commands before registration: -ENOTCONN",
         s && linkd_send(s, "1.1", "x", NULL) == -ENOTCONN && linkd_join(s, "1.1", "r") == -ENOTCONN, "unexpected result");
+  linkd_stop(s);
+  int rc = linkd_process(s);
+  struct pollfd p = {linkd_fd(s), POLLIN, 0};
+  CHECK("linkd_stop() before linkd_start(): process() returns 1 and the descriptor is quiet (no busy loop)",
+        rc == 1 && poll(&p, 1, 0) == 0, "rc %d, readable %d", rc, p.revents);
   linkd_service_free(s);
 }
 
@@ -585,6 +591,24 @@ int main(int argc, char **argv) {
     ok = found && pb_decode(&st, linkd_HttpResponse_fields, &rs);
     CHECK("HTTP route with roles, user without them: 403 FORBIDDEN", ok && rs.status == 403 && strstr(body.buf, "FORBIDDEN") && n_http == 2,
           "status %u body '%s' handlers %d", rs.status, body.buf, n_http);
+    /* more params than any route has (300 > 256): the frame does not decode, the next one does */
+    linkd_stats s0, s1;
+    linkd_get_stats(S, &s0);
+    strcpy(rq.method, "GET");
+    strcpy(rq.route, "/u/:name");
+    rq.request_id = 81;
+    rq.params.funcs.encode = enc_many_params;
+    fake_frame(3, linkd_HttpRequest_fields, &rq);
+    rq.params.funcs.encode = enc_req_fields;
+    rq.request_id = 82;
+    fake_frame(3, linkd_HttpRequest_fields, &rq);
+    found = fake_expect(4, 2000);
+    st = pb_istream_from_buffer(got, got_len);
+    ok = found && pb_decode(&st, linkd_HttpResponse_fields, &rs);
+    linkd_get_stats(S, &s1);
+    CHECK("a request with 300 params is skipped (lists are bounded), the next one answered",
+          ok && rs.request_id == 82 && s1.frames_skipped == s0.frames_skipped + 1, "request %llu, skipped %llu",
+          (unsigned long long)rs.request_id, (unsigned long long)(s1.frames_skipped - s0.frames_skipped));
   }
 
   /* WebSocket messages */
@@ -889,4 +913,11 @@ static bool enc_req_fields(pb_ostream_t *st, const pb_field_t *f, void *const *a
   pb_encode_tag(&o, PB_WT_STRING, 2);
   pb_encode_string(&o, (const pb_byte_t *)eq + 1, vl);
   return pb_encode_string(st, tmp, o.bytes_written);
+}
+
+static bool enc_many_params(pb_ostream_t *st, const pb_field_t *f, void *const *arg) {
+  (void)arg;
+  for (int i = 0; i < 300; i++)
+    if (!pb_encode_tag_for_field(st, f) || !pb_encode_string(st, (const pb_byte_t *)"", 0)) return false;
+  return true;
 }
