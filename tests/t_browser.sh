@@ -5,8 +5,8 @@
 # words wrap, a 400 px screen has no horizontal scroll, same-name users get
 # different tags; a third page, through a proxy the test cuts, loses its
 # network for a few seconds while another keeps sending, shows "reconnecting…"
-# and then every message in order, once each (CHAT_E2E_RECOVERY=1: and
-# requires that linkd recovered the connection rather than the page reloading
+# and then every message in order, once each (linkd must have
+# recovered the connection rather than the page reloading
 # the history). Screenshots go to tests/out/ (git-ignored).
 . "$(dirname "$0")/lib.sh"
 . "$TESTS/sdk/npm.sh"

@@ -5,8 +5,8 @@
 # linkd-sdk service (request/reply, error types, server and local timeouts,
 # RATE_LIMITED, reconnect after linkd restarts and after the service closes the
 # connection, a changing token, the queue bound, states, close). One PASS:/FAIL:
-# line per node test. tests/client/recovery.test.mjs (recovery through linkd)
-# is not run here until linkd supports recovery: CLIENT_RECOVERY=1 adds it.
+# line per node test, including tests/client/recovery.test.mjs (recovery
+# through linkd).
 . "$(dirname "$0")/lib.sh"
 . "$TESTS/sdk/npm.sh"
 
@@ -16,8 +16,7 @@ ts_build "$ROOT/sdk/typescript" || exit 0
 ts_build "$ROOT/sdk/client" || exit 0
 linkd_built || exit 0
 
-files=("$TESTS"/client/protocol.test.mjs "$TESTS"/client/live.test.mjs "$TESTS"/client/reconnect.test.mjs)
-[ "${CLIENT_RECOVERY:-}" = 1 ] && files+=("$TESTS"/client/recovery.test.mjs)
+files=("$TESTS"/client/protocol.test.mjs "$TESTS"/client/live.test.mjs "$TESTS"/client/reconnect.test.mjs "$TESTS"/client/recovery.test.mjs)
 
 cd "$ROOT" || exit 0
 timeout -k 5 240 node --test --test-reporter="$TESTS/client/reporter.mjs" \

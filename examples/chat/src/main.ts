@@ -26,9 +26,8 @@ const HISTORY = 50;
 const store = new Store(dbFile);
 // Connection recovery (issue 10): a page that drops for less than windowMs gets
 // its rooms back and the room pushes it missed (up to `history` per room); past
-// that the page reloads the room's history. Typed here until linkd-sdk's
-// WebSocketOptions has `recovery`; an SDK that does not know it ignores it.
-const websocket: WebSocketOptions & { recovery?: { windowMs: number; history: number } } = {
+// that the page reloads the room's history.
+const websocket: WebSocketOptions = {
   enabled: true,
   path: "/ws/chat",
   maxConnectionsPerUser: 10,
@@ -127,15 +126,38 @@ service.ws.onExisting((ctx) => {
   identityOf(ctx); // after a restart: guests get a fresh guest name until they identify again
 });
 
+async function announceLeft(id: Identity, rooms: string[]): Promise<void> {
+  for (const room of rooms) {
+    await service.ws.to(room).emit("chat.user_left", { room, ...id }).catch(() => {});
+  }
+  if (connectionsOf(id.userId) === 0) await service.ws.everyone.emit("presence.offline", id).catch(() => {});
+}
+
+/** Connections that dropped without a close handshake: linkd keeps them for the
+ * recovery window, and "left" is said only if they do not come back (onResume). */
+const dropped = new Map<string, { id: Identity; timer: NodeJS.Timeout }>();
+
 service.ws.onDisconnect(async (ctx) => {
   const id = identities.get(ctx.socket.id);
   identities.delete(ctx.socket.id);
   if (!id) return;
   const rooms = await ctx.rooms(); // the rooms it was in, from linkd's event
-  for (const room of rooms) {
-    await service.ws.to(room).emit("chat.user_left", { room, ...id }).catch(() => {});
-  }
-  if (connectionsOf(id.userId) === 0) await service.ws.everyone.emit("presence.offline", id).catch(() => {});
+  if (ctx.socketInfo.closeCode) { await announceLeft(id, rooms); return; }   // closed on purpose
+  const timer = setTimeout(() => {
+    dropped.delete(ctx.socket.id);
+    void announceLeft(id, rooms);
+  }, websocket.recovery!.windowMs);
+  timer.unref();
+  dropped.set(ctx.socket.id, { id, timer });
+});
+
+// The page came back within the window: same name and tag, nobody is told it left.
+service.ws.onResume((ctx) => {
+  const prev = dropped.get(ctx.socketInfo.previousId ?? "");
+  if (!prev) return;
+  clearTimeout(prev.timer);
+  dropped.delete(ctx.socketInfo.previousId!);
+  identities.set(ctx.socket.id, prev.id);
 });
 
 // a log line per message, and how long it took

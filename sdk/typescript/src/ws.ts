@@ -34,6 +34,12 @@ export interface SocketInfo {
   rooms: Set<string>;
   /** On onResume: the id of the dropped connection this one took over. */
   previousId?: string;
+  /**
+   * On onDisconnect: the close code (0: the connection dropped without a close
+   * handshake — on a path with recovery its client may still come back, see
+   * onResume; 1000/1001/...: it closed on purpose).
+   */
+  closeCode?: number;
 }
 
 export type Next = () => Promise<unknown>;
@@ -385,7 +391,7 @@ export class WebSocketApi implements WsRegistrar {
       // DISCONNECTED: keep what we knew (rooms from the event win)
       const known = this.sockets.get(id);
       this.sockets.delete(id);
-      const merged = known ? { ...known, rooms: info.rooms } : info;
+      const merged = { ...(known ?? info), rooms: info.rooms, closeCode: Number(ev.closeCode ?? 0) };
       const ctx = new WsContext(this, merged, { rooms: [...info.rooms] });
       await this.runLifecycle(this.disconnectHandlers, ctx, "onDisconnect");
       return;
