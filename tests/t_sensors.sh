@@ -5,7 +5,8 @@
 # script served by the service, pushes to the room, the rate changed by an
 # admin only (FORBIDDEN for the others), the history; then the dashboard in
 # chromium with a screenshot in tests/out/sensors-dashboard.png. The service
-# runs with ASan when linkd does (SAN=1), under valgrind when linkd does.
+# runs with ASan when linkd does (SAN=1), under valgrind when linkd does, and
+# as its own cross build under qemu when linkd does (ARCH=aarch64|armhf).
 . "$(dirname "$0")/lib.sh"
 cd "$ROOT" || exit 1
 
@@ -18,7 +19,11 @@ SENS=("$BIN")
 case "${LINKD_CMD:-}" in
   *linkd-asan*) SENS=("$ROOT/build/sensors/linkd-sensors-asan") ;;
   *valgrind*) SENS=(valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect "$BIN") ;;
+  # make test ARCH=...: the service's own cross build (make cross made it) under the same emulator
+  *qemu-aarch64-static*) [ -x "$ROOT/build/cross-aarch64/linkd-sensors" ] && SENS=(qemu-aarch64-static "$ROOT/build/cross-aarch64/linkd-sensors") ;;
+  *qemu-arm-static*) [ -x "$ROOT/build/cross-armhf/linkd-sensors" ] && SENS=(qemu-arm-static "$ROOT/build/cross-armhf/linkd-sensors") ;;
 esac
+log "sensors service: ${SENS[*]}"
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1} UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
 
 # ---------------------------------------------------------------- without linkd
@@ -30,9 +35,9 @@ grep -E '^(PASS|FAIL):' "$T_TMP/self.out"
 mkdir -p "$T_TMP/thermal/thermal_zone0"
 echo cpu-thermal >"$T_TMP/thermal/thermal_zone0/type"
 echo 51250 >"$T_TMP/thermal/thermal_zone0/temp"
-o=$("$BIN" --sample --thermal "$T_TMP/thermal" 2>&1)
+o=$("${SENS[@]}" --sample --thermal "$T_TMP/thermal" 2>&1)
 expect_match "--sample: a board's thermal zone (cpu-thermal, 51250) read as 51.3 °C" "$o" '"temp_c":51\.[23],'
-o=$("$BIN" --sample --thermal "$T_TMP/no-such-dir" 2>&1)
+o=$("${SENS[@]}" --sample --thermal "$T_TMP/no-such-dir" 2>&1)
 total=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)
 expect_match "--sample on this machine: real memory total, load, counters; no thermal dir: temp_c null" "$o" \
   "^\{\"t\":[0-9]{13},\"temp_c\":null,\"cpu_pct\":[0-9.]+,\"load\":\[[0-9.]+,[0-9.]+,[0-9.]+\],\"mem\":\{\"total_kb\":$total,"
