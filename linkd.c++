@@ -2091,6 +2091,8 @@ void tls_park(Tls* t) {
   if (tls.npool < TLS_POOL) { tls.pool[tls.npool][0] = buf[0]; tls.pool[tls.npool][1] = buf[1]; tls.npool++; }
   else { free(buf[0]); free(buf[1]); }
   s->in_buf = s->out_buf = nullptr;
+  for (int d = 0; d < 2; d++)
+    for (int k = 0; k < 6; k++) s->*tls_ptrs[d][k] = nullptr;   // a use while parked faults at once, never in another's buffer
   t->parked = true;
 }
 
@@ -2178,6 +2180,7 @@ void tls_keep_peer(Tls* t) {
 }
 
 void conn_input(Conn* c, const char* p, size_t n);   // section 15: plaintext for HTTP or WebSocket (null: the end)
+void conn_refuse(uv_stream_t* st, unsigned status, const char* type, const char* msg);
 
 // Ciphertext read from a TLS connection: the handshake, then every record
 // decrypted and handed on as plaintext.
@@ -2185,10 +2188,7 @@ void tls_input(Conn* c, const char* p, size_t n) {
   Tls* t = c->tls;
   if (!t->handshaken && t->ssl.state == MBEDTLS_SSL_HELLO_REQUEST && t->parked && n && (unsigned char)p[0] != 0x16) {
     // Not a TLS handshake record: most likely plain HTTP on the TLS port.
-    static const char plain[] = "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: 78\r\nConnection: close\r\n\r\n"
-                                "{\"error\":{\"type\":\"BAD_REQUEST\",\"message\":\"this port speaks TLS (https://)\"}}";
-    uv_buf_t b = uv_buf_init((char*)plain, sizeof plain - 1);
-    uv_try_write((uv_stream_t*)&c->tcp, &b, 1);
+    conn_refuse((uv_stream_t*)&c->tcp, 400, "BAD_REQUEST", "this port speaks TLS (https://)");
     tls.failures++;
     conn_close(c, "plain text on the TLS port");
     return;
@@ -2223,6 +2223,9 @@ void tls_input(Conn* c, const char* p, size_t n) {
       size_t rdlen = tls.rdlen;
       conn_input(c, (const char*)tls.plain, (size_t)r);
       if (c->tls != t || (c->state != CState::Http && c->state != CState::Ws)) { tls.rdlen = 0; return; }
+      // An answer written meanwhile may have parked the buffers, while more
+      // records of this read are still to come.
+      if (!tls_unpark(t)) { conn_close(c, "out of memory for TLS buffers"); return; }
       tls.rd = rd;
       tls.rdlen = rdlen;
       continue;
@@ -2258,6 +2261,14 @@ void tls_close_notify(Conn* c) {
 }
 
 const char* tls_peer(const Tls* t) { return t->peer; }
+
+// New ticket keys: every session ticket issued so far stops resuming.
+void tls_tickets_rotate() {
+  mbedtls_ssl_ticket_free(&tls.tickets);
+  mbedtls_ssl_ticket_init(&tls.tickets);
+  if (mbedtls_ssl_ticket_setup(&tls.tickets, mbedtls_ctr_drbg_random, &tls.drbg, MBEDTLS_CIPHER_AES_256_GCM, 86400))
+    LOG_ERROR("tls: new session-ticket keys could not be made: resumption fails until a restart");
+}
 
 // The pool shrinks back when a burst is over (tables_trim's tick).
 void tls_trim() {
@@ -5466,7 +5477,11 @@ void reload() {
   keys_free(&keys);
   keys = *fresh;
   free(fresh);
-  if (tc) { tls_conf_unref(tls.current); tls.current = tc; }
+  if (tc) {
+    tls_conf_unref(tls.current);
+    tls.current = tc;
+    tls_tickets_rotate();   // a session from before must not skip a new client CA (or resume under another key type)
+  }
   // (restarted only when its period changes: reloads in a row must not keep putting the tick off)
   if (!g.shutting_down && uv_timer_get_repeat(&g.tick) != tick_ms()) uv_timer_start(&g.tick, tick_cb, tick_ms(), tick_ms());
   for (uint32_t i = 0; i < g.nbackends; i++) {
