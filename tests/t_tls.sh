@@ -42,6 +42,8 @@ expect_eq "... with its params, query, Host and client address" \
   "[\"42\", \"x=1\", \"127.0.0.1:$TLS_PORT\", true]"
 https POST /t/items -H 'Content-Type: application/json' --data-binary '{"name":"tls"}'
 expect_eq "POST with a body over https" "$HTTP_STATUS/$(echo "$HTTP_BODY" | json 'j["body"]' 2>&1)" '200/{"name":"tls"}'
+https GET '/t/items/7?size=300000'
+expect_eq "a 300 KB answer over https arrives whole (many records)" "$HTTP_STATUS/$(echo "$HTTP_BODY" | json 'len(j["pad"])' 2>&1)" 200/300000
 head -c 2000 /dev/zero | tr '\0' a >"$T_TMP/big"
 https POST /t/items --data-binary @"$T_TMP/big"
 expect_eq "body over --max-body-size over https: 413" "$HTTP_STATUS" 413
