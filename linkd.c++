@@ -6061,6 +6061,70 @@ void self_test_http() {
   st_check(all_ok, "llhttp trace: request split at every offset, pause after the first of two pipelined");
 }
 
+// The hardening pieces (issue 8) and recovery's history ring.
+void self_test_hardening() {
+  // strict JSON, checked whole whatever its size
+  const char* good[] = {"0", "-0.5e+3", "\"a\\u00e9\\n\"", "[[],{}]", " {\"a\":[1,true,null,\"x\"]} ", "1E5"};
+  const char* bad[] = {"01", "1.", ".5", "+1", "nan", "0x10", "-", "\"\\x\"", "\"\\u12g4\"", "[1,]", "{\"a\"}", "{1:2}", "[1] [2]",
+                       "\"a\x01\"", "tru", "{\"a\":1,}", "\"\xc3\x28\""};
+  bool ok = true;
+  for (const char* j : good) ok &= json_valid(j, strlen(j));
+  for (const char* j : bad) if (json_valid(j, strlen(j))) { ok = false; printf("# accepted: %s\n", j); }
+  Buf big;
+  buf_puts(&big, "[");
+  for (int i = 0; i < 200000; i++) buf_puts(&big, "0,");
+  buf_puts(&big, "0],\"type\":\"admin\"");
+  ok &= !json_valid(big.p, big.len);        // more tokens than any pool, bad past them: still refused
+  big.len -= 15;
+  ok &= json_valid(big.p, big.len);
+  buf_free(&big);
+  st_check(ok, "strict JSON: numbers, escapes, literals, trailing data, any size");
+  Buf e;
+  buf_json_escape(&e, "a\xff" "b\xc3\xa9", 5);
+  st_check(e.len == 10 && !memcmp(e.p, "a\\ufffdb\xc3\xa9", 10), "JSON escaping replaces bytes that are not UTF-8");
+  buf_free(&e);
+
+  // percent-decoding of path segments
+  char out[16];
+  st_check(pct_decode(Slice{"a%20b", 5}, out) == 3 && !memcmp(out, "a b", 3) && pct_decode(Slice{"a%2Fb", 5}, out) == 3 && out[1] == '/' &&
+           pct_decode(Slice{"%zz", 3}, out) < 0 && pct_decode(Slice{"%4", 2}, out) < 0 && pct_decode(Slice{"%00", 3}, out) < 0,
+           "percent-decoding: %20, %2F kept in its segment, bad escapes and %00 refused");
+
+  // routes of two services that could match one request overlap
+  auto route = [](const char* m, const char* p) { Route r{}; snprintf(r.def.method, sizeof r.def.method, "%s", m);
+                                                   snprintf(r.def.path, sizeof r.def.path, "%s", p); const char* w; route_compile(&r, &w); return r; };
+  Route a1 = route("GET", "/users/:id"), b1 = route("GET", "/users/me"), a2 = route("*", "/api/:x"), b2 = route("POST", "/api/v1"),
+        c1 = route("GET", "/users/:id/posts"), d1 = route("PUT", "/users/me");
+  st_check(route_overlap(&a1, &b1) && route_overlap(&a2, &b2) && !route_overlap(&a1, &c1) && !route_overlap(&a1, &d1),
+           "route overlap: :param vs static, * vs a method; other lengths and methods do not");
+
+  // obs-fold is found in the raw head, never in a body
+  auto folded = [](const char* raw) {
+    Http h{};
+    buf_puts(&h.in, raw);
+    bool r = !http_scan_head(&h);
+    buf_free(&h.in);
+    return r;
+  };
+  st_check(folded("GET / HTTP/1.1\r\nA: b\r\n c\r\n\r\n") && folded("GET / HTTP/1.1\r\nA:\r\n\tb\r\n\r\n") &&
+           !folded("POST / HTTP/1.1\r\nA: b\r\n\r\n body\n starts\r\n") && !folded("\r\n\r\nGET / HTTP/1.1\r\nA: b\r\n\r\n"),
+           "obs-fold found in the head only");
+
+  // a room's history keeps its last pushes, oldest dropped first
+  Room room{};
+  size_t held = g.history_bytes;
+  for (int i = 1; i <= 5; i++) {
+    Shared* f = shared_new(10);
+    room.seq = (uint32_t)i;
+    hist_push(&room, 3, f, (uint64_t)i);
+    shared_unref(f);
+  }
+  st_check(room.hist_count == 3 && hist_oldest(&room) == 3 && room.hist[room.hist_head].serial == 3 && g.history_bytes == held + 30,
+           "room history: a ring of the last pushes");
+  hist_clear(&room);
+  st_check(g.history_bytes == held && !room.hist, "room history freed with its references");
+}
+
 int self_test() {
   cfg.max_connections = 100;
   cfg.max_http_connections = 10;
@@ -6073,6 +6137,7 @@ int self_test() {
   self_test_misc();
   self_test_jwt();
   self_test_http();
+  self_test_hardening();
   tables_free();
   printf("self-test: %d passed, %d failed\n", st_pass, st_fail);
   return st_fail ? 1 : 0;
