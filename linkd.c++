@@ -4956,15 +4956,13 @@ uint64_t http_total() {
 void admin_sample(uint64_t now) {
   if (now - admin.second < 1000) return;
   uint64_t cur[4] = {g.ws_msgs_in, g.ws_msgs_out, g.ws_drops, http_total()};
-  if (admin.second != admin.started || admin.count) {
-    Sample* s = &admin.ring[admin.head];
-    s->msgs_in = (uint32_t)(cur[0] - admin.last[0]);
-    s->msgs_out = (uint32_t)(cur[1] - admin.last[1]);
-    s->drops = (uint32_t)(cur[2] - admin.last[2]);
-    s->http = (uint32_t)(cur[3] - admin.last[3]);
-    admin.head = (admin.head + 1) % SAMPLES;
-    if (admin.count < SAMPLES) admin.count++;
-  }
+  Sample* s = &admin.ring[admin.head];   // the counters start at 0 with linkd: the first sample counts from the start
+  s->msgs_in = (uint32_t)(cur[0] - admin.last[0]);
+  s->msgs_out = (uint32_t)(cur[1] - admin.last[1]);
+  s->drops = (uint32_t)(cur[2] - admin.last[2]);
+  s->http = (uint32_t)(cur[3] - admin.last[3]);
+  admin.head = (admin.head + 1) % SAMPLES;
+  if (admin.count < SAMPLES) admin.count++;
   memcpy(admin.last, cur, sizeof cur);
   admin.second = now;
 }
@@ -5120,15 +5118,21 @@ void admin_state(Buf* b, uint64_t now) {
   buf_puts(b, "}}");
 }
 
-// The members of a small JSON object body, for the actions.
+// The members of a small JSON object body, for the actions. Strings are
+// unescaped into fixed buffers; one that does not fit refuses the request
+// (a cut room name or event would reach the wrong room or type).
 struct AdminBody {
-  Slice service, room, connection, event, data, reason;
+  char service[64], room[128], connection[32], event[128], reason[124];
+  bool has[5];            // service, room, connection, event, reason given
+  Slice data;             // raw JSON
   bool all;
   int64_t code;
+  const char* bad;        // why the body is refused
 };
 
 bool admin_body(const Http* h, AdminBody* ab) {
   *ab = AdminBody{};
+  ab->bad = "the body must be a JSON object";
   const char* js = h->body.p;
   size_t n = h->body.len;
   if (!js || !json_valid(js, n)) return false;
@@ -5137,25 +5141,34 @@ bool admin_body(const Http* h, AdminBody* ab) {
   int k = jsmn_parse(&jp, js, n, g.toks, g.ntoks);
   const jsmntok_t* t = g.toks;
   if (k < 1 || t[0].type != JSMN_OBJECT) return false;
+  static const char* const names[] = {"service", "room", "connection", "event", "reason"};
+  char* dst[] = {ab->service, ab->room, ab->connection, ab->event, ab->reason};
+  size_t room[] = {sizeof ab->service, sizeof ab->room, sizeof ab->connection, sizeof ab->event, sizeof ab->reason};
   for (int i = 1; i + 1 < k; i = json_skip(t, k, i + 1)) {
     const jsmntok_t& v = t[i + 1];
     Slice val = tok_slice(js, v);
-    if (tok_eq(js, t[i], "data")) ab->data = v.type == JSMN_STRING ? Slice{js + v.start - 1, val.n + 2} : val;
-    else if (v.type == JSMN_STRING && tok_eq(js, t[i], "service")) ab->service = val;
-    else if (v.type == JSMN_STRING && tok_eq(js, t[i], "room")) ab->room = val;
-    else if (v.type == JSMN_STRING && tok_eq(js, t[i], "connection")) ab->connection = val;
-    else if (v.type == JSMN_STRING && tok_eq(js, t[i], "event")) ab->event = val;
-    else if (v.type == JSMN_STRING && tok_eq(js, t[i], "reason")) ab->reason = val;
-    else if (tok_eq(js, t[i], "all")) ab->all = val.n == 4 && !memcmp(val.p, "true", 4);
-    else if (tok_eq(js, t[i], "code") && v.type == JSMN_PRIMITIVE) ab->code = strtoll(val.p, nullptr, 10);
+    if (tok_eq(js, t[i], "data")) { ab->data = v.type == JSMN_STRING ? Slice{js + v.start - 1, val.n + 2} : val; continue; }
+    if (tok_eq(js, t[i], "all")) { ab->all = val.n == 4 && !memcmp(val.p, "true", 4); continue; }
+    if (tok_eq(js, t[i], "code") && v.type == JSMN_PRIMITIVE) { ab->code = strtoll(val.p, nullptr, 10); continue; }
+    for (int f = 0; f < 5; f++) {
+      if (!tok_eq(js, t[i], names[f])) continue;
+      size_t w = v.type == JSMN_STRING ? json_unescape(val, dst[f], room[f] - 1) : JSON_BAD;
+      if (w == JSON_BAD || w == JSON_LONG) {
+        static char why[96];
+        snprintf(why, sizeof why, "\"%s\" must be a string of at most %zu bytes", names[f], room[f] - 1);
+        ab->bad = why;
+        return false;
+      }
+      dst[f][w] = 0;
+      ab->has[f] = true;
+    }
   }
   return true;
 }
 
-// "service": by name (escapes are not decoded: names are [A-Za-z0-9._-]).
-uint16_t group_by_name(Slice name) {
+uint16_t group_by_name(const char* name) {
   for (uint32_t i = 0; i < g.ngroups; i++)
-    if (g.groups[i].used && strlen(g.groups[i].name) == name.n && !memcmp(g.groups[i].name, name.p, name.n)) return (uint16_t)i;
+    if (g.groups[i].used && !strcmp(g.groups[i].name, name)) return (uint16_t)i;
   return NIL16;
 }
 
@@ -5165,15 +5178,14 @@ void admin_json(Conn* c, unsigned status, Buf* body) {
 }
 
 void admin_push(Conn* c, const char* who) {
-  AdminBody ab;
-  if (!admin_body(c->http, &ab)) { http_error(c, 400, "the body must be a JSON object"); return; }
+  static AdminBody ab;   // static: a few hundred bytes of buffers
+  if (!admin_body(c->http, &ab)) { http_error(c, 400, ab.bad); return; }
   uint16_t gi = group_by_name(ab.service);
   if (gi == NIL16 || !g.groups[gi].ws_path[0]) { http_error(c, 404, "no such service with a WebSocket path"); return; }
   linkd_WebSocketOutbound m = {};
-  snprintf(m.event, sizeof m.event, "%.*s", (int)ab.event.n, ab.event.p);
-  if (!m.event[0]) snprintf(m.event, sizeof m.event, "admin.test");
-  if (ab.connection.p) snprintf(m.connection_id, sizeof m.connection_id, "%.*s", (int)ab.connection.n, ab.connection.p);
-  else if (ab.room.p) snprintf(m.room, sizeof m.room, "%.*s", (int)std::min<size_t>(ab.room.n, sizeof m.room - 1), ab.room.p);
+  snprintf(m.event, sizeof m.event, "%s", ab.has[3] ? ab.event : "admin.test");
+  if (ab.has[2]) snprintf(m.connection_id, sizeof m.connection_id, "%s", ab.connection);
+  else if (ab.has[1]) snprintf(m.room, sizeof m.room, "%s", ab.room);
   else m.broadcast_all = ab.all;
   g.except_serial++;   // no connection is excepted
   PushOutcome o = push_send(gi, &m, ab.data.p ? ab.data : Slice{"null", 4});
@@ -5187,16 +5199,14 @@ void admin_push(Conn* c, const char* who) {
 }
 
 void admin_disconnect(Conn* c, const char* who) {
-  AdminBody ab;
-  if (!admin_body(c->http, &ab)) { http_error(c, 400, "the body must be a JSON object"); return; }
-  char id[32];
-  snprintf(id, sizeof id, "%.*s", (int)std::min<size_t>(ab.connection.n, sizeof id - 1), ab.connection.p ? ab.connection.p : "");
+  static AdminBody ab;
+  if (!admin_body(c->http, &ab)) { http_error(c, 400, ab.bad); return; }
+  const char* id = ab.connection;
   Conn* target = conn_lookup(id);
   if (!target) { http_error(c, 404, "no such connection"); return; }
   int64_t code = ab.code ? ab.code : 4000;
   if (code < 1000 || code > 4999 || code == 1004 || code == 1005 || code == 1006 || code == 1015) { http_error(c, 400, "close code not allowed on the wire"); return; }
-  char reason[124];
-  snprintf(reason, sizeof reason, "%.*s", (int)std::min<size_t>(ab.reason.n, sizeof reason - 1), ab.reason.p ? ab.reason.p : "closed by the administrator");
+  const char* reason = ab.has[4] ? ab.reason : "closed by the administrator";
   LOG_INFO("admin (%s): disconnect %s with %" PRId64 " (%s)", who, id, code, reason);
   ws_close(target, (uint16_t)code, reason);
   Buf b;
