@@ -107,3 +107,4 @@ clean:
 -include cross/cross.mk
 -include tests/fuzz/fuzz.mk
 -include sdk/c/sdk_c.mk
+-include tests/bench/peers.mk

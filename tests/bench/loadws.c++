@@ -40,6 +40,19 @@
 // is measured with the same suite; --ca FILE verifies the server's
 // certificate (name: --sni, default localhost), else it is not verified.
 //
+// --proto socketio: speak Engine.IO 4 / Socket.IO 5 framing instead of the
+// JSON envelope (for a Socket.IO server with the websocket transport only;
+// the URL is then ws://HOST:PORT/socket.io/?EIO=4&transport=websocket). A
+// connection counts as open once the namespace answered "40" to our "40";
+// pings "2" are answered "3". The same work in that framing:
+//   echo   42K["echo",{"n":K,"p":"..."}]      -> ack 43K[{...}]
+//   join   421["join",{"room":R}]             -> ack 431[{"joined":R}]
+//   fanout 42["fanout",{"room":R,"seq":S,...}] -> every member gets 42["fanout",{...}]
+// (idle, echo and fanout modes only.)
+// --except-sender (fanout): the trigger connection is not counted as a
+// member (for servers that push to the room except the sender); a copy it
+// gets anyway is ignored.
+//
 // --done FILE: once the results are printed, write FILE and keep the
 // connections open until SIGUSR1/SIGTERM (30 s at most).
 // --ready FILE: once every connection is open (or failed), write
@@ -110,6 +123,9 @@ struct Options {
   bool resume = false;      // handshake: offer the first connection's session
   std::string ca_file;      // verify the server with these CAs (else no verification)
   std::string sni = "localhost";
+  bool socketio = false;    // --proto socketio
+  bool except_sender = false;  // fanout: the trigger is not a member
+  int join_inflight = 0;    // fanout: at most this many joins awaiting their reply (0: all at once)
 } opt;
 
 uv_loop_t* loop;
@@ -147,6 +163,8 @@ struct Conn {
   int slot = -1;
   bool closing = false;     // we asked for the close (or dropped the connection)
   uint64_t hold_until = 0;  // exchanged; close at this time
+  // socketio
+  bool sio_wait = false;    // WebSocket up, Socket.IO namespace not yet connected
 };
 
 std::vector<Conn*> conns;
@@ -168,6 +186,7 @@ std::string pad;
 
 // fanout
 int fan_round = 0, fan_got = 0, fan_joined = 0, fan_members = 0;
+Conn* fan_trig = nullptr;
 uint64_t fan_t0 = 0;
 std::vector<double> fan_ms;
 std::vector<int> fan_recv;
@@ -178,6 +197,7 @@ void flush(Conn* c);
 void churn_end(Conn* c, const char* why);
 void churn_on_open(Conn* c);
 void churn_on_msg(Conn* c, const char* s, size_t n);
+void sio_connected(Conn* c);
 
 void note_error(const char* what) {
   if (first_error.empty()) first_error = what;
@@ -383,13 +403,15 @@ uint64_t parse_uint(const char* p, const char* end) {
 void echo_send_one(Conn* c) {
   uint64_t n = ++c->next_n;
   char head[96];
-  int hl = snprintf(head, sizeof head, "{\"type\":\"echo\",\"data\":{\"n\":%" PRIu64 ",\"p\":\"", n);
+  int hl = opt.socketio ? snprintf(head, sizeof head, "42%" PRIu64 "[\"echo\",{\"n\":%" PRIu64 ",\"p\":\"", n, n)
+                        : snprintf(head, sizeof head, "{\"type\":\"echo\",\"data\":{\"n\":%" PRIu64 ",\"p\":\"", n);
   std::string s;
   s.reserve(hl + pad.size() + 40);
   s.append(head, hl);
   s += pad;
   char tail[48];
-  int tl = snprintf(tail, sizeof tail, "\"},\"id\":\"%" PRIu64 "\"}", n);
+  int tl = opt.socketio ? snprintf(tail, sizeof tail, "\"}]")
+                        : snprintf(tail, sizeof tail, "\"},\"id\":\"%" PRIu64 "\"}", n);
   s.append(tail, tl);
   c->inflight.emplace_back(n, now_ns());
   ++echo_sent;
@@ -398,20 +420,54 @@ void echo_send_one(Conn* c) {
 
 void fan_done_round();
 
+// fanout: sends the joins, at most --join-inflight awaiting their reply;
+// called again as replies come. Returns how many were sent now.
+size_t join_next = 0;
+int join_sent = 0, join_answered = 0;
+int join_more() {
+  std::string j = opt.socketio ? "421[\"join\",{\"room\":\"" + opt.room + "\"}]"
+                               : "{\"type\":\"join\",\"data\":{\"room\":\"" + opt.room + "\"},\"id\":\"j\"}";
+  int sent = 0;
+  for (; join_next < conns.size(); ++join_next) {
+    if (opt.join_inflight > 0 && join_sent - join_answered >= opt.join_inflight) break;
+    Conn* c = conns[join_next];
+    if (c->state != OPEN) continue;
+    queue_text(c, j);
+    flush(c);
+    ++sent;
+    ++join_sent;
+  }
+  return sent;
+}
+
 void ws_on_msg(wslay_event_context_ptr, const wslay_event_on_msg_recv_arg* arg, void* ud) {
   Conn* c = static_cast<Conn*>(ud);
   if (arg->opcode != WSLAY_TEXT_FRAME) return;
   const char* s = reinterpret_cast<const char*>(arg->msg);
   size_t n = arg->msg_length;
   const char* end = s + n;
+  // Socket.IO: Engine.IO packets first; acks and events are read below
+  bool sio_ack = false, sio_event = false;
+  uint64_t sio_id = 0;
+  if (opt.socketio) {
+    if (n == 0) return;
+    if (s[0] == '2') { queue_text(c, "3"); return; }           // ping -> pong
+    if (s[0] == '0') { queue_text(c, "40"); return; }          // open -> connect the namespace
+    if (s[0] != '4' || n < 2) return;
+    if (s[1] == '0' && c->sio_wait) { sio_connected(c); return; }
+    if (s[1] == '4') { note_error(std::string(s, std::min<size_t>(n, 200)).c_str()); return; }   // connect error
+    if (s[1] == '3') { sio_ack = true; sio_id = parse_uint(s + 2, end); }
+    else if (s[1] == '2') sio_event = true;
+    else return;
+  }
   if (opt.mode == "churn") {
     churn_on_msg(c, s, n);
   } else if (opt.mode == "echo") {
-    const char* idp = find_key(s, n, "\"id\":");
+    const char* idp = opt.socketio ? (sio_ack ? s + 2 : nullptr) : find_key(s, n, "\"id\":");
     if (!idp) return;
-    uint64_t id = parse_uint(idp, end);
+    uint64_t id = opt.socketio ? sio_id : parse_uint(idp, end);
     uint64_t t = now_ns();
-    bool is_error = find_key(s, n, "\"error\":") != nullptr;
+    bool is_error = !opt.socketio && find_key(s, n, "\"error\":") != nullptr;
     // replies come in order on one connection; search in case they do not
     for (auto it = c->inflight.begin(); it != c->inflight.end(); ++it) {
       if (it->first == id) {
@@ -435,8 +491,9 @@ void ws_on_msg(wslay_event_context_ptr, const wslay_event_on_msg_recv_arg* arg, 
       if (all_idle) finish();
     }
   } else if (opt.mode == "fanout") {
-    const char* tp = find_key(s, n, "\"type\":\"fanout\"");
+    const char* tp = opt.socketio ? (sio_event ? find_key(s, n, "[\"fanout\",") : nullptr) : find_key(s, n, "\"type\":\"fanout\"");
     if (tp) {
+      if (opt.except_sender && c == fan_trig) return;
       const char* sp = find_key(s, n, "\"seq\":");
       int seq = sp ? (int)parse_uint(sp, end) : -1;
       if (seq == fan_round && c->seen_round != seq) {
@@ -445,16 +502,17 @@ void ws_on_msg(wslay_event_context_ptr, const wslay_event_on_msg_recv_arg* arg, 
       }
       return;
     }
-    if (!c->joined && find_key(s, n, "\"id\":\"j\"")) {
+    if (!c->joined && (opt.socketio ? sio_ack && sio_id == 1 : find_key(s, n, "\"id\":\"j\"") != nullptr)) {
       c->joined = true;
-      if (find_key(s, n, "\"error\":")) {
+      if (find_key(s, n, "\"error\"")) {
         note_error(std::string(s, std::min<size_t>(n, 200)).c_str());
         c->joined = false;
       } else {
         ++fan_joined;
       }
-      static int answered = 0;
-      if (++answered == opened - closed_after_open) start_phase_run();
+      ++join_answered;
+      if (opt.join_inflight > 0) join_more();
+      if (join_answered == opened - closed_after_open) start_phase_run();
     }
   }
 }
@@ -506,9 +564,9 @@ void hs_end(Conn* c, const char* why);
 void conn_fail(Conn* c, const char* why) {
   if (opt.mode == "churn") { churn_end(c, why); return; }
   if (opt.mode == "handshake") { hs_end(c, why); return; }
-  bool was_open = c->state == OPEN;
+  bool was_open = c->state == OPEN && !c->sio_wait;
   if (c->state == CLOSED) return;
-  if (c->state != OPEN) { --pending; ++failed; note_error(why); }
+  if (!was_open) { --pending; ++failed; note_error(why); }
   else { ++closed_after_open; if (phase != P_DONE) note_error(why); }
   c->state = CLOSED;
   if (c->tcp_inited && !uv_is_closing(reinterpret_cast<uv_handle_t*>(&c->tcp)))
@@ -899,9 +957,18 @@ void ramp() {
 void handshake_done(Conn* c) {
   if (wslay_event_context_client_init(&c->ws, &callbacks, c) != 0) { conn_fail(c, "wslay init"); return; }
   c->state = OPEN;
+  if (opt.socketio) { c->sio_wait = true; return; }   // open once the namespace answers "40"
   --pending;
   ++opened;
   if (opt.mode == "churn") { churn_on_open(c); churn_pump(); return; }
+  ramp();
+}
+
+// Socket.IO: the namespace answered our "40": the connection is open.
+void sio_connected(Conn* c) {
+  c->sio_wait = false;
+  --pending;
+  ++opened;
   ramp();
 }
 
@@ -922,15 +989,20 @@ void fan_start_round() {
   ++fan_round;
   fan_got = 0;
   fan_members = 0;
-  for (Conn* c : conns)
-    if (c->state == OPEN && c->joined) ++fan_members;
   Conn* trig = nullptr;
   for (Conn* c : conns)
     if (c->state == OPEN) { trig = c; break; }
+  fan_trig = trig;
+  for (Conn* c : conns)
+    if (c->state == OPEN && c->joined && !(opt.except_sender && c == trig)) ++fan_members;
   if (!trig || fan_members == 0) { finish(); return; }
   char msg[256];
-  snprintf(msg, sizeof msg, "{\"type\":\"fanout\",\"data\":{\"room\":\"%s\",\"seq\":%d,\"p\":\"%.*s\"}}",
-           opt.room.c_str(), fan_round, std::min(opt.size, 64), pad.c_str());
+  if (opt.socketio)
+    snprintf(msg, sizeof msg, "42[\"fanout\",{\"room\":\"%s\",\"seq\":%d,\"p\":\"%.*s\"}]",
+             opt.room.c_str(), fan_round, std::min(opt.size, 64), pad.c_str());
+  else
+    snprintf(msg, sizeof msg, "{\"type\":\"fanout\",\"data\":{\"room\":\"%s\",\"seq\":%d,\"p\":\"%.*s\"}}",
+             opt.room.c_str(), fan_round, std::min(opt.size, 64), pad.c_str());
   fan_t0 = now_ns();
   queue_text(trig, msg);
   flush(trig);
@@ -979,17 +1051,8 @@ void start_phase_run() {
       // again when the last join reply arrives
       phase = P_READY_WAIT;
       joining_done = true;
-      std::string j = "{\"type\":\"join\",\"data\":{\"room\":\"" + opt.room + "\"},\"id\":\"j\"}";
-      uint64_t tj = now_ns();
-      (void)tj;
-      int sentj = 0;
-      for (Conn* c : conns) {
-        if (c->state != OPEN) continue;
-        queue_text(c, j);
-        flush(c);
-        ++sentj;
-      }
-      if (sentj == 0) finish();
+      join_next = 0;
+      if (join_more() == 0) finish();
       // bounded: go on with whoever joined after 30 s
       uv_timer_start(&run_timer, [](uv_timer_t*) { start_phase_run(); }, 30000, 0);
       return;
@@ -1075,6 +1138,9 @@ void usage() {
           "  --churn-rooms R  churn: the exchange is a join to one of R rooms (benchsvc's \"join\")\n"
           "  --timeout SEC    overall bound (120)\n"
           "  -q               fewer messages on stderr\n"
+          "  --proto socketio speak Engine.IO 4 / Socket.IO framing (idle, echo, fanout; URL .../socket.io/?EIO=4&transport=websocket)\n"
+          "  --except-sender  fanout: the trigger connection is not a member (server pushes to the room except the sender)\n"
+          "  --join-inflight K fanout: at most K joins awaiting their reply (default: all at once)\n"
           "wss:// (TLS 1.2, mbedTLS):\n"
           "  handshake        TLS handshakes per second, -c at a time, for -t SEC (after --warmup)\n"
           "  --resume         handshake: resume the first connection's session (ticket)\n"
@@ -1125,11 +1191,15 @@ int main(int argc, char** argv) {
     else if (a == "--resume") opt.resume = true;
     else if (a == "--ca") opt.ca_file = next();
     else if (a == "--sni") opt.sni = next();
+    else if (a == "--proto") { std::string p = next(); if (p == "socketio") opt.socketio = true; else if (p != "envelope") usage(); }
+    else if (a == "--except-sender") opt.except_sender = true;
+    else if (a == "--join-inflight") opt.join_inflight = atoi(next());
     else if (a == "idle" || a == "echo" || a == "fanout" || a == "churn" || a == "handshake") opt.mode = a;
     else usage();
   }
   if (opt.mode.empty() || !parse_url(url) || opt.n < 1 || opt.m < 1 || opt.depth < 1 || opt.concurrency < 1 ||
-      opt.src_ips < 1 || opt.src_ips > 254 || (opt.mode == "handshake" && !opt.tls))
+      opt.src_ips < 1 || opt.src_ips > 254 || (opt.mode == "handshake" && !opt.tls) ||
+      (opt.socketio && opt.mode != "idle" && opt.mode != "echo" && opt.mode != "fanout"))
     usage();
   if (opt.tls && !tls_init()) { fprintf(stderr, "loadws: TLS set-up failed\n"); return 1; }
   pad.assign(opt.size, 'x');
