@@ -54,7 +54,7 @@ if stale "$B/linkd.pb.o" "$ROOT/proto/linkd.proto" "$ROOT/proto/linkd.options"; 
     && build "$B/linkd.pb.o" gcc -O2 -I"$B" -c "$B/linkd.pb.c" || exit 0
 fi
 if stale "$B/loadws" "$TESTS/bench/loadws.c++"; then
-  build "$B/loadws" g++ -O2 -std=c++20 -Wall -Wextra "$TESTS/bench/loadws.c++" -luv -lwslay -lmbedcrypto || exit 0
+  build "$B/loadws" g++ -O2 -std=c++20 -Wall -Wextra "$TESTS/bench/loadws.c++" -luv -lwslay -lmbedtls -lmbedx509 -lmbedcrypto || exit 0
 fi
 if stale "$B/benchsvc" "$TESTS/bench/benchsvc.c++" "$B/linkd.pb.o"; then
   build "$B/benchsvc" g++ -O2 -std=c++20 -Wall -Wextra -I"$B" "$TESTS/bench/benchsvc.c++" "$B/linkd.pb.o" \
