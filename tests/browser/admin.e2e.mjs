@@ -223,8 +223,10 @@ try {
     if (!/lobby/.test(q) || !/chat/.test(q)) throw new Error(`confirmation text "${q}"`);
     await admin.click("#cyes");
     await waitFor(admin, () => /delivered to 3 connections/.test(document.querySelector("#res").textContent), null, "the result 'delivered to 3'");
+    await clients.waitForFunction(() => window.socks.slice(0, 3).every((w) => w.got.some((m) => m.type === "admin.test")), null, { timeout: STEP_MS })
+      .catch(() => {});
     const got = await clients.evaluate(async () => {
-      await new Promise((r) => setTimeout(r, 300));
+      await new Promise((r) => setTimeout(r, 300));   // time for a duplicate, or a push to the fourth client, to show
       return window.socks.map((w) => w.got.filter((m) => m.type === "admin.test"));
     });
     const want = JSON.stringify([{ type: "admin.test", data: { hello: "from e2e" } }]);
