@@ -1,36 +1,33 @@
-// The service protocol: proto/linkd.proto loaded with protobufjs at run time,
-// and the framing (a varint length, then one ServiceMessage).
-import * as fs from "fs";
-import * as path from "path";
-import * as protobuf from "protobufjs";
+// The service protocol: static protobuf code generated at build time from
+// proto/linkd.proto by protobufjs's own generator (pbjs -t static-module, into
+// dist/linkd_pb.js: build output, never committed), and the framing (a varint
+// length, then one ServiceMessage).
+//
+// Two ways in and out:
+// - encodeFrame / decodeFrame (public): plain objects as protobufjs's
+//   fromObject / toObject give them (64-bit ints as strings, defaults filled).
+// - the service's hot path: decodeMessage gives the generated message object
+//   itself (no conversion: fields unset are read from the prototype's
+//   defaults, 64-bit ints are Long), and FrameWriter encodes plain objects
+//   with the generated encoders straight into one buffer per event-loop turn.
 
-/** Where linkd.proto is looked for: beside the compiled SDK (copied by the build), then the repo. */
-function findProto(): string {
-  const candidates = [
-    process.env.LINKD_PROTO || "",
-    path.join(__dirname, "linkd.proto"),
-    path.resolve(__dirname, "../../../proto/linkd.proto"),
-  ].filter(Boolean);
-  for (const p of candidates) {
-    if (fs.existsSync(p)) return p;
-  }
-  throw new Error("linkd.proto not found (looked in " + candidates.join(", ") + ")");
-}
+// eslint-disable-next-line @typescript-eslint/no-var-requires
+const pb: any = require("./linkd_pb");
+// eslint-disable-next-line @typescript-eslint/no-var-requires
+const $protobuf: any = require("protobufjs/minimal");
 
-let serviceMessage: protobuf.Type | null = null;
+const ServiceMessage: any = pb.linkd.ServiceMessage;
+const Writer: any = $protobuf.Writer;
 
-export function serviceMessageType(): protobuf.Type {
-  if (!serviceMessage) {
-    const root = protobuf.loadSync(findProto());
-    serviceMessage = root.lookupType("linkd.ServiceMessage");
-  }
-  return serviceMessage;
+/** The generated ServiceMessage class (static code). */
+export function serviceMessageType(): any {
+  return ServiceMessage;
 }
 
 /** A decoded frame as a plain object: camelCase fields, 64-bit ints as strings, bytes as Buffers. */
 export type Frame = { [key: string]: any; message?: string };
 
-const toObjectOptions: protobuf.IConversionOptions = {
+const toObjectOptions = {
   longs: String,
   enums: Number,
   defaults: true,
@@ -40,18 +37,81 @@ const toObjectOptions: protobuf.IConversionOptions = {
 
 /** One frame from a plain object such as {registerService: {...}}: length-delimited bytes. */
 export function encodeFrame(obj: Frame): Buffer {
-  const T = serviceMessageType();
-  const msg = T.fromObject(obj);
-  const bytes = T.encodeDelimited(msg).finish();
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const msg = ServiceMessage.fromObject(obj);
+  const bytes: Uint8Array = ServiceMessage.encodeDelimited(msg).finish();
+  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
 /** Decodes one ServiceMessage body (without its length prefix). Throws on malformed input. */
 export function decodeFrame(body: Uint8Array): Frame {
-  const T = serviceMessageType();
-  const msg = T.decode(body);
-  const obj = T.toObject(msg, toObjectOptions) as Frame;
-  return obj;
+  return ServiceMessage.toObject(ServiceMessage.decode(body), toObjectOptions) as Frame;
+}
+
+/**
+ * Decodes one ServiceMessage body into the generated message object (no
+ * conversion to a plain object): the set member of the oneof is an own
+ * property, every other field reads its default from the prototype.
+ */
+export function decodeMessage(body: Uint8Array): any {
+  return ServiceMessage.decode(body);
+}
+
+/**
+ * Frames encoded for the link, gathered into one buffer: append() encodes a
+ * ServiceMessage (a plain object with the generated classes' field names and
+ * types) with its length prefix; take() hands over everything appended since
+ * the last take() as one Buffer. One write per event-loop turn instead of one
+ * per frame; no intermediate Buffer per frame.
+ */
+export class FrameWriter {
+  private w: any = Writer.create();
+  /** Frames appended since the last take(). */
+  count = 0;
+
+  /**
+   * Appends one frame. Returns its length with the length prefix, or -1 (and
+   * appends nothing) when that is over maxFrame (0: no limit).
+   */
+  append(frame: Record<string, unknown>, maxFrame = 0): number {
+    const w = this.w;
+    w.fork();
+    try {
+      ServiceMessage.encode(frame, w);
+    } catch (err) {
+      w.reset();
+      throw err;
+    }
+    const n: number = w.len;
+    const total = n + (n < 0x80 ? 1 : n < 0x4000 ? 2 : n < 0x200000 ? 3 : n < 0x10000000 ? 4 : 5);
+    if (maxFrame > 0 && total > maxFrame) {
+      w.reset();
+      return -1;
+    }
+    w.ldelim();
+    this.count++;
+    return total;
+  }
+
+  /** Bytes appended and not yet taken. */
+  get length(): number {
+    return this.w.len;
+  }
+
+  /** Everything appended since the last take(), as one Buffer (null if nothing). */
+  take(): Buffer | null {
+    if (this.count === 0) return null;
+    this.count = 0;
+    const buf = this.w.finish() as Buffer;
+    this.w = Writer.create();   // finish() leaves the operations in place: start afresh
+    return buf;
+  }
+
+  /** Drops what was appended (the link went away). */
+  clear(): void {
+    if (this.count === 0) return;
+    this.count = 0;
+    this.w = Writer.create();
+  }
 }
 
 /** The length prefix itself is broken: the stream cannot be resynchronised. */

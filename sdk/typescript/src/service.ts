@@ -13,7 +13,7 @@ import {
   errorResponse,
   toLinkdError,
 } from "./errors";
-import { FrameReader, decodeFrame, encodeFrame } from "./proto";
+import { FrameReader, FrameWriter, decodeMessage, encodeFrame } from "./proto";
 import type { ActionOptions, AuthContext, Logger, ServiceOptions } from "./types";
 import { Link, WebSocketApi, authFromProto, describe } from "./ws";
 
@@ -130,6 +130,10 @@ export class Service extends EventEmitter implements Link {
   private readonly actions = new Map<string, Action>();
   private sock: net.Socket | null = null;
   private reader: FrameReader;
+  /** Frames sent during this event-loop turn: written together, once, by flush(). */
+  private readonly out = new FrameWriter();
+  private flushScheduled = false;
+  private readonly flushBound = () => this.flush();
   private registered = false;
   private running = false;
   private everRegistered = false;
@@ -235,6 +239,7 @@ export class Service extends EventEmitter implements Link {
     if (!this.running) return;
     const sock = net.createConnection(this.socketPath);
     this.sock = sock;
+    this.out.clear();
     this.reader.reset();
     this.reader.maxFrame = Math.min(this.maxFrameBytes, PRE_REGISTER_MAX_FRAME);
     let opened = false;
@@ -279,6 +284,7 @@ export class Service extends EventEmitter implements Link {
   private onClose(sock: net.Socket): void {
     if (this.sock !== sock) return;
     this.sock = null;
+    this.out.clear();
     const wasRegistered = this.registered;
     this.registered = false;
     const lost = new ServiceUnavailableError("link to linkd lost");
@@ -345,18 +351,21 @@ export class Service extends EventEmitter implements Link {
   private onFrame(body: Buffer): void {
     let frame;
     try {
-      frame = decodeFrame(body);
+      frame = decodeMessage(body);
     } catch (err) {
       this.logger.warn("undecodable frame from linkd ignored", { bytes: body.length, error: (err as Error).message });
       return;
     }
     try {
-      this.dispatch(frame);
+      // the hot path first: a client message, straight to its handler
+      if (frame.wsInbound != null) this.ws.handleInboundFast(frame.wsInbound);
+      else this.dispatch(frame);
     } catch (err) {
       this.logger.error("frame handling failed", { kind: frame.message, error: describe(err) });
     }
   }
 
+  /** Frames other than client messages (decoded message objects: unset fields read their defaults). */
   private dispatch(f: any): void {
     switch (f.message) {
       case "registerResult":
@@ -435,13 +444,29 @@ export class Service extends EventEmitter implements Link {
 
   // --- Link (used by service.ws) ---------------------------------------------
 
+  /**
+   * Queues one frame (a plain object with the generated classes' field
+   * names and types, e.g. {wsResponse: {connectionId, correlationId, data}})
+   * for this event-loop turn's write: every frame sent while handling what
+   * one read brought goes out in one socket write, as linkd batches its
+   * writes to services.
+   */
   send(frame: Record<string, unknown>): void {
     if (!this.registered || !this.sock) throw new ServiceUnavailableError();
-    const bytes = encodeFrame(frame);
-    if (this.maxSendFrame > 0 && bytes.length > this.maxSendFrame) {
-      throw new LinkdError(413, "PAYLOAD_TOO_LARGE", `frame of ${bytes.length} bytes exceeds linkd's ${this.maxSendFrame}`);
+    if (this.out.append(frame, this.maxSendFrame) < 0) {
+      throw new LinkdError(413, "PAYLOAD_TOO_LARGE", `frame exceeds linkd's limit of ${this.maxSendFrame} bytes`);
     }
-    this.sock.write(bytes);
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(this.flushBound);
+    }
+  }
+
+  /** Writes the frames queued during this turn, in one write. */
+  private flush(): void {
+    this.flushScheduled = false;
+    const bytes = this.out.take();
+    if (bytes && this.sock && !this.sock.destroyed) this.sock.write(bytes);
   }
 
   private trySend(frame: Record<string, unknown>): void {

@@ -47,6 +47,17 @@ export type MessageHandler = (ctx: WsContext) => unknown | Promise<unknown>;
 export type LifecycleHandler = (ctx: WsContext) => unknown | Promise<unknown>;
 export type Middleware = (ctx: WsContext, next: Next) => unknown | Promise<unknown>;
 
+/** True when an AuthContext already says what this UserContext says (so it can be kept as it is). */
+function sameAuth(a: AuthContext, u: any): boolean {
+  const roles = u.roles;
+  if (a.userId !== (u.userId ?? "") || a.username !== (u.username ?? "") || a.tenantId !== (u.tenantId ?? "") ||
+      a.authenticated !== !!u.authenticated) return false;
+  const n = Array.isArray(roles) ? roles.length : 0;
+  if (a.roles.length !== n) return false;
+  for (let i = 0; i < n; i++) if (a.roles[i] !== roles[i]) return false;
+  return true;
+}
+
 export function authFromProto(u: any): AuthContext {
   return {
     userId: u?.userId ?? "",
@@ -310,6 +321,7 @@ export class WebSocketApi implements WsRegistrar {
   }
 
   use(a: string | string[] | Middleware, b?: Middleware): this {
+    this.chains.clear();
     if (typeof a === "function") {
       this.middlewares.push({ patterns: null, fn: a });
     } else {
@@ -429,22 +441,67 @@ export class WebSocketApi implements WsRegistrar {
     }
   }
 
-  async handleInbound(msg: any): Promise<void> {
+  /** The middleware that applies to a message type, in registration order (cached per type). */
+  private readonly chains = new Map<string, Middleware[]>();
+
+  private chainFor(type: string): Middleware[] {
+    let chain = this.chains.get(type);
+    if (!chain) {
+      chain = this.middlewares.filter((m) => m.patterns === null || m.patterns.some((p) => p.test(type))).map((m) => m.fn);
+      if (this.chains.size > 10000) this.chains.clear();   // message types are few; never let the cache grow without bound
+      this.chains.set(type, chain);
+    }
+    return chain;
+  }
+
+  /** The connection a message belongs to (a new entry if its event is still on the way); its auth refreshed. */
+  private inboundSocket(msg: any): SocketInfo | null {
     const id = String(msg.connectionId ?? "");
-    if (!id) return;
+    if (!id) return null;
     let info = this.sockets.get(id);
     if (!info) {
       // a connection we have not heard of (its event may still be on the way)
       info = { id, remoteAddress: "", connectedAt: new Date(), path: "", auth: authFromProto(msg.user), rooms: new Set() };
       this.sockets.set(id, info);
-    } else if (msg.user) {
+    } else if (msg.user && !sameAuth(info.auth, msg.user)) {
       info.auth = authFromProto(msg.user);
     }
-    const opening = this.connecting.get(id);
+    return info;
+  }
+
+  /** A client message; resolves once its reply (if any) is queued. */
+  async handleInbound(msg: any): Promise<void> {
+    const info = this.inboundSocket(msg);
+    if (!info) return;
+    const opening = this.connecting.get(info.id);
     if (opening) await opening; // a message never overtakes its connection's onConnect
+    const p = this.runInbound(info, msg);
+    if (p) await p;
+  }
+
+  /**
+   * The hot path (used by the service for every WebSocketInbound): the same as
+   * handleInbound, but a handler that returns a value (not a promise) is
+   * answered synchronously, with no promise made on the way.
+   */
+  handleInboundFast(msg: any): void {
+    const info = this.inboundSocket(msg);
+    if (!info) return;
+    const opening = this.connecting.size ? this.connecting.get(info.id) : undefined;
+    if (opening) {
+      opening.then(() => this.runInbound(info, msg)).catch((err) => this.logger.error("inbound message failed", { error: describe(err) }));
+      return;
+    }
+    this.runInbound(info, msg);
+  }
+
+  /** Parses the message once, runs its handler, replies; a promise only when the handler is asynchronous. Never rejects. */
+  private runInbound(info: SocketInfo, msg: any): Promise<void> | undefined {
+    const id = info.id;
     const correlationId: string = msg.correlationId ?? "";
     const type: string = msg.messageType ?? "";
-    const payload: Buffer = Buffer.isBuffer(msg.payload) ? msg.payload : Buffer.from(msg.payload ?? []);
+    const raw = msg.payload;
+    const payload: Buffer = Buffer.isBuffer(raw) ? raw : Buffer.from(raw ?? []);
 
     let message: unknown;
     if (this.raw) {
@@ -454,27 +511,40 @@ export class WebSocketApi implements WsRegistrar {
         message = payload.length ? JSON.parse(payload.toString("utf8")) : null;
       } catch {
         this.reply(id, correlationId, undefined, new LinkdError(400, "INVALID_MESSAGE", "data is not valid JSON"));
-        return;
+        return undefined;
       }
     }
     const ctx = new WsContext(this, info, { message, messageType: type, correlationId, binary: !!msg.binary });
     const entry = this.handlers.get(type);
     let result: unknown;
-    let error: LinkdError | undefined;
     try {
-      const run = () => this.dispatch(ctx, entry);
+      result = this.dispatch(ctx, entry);
       const timeoutMs = entry?.opts.timeoutMs;
-      result = timeoutMs && timeoutMs > 0 ? await withTimeout(run(), timeoutMs, type) : await run();
+      if (timeoutMs && timeoutMs > 0) result = withTimeout(Promise.resolve(result), timeoutMs, type);
     } catch (err) {
-      error = toLinkdError(err);
-      if (error.status >= 500 && error.type === "INTERNAL_ERROR") {
-        this.logger.error("message handler failed", { type, connectionId: id, error: describe(err) });
-      }
+      this.fail(id, correlationId, type, err);
+      return undefined;
     }
-    this.reply(id, correlationId, result, error);
+    if (result !== null && (typeof result === "object" || typeof result === "function") && typeof (result as any).then === "function") {
+      return (result as Promise<unknown>).then(
+        (v) => this.reply(id, correlationId, v),
+        (err) => this.fail(id, correlationId, type, err),
+      );
+    }
+    this.reply(id, correlationId, result);
+    return undefined;
   }
 
-  private async dispatch(ctx: WsContext, entry: HandlerEntry | undefined): Promise<unknown> {
+  private fail(id: string, correlationId: string, type: string, err: unknown): void {
+    const error = toLinkdError(err);
+    if (error.status >= 500 && error.type === "INTERNAL_ERROR") {
+      this.logger.error("message handler failed", { type, connectionId: id, error: describe(err) });
+    }
+    this.reply(id, correlationId, undefined, error);
+  }
+
+  /** Checks, then the middleware chain and the handler: the handler's value, or a promise of it; throws on a refused message. */
+  private dispatch(ctx: WsContext, entry: HandlerEntry | undefined): unknown {
     if (entry) {
       const { auth, roles, schema, validate } = entry.opts;
       if ((auth || (roles && roles.length)) && !ctx.auth.authenticated) throw new UnauthorizedError();
@@ -495,7 +565,12 @@ export class WebSocketApi implements WsRegistrar {
       }
     }
     const type = ctx.messageType;
-    const chain = this.middlewares.filter((m) => m.patterns === null || m.patterns.some((p) => p.test(type)));
+    const chain = this.middlewares.length ? this.chainFor(type) : NO_MIDDLEWARE;
+    if (chain.length === 0) {
+      if (entry) return entry.handler(ctx);
+      if (this.catchAll) return this.catchAll(ctx);
+      throw new NotFoundError(`no handler for message type "${type}"`);
+    }
     const final = async (): Promise<unknown> => {
       if (entry) return entry.handler(ctx);
       if (this.catchAll) return this.catchAll(ctx);
@@ -506,7 +581,7 @@ export class WebSocketApi implements WsRegistrar {
       if (i <= index) throw new Error("next() called more than once");
       index = i;
       if (i === chain.length) return final();
-      return chain[i].fn(ctx, () => step(i + 1));
+      return chain[i](ctx, () => step(i + 1));
     };
     return step(0);
   }
@@ -530,6 +605,8 @@ export class WebSocketApi implements WsRegistrar {
     }
   }
 }
+
+const NO_MIDDLEWARE: Middleware[] = [];
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   return new Promise<T>((resolve, reject) => {
