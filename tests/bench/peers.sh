@@ -24,7 +24,8 @@
 # loopback only, stops everything it started, never fails on a time.
 # Knobs (env): BENCH_N=10000 BENCH_ECHO_C=50 BENCH_ECHO_D=8 BENCH_ECHO_T=5
 #   BENCH_ECHO_RUNS=3 BENCH_ROUNDS=7 BENCH_WRK_T=5 BENCH_WRK_C=50
-#   BENCH_BUDGET=600 BENCH_JOIN_INFLIGHT=500
+#   BENCH_BUDGET=600 BENCH_JOIN_INFLIGHT=500 BENCH_STEPS="fanout echo http" (a subset)
+#   BENCH_PUSHPIN_LOG=2 (Pushpin's log level; its logs are kept in BENCH_KEEP=DIR)
 #   PEERS="linkd linkd-ts socketio pushpin ws bare" (a subset, in this order)
 #   LINKD_CMD (another linkd binary)
 set -u
@@ -43,6 +44,8 @@ WRK_C=${BENCH_WRK_C:-50}
 JOIN_INFLIGHT=${BENCH_JOIN_INFLIGHT:-500}
 BUDGET=${BENCH_BUDGET:-600}
 WANT=${PEERS:-linkd linkd-ts socketio pushpin ws bare}
+STEPS=${BENCH_STEPS:-fanout echo http}
+PP_LOG=${BENCH_PUSHPIN_LOG:-1}
 WSPATH=/ws/bench
 PY=/usr/bin/python3
 # Debian packages this run needs beyond the Makefile's (installed on first use)
@@ -58,6 +61,7 @@ cleanup() {
     kill -KILL "$p" 2>/dev/null
   done
   wait 2>/dev/null
+  [ -n "${BENCH_KEEP:-}" ] && { mkdir -p "$BENCH_KEEP" && cp -r "$TMP"/. "$BENCH_KEEP"/ 2>/dev/null; }
   rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -197,10 +201,10 @@ start_pushpin() {
   node "$HERE/pushback.js" "$bport" "http://127.0.0.1:$pubport/publish/" >"$d/back.out" 2>&1 &
   local bp=$!
   ALLPIDS+=("$bp")
-  zurl --config="$d/zurl.conf" --logfile="$d/log/zurl.log" --loglevel=1 >/dev/null 2>&1 &
+  zurl --config="$d/zurl.conf" --logfile="$d/log/zurl.log" --loglevel="$PP_LOG" >/dev/null 2>&1 &
   local zp=$!
   ALLPIDS+=("$zp")
-  pushpin --config "$d/pushpin.conf" --loglevel 1 >"$d/pushpin.out" 2>&1 &
+  pushpin --config "$d/pushpin.conf" --loglevel "$PP_LOG" >"$d/pushpin.out" 2>&1 &
   local pp=$!
   ALLPIDS+=("$pp")
   if ! { wait_for 10 grep -q listening "$d/back.out" && wait_for 15 curl -sf -m 1 -o /dev/null "http://127.0.0.1:${PORT[$t]}/bench/hello"; }; then
@@ -316,12 +320,17 @@ test_wrk() {
   wait_for 10 fewer_than "${PORT[$t]}" 5
 }
 
-for t in "${TARGETS[@]}"; do alive "$t" && in_budget "$t fan-out" && test_fanout "$t"; done
-for i in $(seq "$ECHO_RUNS"); do
-  for t in "${TARGETS[@]}"; do alive "$t" && in_budget "$t echo" && test_echo "$t" "$i"; done
-done
+step() { [[ " $STEPS " == *" $1 "* ]]; }
+if step fanout; then
+  for t in "${TARGETS[@]}"; do alive "$t" && in_budget "$t fan-out" && test_fanout "$t"; done
+fi
+if step echo; then
+  for i in $(seq "$ECHO_RUNS"); do
+    for t in "${TARGETS[@]}"; do alive "$t" && in_budget "$t echo" && test_echo "$t" "$i"; done
+  done
+fi
 for t in "${TARGETS[@]}"; do echo_median "$t"; done
-if command -v wrk >/dev/null; then
+if step http && command -v wrk >/dev/null; then
   for t in "${TARGETS[@]}"; do alive "$t" && in_budget "$t wrk" && test_wrk "$t"; done
 fi
 sleep 0.5

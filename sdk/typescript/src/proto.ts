@@ -17,7 +17,6 @@ const pb: any = require("./linkd_pb");
 const $protobuf: any = require("protobufjs/minimal");
 
 const ServiceMessage: any = pb.linkd.ServiceMessage;
-const Writer: any = $protobuf.Writer;
 
 /** The generated ServiceMessage class (static code). */
 export function serviceMessageType(): any {
@@ -57,6 +56,24 @@ export function decodeMessage(body: Uint8Array): any {
 }
 
 /**
+ * protobufjs's Buffer writer, except that bytes() also takes a JS string,
+ * written as its UTF-8 text (protobuf's wire format is the same for bytes and
+ * string): JSON payloads go into the frame without a Buffer of their own.
+ * Only the service's own frames go through it; encodeFrame keeps
+ * protobufjs's meaning (a string for bytes is base64).
+ */
+const BufferWriter: any = $protobuf.BufferWriter;
+function TextBytesWriter(this: any): void {
+  BufferWriter.call(this);
+}
+TextBytesWriter.prototype = Object.create(BufferWriter.prototype);
+TextBytesWriter.prototype.constructor = TextBytesWriter;
+(TextBytesWriter as any).alloc = (n: number) => BufferWriter.alloc(n);
+TextBytesWriter.prototype.bytes = function (this: any, value: unknown) {
+  return typeof value === "string" ? this.string(value) : BufferWriter.prototype.bytes.call(this, value);
+};
+
+/**
  * Frames encoded for the link, gathered into one buffer: append() encodes a
  * ServiceMessage (a plain object with the generated classes' field names and
  * types) with its length prefix; take() hands over everything appended since
@@ -64,7 +81,8 @@ export function decodeMessage(body: Uint8Array): any {
  * per frame; no intermediate Buffer per frame.
  */
 export class FrameWriter {
-  private w: any = Writer.create();
+  private w: any = new (TextBytesWriter as any)();
+
   /** Frames appended since the last take(). */
   count = 0;
 
@@ -102,7 +120,7 @@ export class FrameWriter {
     if (this.count === 0) return null;
     this.count = 0;
     const buf = this.w.finish() as Buffer;
-    this.w = Writer.create();   // finish() leaves the operations in place: start afresh
+    this.w = new (TextBytesWriter as any)();   // finish() leaves the operations in place: start afresh
     return buf;
   }
 
@@ -110,7 +128,7 @@ export class FrameWriter {
   clear(): void {
     if (this.count === 0) return;
     this.count = 0;
-    this.w = Writer.create();
+    this.w = new (TextBytesWriter as any)();
   }
 }
 
@@ -153,6 +171,48 @@ export class FrameReader {
       chunk = chunk.subarray(n);
     }
     if (chunk.length === 0) return;
+    if (this.size === 0) {
+      // nothing buffered (the usual case): frames are cut straight out of the chunk
+      const len = chunk.length;
+      let off = 0;
+      while (off < len) {
+        let n = 0;
+        let shift = 1;
+        let i = off;
+        let complete = false;
+        const lim = Math.min(len, off + MAX_LENGTH_BYTES);
+        while (i < lim) {
+          const b = chunk[i++];
+          n += (b & 0x7f) * shift;
+          shift *= 128;
+          if ((b & 0x80) === 0) {
+            complete = true;
+            break;
+          }
+        }
+        if (!complete) {
+          if (i - off >= MAX_LENGTH_BYTES) throw new MalformedFrameError("malformed frame length");
+          break; // the rest of the varint is still to come
+        }
+        if (n > 0xffffffff) throw new MalformedFrameError(`malformed frame length ${n}`);
+        if (n > this.maxFrame) {
+          const buffered = Math.min(len - i, n);
+          this.skipping = n - buffered;
+          off = i + buffered;
+          this.onSkip(n);
+          if (this.skipping > 0) return;
+          continue;
+        }
+        if (len - i < n) break; // the rest of the frame is still to come
+        off = i + n;
+        this.onFrame(chunk.subarray(i, off));
+      }
+      if (off < len) {
+        this.chunks.push(off ? chunk.subarray(off) : chunk);
+        this.size = len - off;
+      }
+      return;
+    }
     this.chunks.push(chunk);
     this.size += chunk.length;
     for (;;) {

@@ -68,11 +68,15 @@ export function authFromProto(u: any): AuthContext {
   };
 }
 
-/** JSON text for an envelope's "data"; null/undefined travel as empty bytes (linkd writes null). */
-function jsonPayload(data: unknown): Buffer {
-  if (data === undefined || data === null) return Buffer.alloc(0);
+/**
+ * JSON text for an envelope's "data"; null/undefined travel as empty bytes
+ * (linkd writes null). A string: the service's frame writer puts it into the
+ * bytes field as UTF-8 with no Buffer in between.
+ */
+function jsonPayload(data: unknown): string {
+  if (data === undefined || data === null) return "";
   const text = JSON.stringify(data);
-  return text === undefined ? Buffer.alloc(0) : Buffer.from(text, "utf8");
+  return text === undefined ? "" : text;
 }
 
 /** A push target: one room, one connection or everyone, minus some connections. */
