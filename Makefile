@@ -16,14 +16,16 @@ PROTOC_NANOPB := protoc --plugin=protoc-gen-nanopb=/usr/bin/protoc-gen-nanopb
 LLHTTP_SRC := /usr/share/llhttp
 LLHTTP_INC := /usr/share/include/llhttp
 INCLUDES := -I$(BUILD) -I$(LLHTTP_INC)
-DEFS     := -DLINKD_VERSION='"$(VERSION)"'
-LIBS     := -luv -lwslay -lmbedtls -lmbedx509 -lmbedcrypto -l:libprotobuf-nanopb.a -lz
+# CLUSTER=0 builds without cluster support (no libnats): --nats-url is then refused.
+CLUSTER  ?= 1
+DEFS     := -DLINKD_VERSION='"$(VERSION)"' $(if $(filter 1,$(CLUSTER)),-DLINKD_CLUSTER)
+LIBS     := -luv -lwslay -lmbedtls -lmbedx509 -lmbedcrypto -l:libprotobuf-nanopb.a -lz $(if $(filter 1,$(CLUSTER)),-lnats)
 
 # Debian packages the build and the tests need (make deps installs them).
 DEBS := g++ make libuv1-dev libwslay-dev nanopb libnanopb-dev protobuf-compiler \
         python3-protobuf node-llhttp libmbedtls-dev libjsmn-dev zlib1g-dev \
         python3 python3-websocket python3-websockets python3-cryptography curl wrk valgrind nodejs \
-        chromium clang libclang-rt-14-dev
+        chromium clang libclang-rt-14-dev libnats-dev nats-server
 
 LLHTTP_OBJS := $(BUILD)/llhttp.o $(BUILD)/llhttp_api.o $(BUILD)/llhttp_http.o
 

@@ -23,12 +23,16 @@
 //  11. Recovery    room histories, dropped connections kept, resume tokens
 //  12. WebSocket   upgrade, wslay contexts bound on demand, envelopes
 //  13. Pushes      to a connection, a room or everyone (encoded once, shared)
-//  14. Admin       the console: embedded page, JSON API, rate samples, actions
-//  15. Lifecycle   timers, heartbeats, watchdog, reload, shutdown, metrics, accept, listen
-//  16. Self-test   unit tests of the tables, routes, JSON and JWT checks
-//  17. main
+//  14. Cluster     rooms, pushes and connection sends across nodes over NATS
+//  15. Admin       the console: embedded page, JSON API, rate samples, actions
+//  16. Lifecycle   timers, heartbeats, watchdog, reload, shutdown, metrics, accept, listen
+//  17. Self-test   unit tests of the tables, routes, JSON and JWT checks
+//  18. main
 
 #include <uv.h>
+#ifdef LINKD_CLUSTER
+#include <nats/adapters/libuv.h>
+#endif
 #include <llhttp.h>
 #include <wslay/wslay.h>
 #include <pb_encode.h>
@@ -57,6 +61,7 @@
 #include <jsmn.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cinttypes>
 #include <csetjmp>
@@ -117,6 +122,10 @@ struct Config {
   char tls_client_ca[256] = "";        // set: client certificates required and verified
   char admin_listen[128] = "";         // empty: no admin console
   char admin_role[64] = "admin";       // the JWT role the console requires
+  char nats_url[1024] = "";            // comma list of NATS servers; empty: no cluster
+  char node_id[64] = "";               // this node's name in the cluster (default: the host name)
+  char nats_creds[256] = "";
+  char nats_tls_ca[256] = "";
   int64_t log_level = 2;               // 0 error, 1 warn, 2 info, 3 debug
   int64_t max_connections = 10000;     // WebSocket connections
   int64_t max_http_connections = 1024; // plain HTTP connections
@@ -188,6 +197,10 @@ const Setting settings[] = {
   SETTING_STR("tls-client-ca", tls_client_ca, "PEM CA certificate(s): require and verify client certificates"),
   SETTING_STR("admin-listen", admin_listen, "admin console address host:port (loopback only without JWT); empty: off"),
   SETTING_STR("admin-role", admin_role, "JWT role the admin console requires"),
+  SETTING_STR("nats-url", nats_url, "cluster: NATS servers (comma list, nats://host:4222); empty: this node alone"),
+  SETTING_STR("node-id", node_id, "cluster: this node's name ([A-Za-z0-9_-], at most 48); default: the host name"),
+  SETTING_STR("nats-creds", nats_creds, "cluster: NATS credentials file (JWT + nkey seed)"),
+  SETTING_STR("nats-tls-ca", nats_tls_ca, "cluster: CA for a TLS connection to NATS"),
   {"shutdown-timeout", Kind::Duration, &cfg.shutdown_timeout, 0, 3600000, "time to finish in-flight work on SIGTERM"},
   {"register-timeout", Kind::Duration, &cfg.register_timeout, 100, 3600000, "a service link that has not registered by then is closed"},
   {"history-memory", Kind::Size, &cfg.history_memory, 0, 1 << 30, "room pushes kept for connection recovery, all rooms together"},
@@ -514,6 +527,17 @@ CliMode config_parse(int argc, char** argv) {
     config_dief("socket: %s is too long for a Unix socket path (%zu bytes at most)", setting_origin(cfg.socket_path, w1, sizeof w1),
                 sizeof(((sockaddr_un*)0)->sun_path) - 1);
   config_check_listen(cfg.listen, "listen");
+  if (*cfg.nats_url) {
+#ifndef LINKD_CLUSTER
+    config_dief("nats-url: %s, but this linkd was built without cluster support (see README: Cluster)", setting_origin(cfg.nats_url, w1, sizeof w1));
+#endif
+    if (!*cfg.node_id && gethostname(cfg.node_id, sizeof cfg.node_id - 1)) snprintf(cfg.node_id, sizeof cfg.node_id, "linkd");
+    for (char* p = cfg.node_id; *p; p++)
+      if (!isalnum((unsigned char)*p) && *p != '-') *p = '_';   // a host name's dots would split NATS subjects
+  }
+  for (const char* p = cfg.node_id; *p; p++)
+    if (!isalnum((unsigned char)*p) && *p != '_' && *p != '-') config_dief("node-id: %s may hold only letters, digits, '_' and '-'", setting_origin(cfg.node_id, w1, sizeof w1));
+  if (strlen(cfg.node_id) > 48) config_dief("node-id: %s is longer than 48 bytes", setting_origin(cfg.node_id, w1, sizeof w1));
   if (*cfg.admin_listen) {
     config_check_listen(cfg.admin_listen, "admin-listen");
     // Without a JWT to check, the console must not be reachable from the
@@ -604,6 +628,9 @@ uint64_t wall_ms() {
   clock_gettime(CLOCK_REALTIME, &ts);
   return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
+
+// Bytes someone else owns (a view).
+struct Slice { const char* p; size_t n; };
 
 // A growable byte buffer. Owner frees with buf_free.
 struct Buf {
@@ -831,6 +858,7 @@ bool header_has_token(const char* v, size_t n, const char* tok) {
 // ============================================================================
 
 constexpr uint32_t NIL = UINT32_MAX;
+constexpr uint32_t MAX_EXCEPT_REMOTE = 64;   // except ids of other nodes passed on with one push
 constexpr uint16_t NIL16 = UINT16_MAX;
 constexpr int MAX_HEADERS = 100;        // more headers than this: 431
 constexpr size_t READ_BUF = 64 * 1024;  // one loop-wide read buffer
@@ -986,6 +1014,7 @@ struct Room {
   uint32_t count;
   uint32_t seq;           // recovery: the last push's sequence number in this room
   HistEntry* hist;        // recovery: ring of the last pushes (owner: this), or null
+  void* sub;              // cluster: this room's NATS subscription while it has members here
   uint16_t hist_head, hist_count, hist_cap;   // oldest entry, entries, ring size
   uint32_t hash;
   uint32_t next_free;
@@ -1015,6 +1044,9 @@ struct Tally {
 };
 
 enum class PKind : uint8_t { Free, Http, Ws };
+
+// Cluster: what a question to other nodes is about (section 14).
+enum class AskKind : uint8_t { Free, Push, Rooms, Close, Count };
 
 // A reply a service owes. Deadlines are "start + fixed timeout", so one FIFO
 // (prev/next) is ordered by deadline and a single timer serves all of them.
@@ -1085,6 +1117,7 @@ struct Global {
   Buf wsout;              // control frames wslay writes during one ws_flush (owner: g)
   const char* rd; size_t rdlen;  // bytes wslay may read now
   uint32_t except_serial;
+  Slice except_remote[65]; uint32_t nexcept_remote;   // cluster: the except ids of other nodes in the push being handled (null-ended)
   uint32_t req_seq;       // HTTP request ids: slot | seq << 32
   uint64_t epoch;         // recovery: random per process (a restart makes every token stale)
   unsigned char token_key[32];   // recovery: signs the session tokens
@@ -1263,15 +1296,32 @@ Conn* conn_lookup(const char* id) {
   if (end == id || *end != '.') return nullptr;
   const char* gs = end + 1;
   unsigned long gen = strtoul(gs, &end, 10);
-  if (end == gs || *end) return nullptr;
+  if (end == gs) return nullptr;
+  if (*end == '@' && *cfg.nats_url && !strcmp(end + 1, cfg.node_id)) end += strlen(end);   // this node's
+  if (*end) return nullptr;
   if (slot >= g.conn_hw) return nullptr;
   Conn* c = &g.conns[slot];
   if (c->gen != gen || c->state != CState::Ws) return nullptr;
   return c;
 }
 
+const char* node_id() { return cfg.node_id; }
+
+// "slot.gen@node": the node part of a connection id, or null.
+const char* conn_id_node(const char* id) {
+  const char* at = strchr(id, '@');
+  return at ? at + 1 : nullptr;
+}
+
+// True when the id names a connection of another node.
+bool conn_id_remote(const char* id) {
+  const char* n = conn_id_node(id);
+  return n && strcmp(n, node_id());
+}
+
+// "slot.gen", and "@node" in cluster mode: ids name their node.
 int conn_id(const Conn* c, char* out, size_t n) {
-  return snprintf(out, n, "%u.%u", conn_index(c), c->gen);
+  return *cfg.nats_url ? snprintf(out, n, "%u.%u@%s", conn_index(c), c->gen, cfg.node_id) : snprintf(out, n, "%u.%u", conn_index(c), c->gen);
 }
 
 // --- rooms -----------------------------------------------------------------
@@ -1288,6 +1338,8 @@ uint32_t room_find(uint16_t group, const char* name, size_t n) {
     return room->hash == h && room->group == group && room->name_len == n && !memcmp(room->name, name, n);
   });
 }
+
+void cluster_room_interest(uint32_t r, bool on);   // section 14: subscribe while members are here
 
 // Finds or creates; NIL when the table is full or the name is too long.
 uint32_t room_get(uint16_t group, const char* name, size_t n) {
@@ -1309,8 +1361,10 @@ uint32_t room_get(uint16_t group, const char* name, size_t n) {
   room->seq = 0;
   room->hist = nullptr;
   room->hist_head = room->hist_count = room->hist_cap = 0;
+  room->sub = nullptr;
   index_insert(&g.room_index, room->hash, r);
   g.room_count++;
+  cluster_room_interest(r, true);
   return r;
 }
 
@@ -1319,6 +1373,7 @@ void hist_clear(Room* room);   // section 11
 void room_free(uint32_t r) {
   Room* room = &g.rooms[r];
   hist_clear(room);
+  cluster_room_interest(r, false);
   index_remove(&g.room_index, room->hash, r, [](uint32_t x) { return g.rooms[x].hash; });
   room->used = false;
   room->next_free = g.room_free;
@@ -2179,7 +2234,7 @@ void tls_keep_peer(Tls* t) {
   ses->peer_cert = nullptr;
 }
 
-void conn_input(Conn* c, const char* p, size_t n);   // section 15: plaintext for HTTP or WebSocket (null: the end)
+void conn_input(Conn* c, const char* p, size_t n);   // section 16: plaintext for HTTP or WebSocket (null: the end)
 void conn_refuse(uv_stream_t* st, unsigned status, const char* type, const char* msg);
 
 // Ciphertext read from a TLS connection: the handshake, then every record
@@ -2296,8 +2351,6 @@ void tls_release() {
 // method and shape (static texts and :param positions) conflict; a service's
 // own re-registration of a route is not a conflict.
 // ============================================================================
-
-struct Slice { const char* p; size_t n; };
 
 // Splits a path at '/' into segments; a trailing '/' is ignored. Returns
 // the count, or -1 when there are too many or an empty segment ("//").
@@ -2856,7 +2909,7 @@ Slice token_of(Slice authz, Slice query) {
 enum Tag : uint32_t {
   TAG_REGISTER = 1, TAG_REGISTER_RESULT = 2, TAG_HTTP_REQUEST = 3, TAG_HTTP_RESPONSE = 4,
   TAG_ERROR = 5, TAG_CLOSE = 6, TAG_ROOMS_QUERY = 7, TAG_ROOMS_RESULT = 8, TAG_HEARTBEAT = 9,
-  TAG_COMMAND_RESULT = 10, TAG_WS_EVENT = 20, TAG_WS_INBOUND = 21, TAG_WS_OUTBOUND = 22,
+  TAG_COMMAND_RESULT = 10, TAG_ROOM_COUNT_QUERY = 11, TAG_ROOM_COUNT_RESULT = 12, TAG_WS_EVENT = 20, TAG_WS_INBOUND = 21, TAG_WS_OUTBOUND = 22,
   TAG_WS_ROOM_OP = 23, TAG_WS_RESPONSE = 24,
 };
 
@@ -3100,14 +3153,21 @@ bool dec_resp_header(pb_istream_t* s, const pb_field_t*, void** arg) noexcept {
   return true;
 }
 
-// except_connections: every id named is marked with the current serial.
+// except_connections: every id named is marked with the current serial;
+// the ids of other nodes' connections are kept for them (g.except_remote).
 bool dec_except(pb_istream_t* s, const pb_field_t*, void**) noexcept {
-  char id[48];
+  char id[96];
   size_t n = s->bytes_left;
   if (n >= sizeof id) return pb_read(s, nullptr, n);   // cannot be one of ours
+  const char* at = (const char*)s->state;               // buffer stream: the id's bytes, alive while the frame is handled
   if (!pb_read(s, (pb_byte_t*)id, n)) return false;
   id[n] = 0;
-  if (Conn* c = conn_lookup(id)) c->except_mark = g.except_serial;
+  if (conn_id_remote(id)) {
+    if (g.nexcept_remote < MAX_EXCEPT_REMOTE) g.except_remote[g.nexcept_remote++] = Slice{at, n};
+    g.except_remote[g.nexcept_remote] = Slice{nullptr, 0};
+  } else if (Conn* c = conn_lookup(id)) {
+    c->except_mark = g.except_serial;
+  }
   return true;
 }
 
@@ -3130,6 +3190,8 @@ bool reserved_path(const char* p) { return !strcmp(p, "/health") || !strcmp(p, "
 
 // A service with no instance and no connection is forgotten (its routes
 // go) when its slot is needed for a new name. NIL16 if none is idle.
+void cluster_group_interest(uint16_t gi, bool on);   // section 14
+
 uint16_t group_reclaim() {
   for (uint32_t i = 0; i < g.ngroups; i++) {
     Group* gr = &g.groups[i];
@@ -3143,6 +3205,7 @@ uint16_t group_reclaim() {
       if (g.routes[r].group != i) g.routes[kept++] = g.routes[r];
     g.nroutes = kept;
     LOG_INFO("service '%s' forgotten (no instance, no connection) to make room", gr->name);
+    cluster_group_interest((uint16_t)i, false);
     gr->used = false;
     return (uint16_t)i;
   }
@@ -3290,6 +3353,7 @@ void on_register(Backend* b, pb_istream_t* s) {
   }
   b->group = gi;
   b->state = BState::Ready;
+  if (*gr->ws_path) cluster_group_interest(gi, true);   // its pushes from other nodes
   if (m.instance_id[0]) snprintf(b->instance_id, sizeof b->instance_id, "%s", m.instance_id);
   else snprintf(b->instance_id, sizeof b->instance_id, "%.40s-%u.%u", m.name, backend_index(b), b->gen);
   gr->live++;
@@ -3347,6 +3411,15 @@ void on_ws_response(Backend* b, pb_istream_t* s) {
   if (c && c->group == b->group) ws_service_reply(c, m.correlation_id, &m, data);
 }
 
+// Section 14 (cluster mode): a command for another node's connection goes
+// to that node; false when it is not alive (the command gets NOT_FOUND).
+bool cluster_ask_node(Backend* b, const char* conn_id, AskKind kind, uint64_t reply_id, linkd_ClusterRequest* rq);
+bool cluster_ask_count(Backend* b, const char* room, uint64_t query_id, uint64_t timeout_ms, uint32_t local);
+
+void remote_not_found(Backend* b, uint64_t op_id) {
+  command_result(b, op_id, "NOT_FOUND", "no such connection (its node is not in the cluster now)", 404);
+}
+
 void on_ws_outbound(Backend* b, pb_istream_t* s) {
   linkd_WebSocketOutbound m = {};
   Slice payload{};
@@ -3354,13 +3427,29 @@ void on_ws_outbound(Backend* b, pb_istream_t* s) {
   m.payload.arg = &payload;
   m.except_connections.funcs.decode = dec_except;
   g.except_serial++;
+  g.nexcept_remote = 0;
+  g.except_remote[0] = Slice{nullptr, 0};
   if (!pb_decode(s, linkd_WebSocketOutbound_fields, &m)) { backend_close(b, "WebSocketOutbound does not decode"); return; }
+  if (m.connection_id[0] && conn_id_remote(m.connection_id)) {
+    linkd_ClusterRequest rq = {};
+    rq.has_push = true;
+    rq.push = m;
+    rq.push.payload.funcs.encode = enc_slice;
+    rq.push.payload.arg = &payload;
+    rq.push.except_connections.funcs.encode = nullptr;
+    if (!cluster_ask_node(b, m.connection_id, AskKind::Push, m.op_id, &rq)) remote_not_found(b, m.op_id);
+    return;
+  }
   ws_outbound(b, &m, payload);
 }
 
 void on_room_op(Backend* b, pb_istream_t* s) {
   linkd_WebSocketRoomOperation m = {};
   if (!pb_decode(s, linkd_WebSocketRoomOperation_fields, &m)) { backend_close(b, "WebSocketRoomOperation does not decode"); return; }
+  if (conn_id_remote(m.connection_id)) {   // rooms are decided by the service where the connection is
+    command_result(b, m.op_id, "NOT_FOUND", "the connection is on another node: its rooms are for the service there to change", 404);
+    return;
+  }
   Conn* c = conn_lookup(m.connection_id);
   if (!c || c->group != b->group) { command_result(b, m.op_id, "NOT_FOUND", "no such connection", 404); return; }
   size_t n = strlen(m.room);
@@ -3394,6 +3483,12 @@ void on_room_op(Backend* b, pb_istream_t* s) {
 void on_rooms_query(Backend* b, pb_istream_t* s) {
   linkd_RoomsQuery m = {};
   if (!pb_decode(s, linkd_RoomsQuery_fields, &m)) { backend_close(b, "RoomsQuery does not decode"); return; }
+  if (conn_id_remote(m.connection_id)) {
+    linkd_ClusterRequest rq = {};
+    rq.has_rooms = true;
+    rq.rooms = m;
+    if (cluster_ask_node(b, m.connection_id, AskKind::Rooms, m.query_id, &rq)) return;   // answered when its node answers
+  }
   linkd_RoomsResult r = {};
   r.query_id = m.query_id;
   Conn* c = conn_lookup(m.connection_id);
@@ -3412,6 +3507,13 @@ void on_rooms_query(Backend* b, pb_istream_t* s) {
 void on_close_command(Backend* b, pb_istream_t* s) {
   linkd_CloseConnection m = {};
   if (!pb_decode(s, linkd_CloseConnection_fields, &m)) { backend_close(b, "CloseConnection does not decode"); return; }
+  if (conn_id_remote(m.connection_id)) {
+    linkd_ClusterRequest rq = {};
+    rq.has_close = true;
+    rq.close = m;
+    if (!cluster_ask_node(b, m.connection_id, AskKind::Close, m.op_id, &rq)) remote_not_found(b, m.op_id);
+    return;
+  }
   Conn* c = conn_lookup(m.connection_id);
   if (!c || c->group != b->group) { command_result(b, m.op_id, "NOT_FOUND", "no such connection", 404); return; }
   uint32_t code = m.code ? m.code : 1000;
@@ -3421,6 +3523,22 @@ void on_close_command(Backend* b, pb_istream_t* s) {
   }
   ws_close(c, (uint16_t)code, m.reason);
   command_result(b, m.op_id, nullptr, nullptr, 0);
+}
+
+// Members of a room: here, and in cluster mode on every node (answered
+// when they have, or at the query's timeout).
+void on_room_count(Backend* b, pb_istream_t* s) {
+  linkd_RoomCountQuery m = {};
+  if (!pb_decode(s, linkd_RoomCountQuery_fields, &m)) { backend_close(b, "RoomCountQuery does not decode"); return; }
+  uint32_t r = room_find(b->group, m.room, strlen(m.room));
+  uint32_t local = r == NIL ? 0 : g.rooms[r].count;
+  uint64_t timeout = m.timeout_ms ? std::min<uint32_t>(m.timeout_ms, 5000) : 500;
+  if (cluster_ask_count(b, m.room, m.query_id, timeout, local)) return;
+  linkd_RoomCountResult res = {};
+  res.query_id = m.query_id;
+  res.members = local;
+  res.nodes = res.nodes_known = 1;
+  backend_send_msg(b, TAG_ROOM_COUNT_RESULT, linkd_RoomCountResult_fields, &res);
 }
 
 void on_heartbeat(Backend* b, pb_istream_t* s) {
@@ -3464,6 +3582,7 @@ void backend_frame(Backend* b, const uint8_t* p, size_t n) {
       case TAG_ROOMS_QUERY: on_rooms_query(b, &sub); break;
       case TAG_CLOSE: on_close_command(b, &sub); break;
       case TAG_HEARTBEAT: on_heartbeat(b, &sub); break;
+      case TAG_ROOM_COUNT_QUERY: on_room_count(b, &sub); break;
       default: LOG_DEBUG("service frame member %u ignored", tag); break;
     }
     if (b->state == BState::Free) return;
@@ -3888,7 +4007,7 @@ void cors_headers(Buf* out, const Http* h) {
 
 void http_pump(Conn* c);
 bool ws_try_upgrade(Conn* c);
-void admin_dispatch(Conn* c, const char* method, Slice path);   // section 14
+void admin_dispatch(Conn* c, const char* method, Slice path);   // section 15
 void conn_read_cb(uv_stream_t* st, ssize_t n, const uv_buf_t* buf) noexcept;
 void metrics_write(Buf* b);
 
@@ -3997,6 +4116,8 @@ Sent send_http_request(Backend* b, Conn* c, const Match* m, uint64_t req_id, con
   return backend_send_msg(b, TAG_HTTP_REQUEST, linkd_HttpRequest_fields, &r);
 }
 
+bool cluster_connected();   // section 14
+
 // linkd's own endpoints; true if the request was one of them.
 bool http_local(Conn* c, const char* method, Slice path) {
   bool health = path.n == 7 && !memcmp(path.p, "/health", 7), metrics = path.n == 8 && !memcmp(path.p, "/metrics", 8);
@@ -4007,7 +4128,11 @@ bool http_local(Conn* c, const char* method, Slice path) {
     return true;
   }
   Buf b;
-  if (health) buf_printf(&b, "{\"status\":\"%s\",\"version\":\"%s\"}", g.shutting_down ? "stopping" : "healthy", LINKD_VERSION);
+  if (health) {
+    buf_printf(&b, "{\"status\":\"%s\",\"version\":\"%s\"", g.shutting_down ? "stopping" : "healthy", LINKD_VERSION);
+    if (*cfg.nats_url) buf_printf(&b, ",\"node\":\"%s\",\"cluster\":\"%s\"", cfg.node_id, cluster_connected() ? "connected" : "disconnected");
+    buf_puts(&b, "}");
+  }
   else metrics_write(&b);
   const char* hd = health ? "Content-Type: application/json\r\nCache-Control: no-store\r\n"
                           : "Content-Type: text/plain; version=0.0.4\r\nCache-Control: no-store\r\n";
@@ -4310,7 +4435,7 @@ void resume(Conn* c, const char* js, const jsmntok_t* t, int n, int data_at) {
   }
   std::sort(replay, replay + k, [](const HistEntry& a, const HistEntry& b) { return a.serial < b.serial; });
   // The rooms move to the new connection; the old one is gone for good.
-  char old_id[24];
+  char old_id[96];
   conn_id(old, old_id, sizeof old_id);
   member_move_all(old, c);
   if (old->state == CState::Ws) { old->resumed_away = true; conn_close(old, "resumed on another connection"); }
@@ -4835,7 +4960,11 @@ struct PushOutcome {
 // A push of service gi (a service's WebSocketOutbound, or the admin
 // console's): to one connection, a room or everyone on the path, minus the
 // connections marked with the current except serial.
-PushOutcome push_send(uint16_t gi, const linkd_WebSocketOutbound* m, Slice payload) {
+void cluster_push_out(uint16_t gi, const linkd_WebSocketOutbound* m, Slice payload, const Slice* except);   // section 14
+
+// publish: a push made here (not one another node passed on) to a room or
+// everyone also goes to the other nodes.
+PushOutcome push_send(uint16_t gi, const linkd_WebSocketOutbound* m, Slice payload, bool publish = true) {
   const Group* gr = &g.groups[gi];
   Buf e;                  // the envelope; frames are built from it on first use
   OutMsg msg{1, payload.p, payload.n, nullptr, nullptr, false};
@@ -4871,6 +5000,7 @@ PushOutcome push_send(uint16_t gi, const linkd_WebSocketOutbound* m, Slice paylo
   } else if (m->room[0]) {
     size_t rn = strlen(m->room);
     uint32_t r = room_find(gi, m->room, rn);
+    if (publish) cluster_push_out(gi, m, payload, g.except_remote);
     if (r != NIL && gr->rec_window_ms) {
       // Recovery: the envelope names the room and its next seq, and the
       // plain frame is kept in the room's history for clients that drop.
@@ -4899,6 +5029,7 @@ PushOutcome push_send(uint16_t gi, const linkd_WebSocketOutbound* m, Slice paylo
       i = next;
     }
   } else if (m->broadcast_all) {
+    if (publish) cluster_push_out(gi, m, payload, g.except_remote);
     for (uint32_t i = 0; i < g.conn_hw; i++) {
       Conn* c = &g.conns[i];
       if (c->state == CState::Ws && c->group == gi && c->except_mark != serial) out.delivered += ws_send_msg(c, &msg);
@@ -4917,7 +5048,551 @@ void ws_outbound(Backend* b, const linkd_WebSocketOutbound* m, Slice payload) {
 }
 
 // ============================================================================
-// 14. Admin console
+// 14. Cluster
+// With --nats-url, nodes share rooms, pushes and connection sends over NATS
+// (libnats, its I/O on this loop through its libuv adapter). Each node keeps
+// its own connections and service instances; it subscribes to a room's
+// subject only while it has local members, to a path's subjects while the
+// service has the path here, and to its own inbox. A push is published once
+// (on the room's or the path's subject) and each node delivers it to its
+// local members with the except list applied; NATS never echoes a node's
+// own messages back (no-echo), so nobody gets a push twice. Connection ids
+// name their node ("slot.gen@node"): commands for another node's
+// connection are asked of that node, which answers within CLUSTER_ASK_MS.
+// NATS' threads only queue what arrives; everything else runs on the loop.
+// ============================================================================
+
+constexpr uint64_t CLUSTER_HELLO_MS = 1000;   // liveness beacon on linkd.hb
+constexpr uint64_t CLUSTER_DEAD_MS = 3500;    // a node silent this long is gone
+constexpr uint64_t CLUSTER_ASK_MS = 2000;     // another node answers a request within this
+constexpr int MAX_NODES = 64;
+constexpr int MAX_ASKS = 1024;
+
+#ifdef LINKD_CLUSTER
+
+// A question to other nodes that a local service waits on.
+struct Ask {
+  AskKind kind;
+  uint16_t backend;       // who asked, checked with its generation
+  uint32_t backend_gen;
+  uint64_t req;           // request id on the wire: slot | serial << 16
+  uint64_t reply_id;      // op_id or query_id to answer the service with
+  uint64_t deadline;      // loop ms
+  uint32_t count, nodes;  // Count: members and answering nodes so far
+};
+
+struct Node {
+  char id[64];
+  uint64_t seen;          // loop ms of its last hello (0: slot free)
+};
+
+struct ClusterState {
+  bool on;
+  natsOptions* opts;
+  natsConnection* nc;
+  uv_async_t wake;        // NATS' threads queued messages
+  uv_timer_t timer;       // hellos, node expiry, asks past their deadline
+  uv_mutex_t lock;        // guards the inbox
+  natsMsg** inbox; uint32_t nin, cap;   // arrived, waiting for the loop (owner: this)
+  natsSubscription* sub_node;   // linkd.n.<node>
+  natsSubscription* sub_hello;  // linkd.hb
+  natsSubscription** sub_path;  // [group * 2]: linkd.a.<svc>, [group * 2 + 1]: linkd.q.<svc>
+  Ask asks[MAX_ASKS];
+  uint64_t ask_serial;
+  Node nodes[MAX_NODES];
+  std::atomic<uint32_t> disconnects, reconnects;
+  uint64_t published, received, dropped;
+  uint32_t subs;
+} cluster;
+
+// Subjects: linkd.r.<service>.<hash of the room> (the room's name travels in
+// the message: a collision only costs a node one it drops), linkd.a.<service>
+// (everyone on a path), linkd.q.<service> (room counts), linkd.n.<node>
+// (one node), linkd.hb (hellos).
+void subject_room(char* out, size_t n, uint16_t gi, const char* room, size_t rn) {
+  snprintf(out, n, "linkd.r.%s.%08x", g.groups[gi].name, hash_str(room, rn));
+}
+
+void cluster_on_msg(natsConnection*, natsSubscription*, natsMsg* msg, void*) noexcept {
+  uv_mutex_lock(&cluster.lock);
+  if (cluster.nin == cluster.cap) {
+    uint32_t cap = cluster.cap ? cluster.cap * 2 : 256;
+    natsMsg** p = cap <= 1u << 20 ? (natsMsg**)realloc(cluster.inbox, cap * sizeof *p) : nullptr;
+    if (!p) {   // the loop is far behind: shed (counted)
+      cluster.dropped++;
+      uv_mutex_unlock(&cluster.lock);
+      natsMsg_Destroy(msg);
+      return;
+    }
+    cluster.inbox = p;
+    cluster.cap = cap;
+  }
+  cluster.inbox[cluster.nin++] = msg;
+  uv_mutex_unlock(&cluster.lock);
+  uv_async_send(&cluster.wake);
+}
+
+void cluster_on_disconnected(natsConnection*, void*) noexcept { cluster.disconnects++; }
+void cluster_on_reconnected(natsConnection*, void*) noexcept { cluster.reconnects++; }
+
+natsSubscription* cluster_sub(const char* subject) {
+  natsSubscription* sub = nullptr;
+  if (natsConnection_Subscribe(&sub, cluster.nc, subject, cluster_on_msg, nullptr) != NATS_OK) {
+    LOG_WARN("cluster: cannot subscribe to %s: %s", subject, nats_GetLastError(nullptr));
+    return nullptr;
+  }
+  natsSubscription_SetPendingLimits(sub, 1 << 16, 64 << 20);   // what one subject may hold in the client
+  cluster.subs++;
+  return sub;
+}
+
+void cluster_unsub(natsSubscription** sub) {
+  if (!*sub) return;
+  natsSubscription_Unsubscribe(*sub);
+  natsSubscription_Destroy(*sub);
+  *sub = nullptr;
+  cluster.subs--;
+}
+
+// Encodes and publishes; while NATS is down the client buffers a little,
+// then refuses: counted as dropped, local delivery goes on.
+void cluster_publish(const char* subject, linkd_ClusterMessage* m) {
+  snprintf(m->origin, sizeof m->origin, "%s", node_id());
+  size_t n;
+  if (!pb_get_encoded_size(&n, linkd_ClusterMessage_fields, m)) return;
+  static Buf out;
+  out.len = 0;
+  buf_reserve(&out, n);
+  pb_ostream_t os = pb_ostream_from_buffer((pb_byte_t*)out.p, n);
+  if (!pb_encode(&os, linkd_ClusterMessage_fields, m)) { LOG_ERROR("cluster: cannot encode: %s", PB_GET_ERROR(&os)); return; }
+  if (natsConnection_Publish(cluster.nc, subject, out.p, (int)os.bytes_written) == NATS_OK) cluster.published++;
+  else cluster.dropped++;
+  if (out.cap > 1 << 20) buf_free(&out);
+}
+
+// Bytes already encoded as the field (tags included), written as they are.
+bool enc_raw_field(pb_ostream_t* s, const pb_field_t*, void* const* arg) noexcept {
+  const Slice* raw = (const Slice*)*arg;
+  return !raw->n || pb_write(s, (const pb_byte_t*)raw->p, raw->n);
+}
+
+bool enc_strings(pb_ostream_t* s, const pb_field_t* f, void* const* arg) noexcept {
+  const Slice* list = (const Slice*)*arg;   // ends with a null p
+  for (; list && list->p; list++)
+    if (!pb_encode_tag_for_field(s, f) || !pb_encode_string(s, (const pb_byte_t*)list->p, list->n)) return false;
+  return true;
+}
+
+// --- interest -----------------------------------------------------------------
+
+void cluster_room_interest(uint32_t r, bool on) {
+  if (!cluster.on) return;
+  Room* room = &g.rooms[r];
+  if (on) {
+    char subj[128];
+    subject_room(subj, sizeof subj, room->group, room->name, room->name_len);
+    room->sub = cluster_sub(subj);
+  } else {
+    cluster_unsub((natsSubscription**)&room->sub);
+  }
+}
+
+void cluster_group_interest(uint16_t gi, bool on) {
+  if (!cluster.on) return;
+  natsSubscription** a = &cluster.sub_path[gi * 2];
+  natsSubscription** q = &cluster.sub_path[gi * 2 + 1];
+  if (on && !*a) {
+    char subj[96];
+    snprintf(subj, sizeof subj, "linkd.a.%s", g.groups[gi].name);
+    *a = cluster_sub(subj);
+    snprintf(subj, sizeof subj, "linkd.q.%s", g.groups[gi].name);
+    *q = cluster_sub(subj);
+  } else if (!on) {
+    cluster_unsub(a);
+    cluster_unsub(q);
+  }
+}
+
+// --- out: pushes and questions --------------------------------------------------
+
+// A local service's push to a room or everyone, for the other nodes'
+// members (push_send delivered it here). except: the ids as the service sent them.
+void cluster_push_out(uint16_t gi, const linkd_WebSocketOutbound* m, Slice payload, const Slice* except) {
+  if (!cluster.on) return;
+  linkd_ClusterMessage cm = {};
+  cm.has_push = true;
+  snprintf(cm.push.service, sizeof cm.push.service, "%s", g.groups[gi].name);
+  cm.push.has_push = true;
+  cm.push.push = *m;
+  cm.push.push.op_id = 0;
+  cm.push.push.payload.funcs.encode = enc_slice;
+  cm.push.push.payload.arg = &payload;
+  cm.push.push.except_connections.funcs.encode = enc_strings;
+  cm.push.push.except_connections.arg = (void*)except;
+  char subj[128];
+  if (m->room[0]) subject_room(subj, sizeof subj, gi, m->room, strlen(m->room));
+  else snprintf(subj, sizeof subj, "linkd.a.%s", g.groups[gi].name);
+  cluster_publish(subj, &cm);
+}
+
+Ask* ask_new(AskKind kind, const Backend* b, uint64_t reply_id, uint64_t timeout_ms) {
+  for (int i = 0; i < MAX_ASKS; i++) {
+    Ask* a = &cluster.asks[i];
+    if (a->kind != AskKind::Free) continue;
+    *a = Ask{kind, backend_index(b), b->gen, (uint64_t)i | ++cluster.ask_serial << 16, reply_id, now_ms() + timeout_ms, 0, 1};
+    return a;
+  }
+  return nullptr;
+}
+
+int nodes_alive() {
+  int n = 0;
+  for (const Node& nd : cluster.nodes) n += nd.seen && now_ms() - nd.seen < CLUSTER_DEAD_MS;
+  return n;
+}
+
+bool node_alive(const char* id) {
+  for (const Node& nd : cluster.nodes)
+    if (nd.seen && !strcmp(nd.id, id)) return now_ms() - nd.seen < CLUSTER_DEAD_MS;
+  return false;
+}
+
+// A local service asks about another node's connection (rq.service and one
+// of push/rooms/close set by the caller). False when that node is not
+// alive: the caller answers NOT_FOUND at once.
+bool cluster_ask_node(Backend* b, const char* conn_id, AskKind kind, uint64_t reply_id, linkd_ClusterRequest* rq) {
+  const char* node = conn_id_node(conn_id);
+  if (!cluster.on || !node || !node_alive(node)) return false;
+  Ask* a = reply_id || kind != AskKind::Push ? ask_new(kind, b, reply_id, CLUSTER_ASK_MS) : nullptr;
+  linkd_ClusterMessage cm = {};
+  cm.has_request = true;
+  cm.request = *rq;
+  cm.request.request_id = a ? a->req : 0;
+  snprintf(cm.request.service, sizeof cm.request.service, "%s", g.groups[b->group].name);
+  char subj[96];
+  snprintf(subj, sizeof subj, "linkd.n.%s", node);
+  cluster_publish(subj, &cm);
+  return true;
+}
+
+// Members of a room on every node: asked on linkd.q.<service>; this node's
+// own count is in from the start.
+bool cluster_ask_count(Backend* b, const char* room, uint64_t query_id, uint64_t timeout_ms, uint32_t local) {
+  if (!cluster.on) return false;
+  Ask* a = ask_new(AskKind::Count, b, query_id, timeout_ms);
+  if (!a) return false;
+  a->count = local;
+  linkd_ClusterMessage cm = {};
+  cm.has_request = true;
+  cm.request.request_id = a->req;
+  snprintf(cm.request.service, sizeof cm.request.service, "%s", g.groups[b->group].name);
+  snprintf(cm.request.room_count, sizeof cm.request.room_count, "%s", room);
+  char subj[96];
+  snprintf(subj, sizeof subj, "linkd.q.%s", g.groups[b->group].name);
+  cluster_publish(subj, &cm);
+  return true;
+}
+
+void count_answer(Backend* b, const Ask* a) {
+  linkd_RoomCountResult r = {};
+  r.query_id = a->reply_id;
+  r.members = a->count;
+  r.nodes = a->nodes;
+  r.nodes_known = (uint32_t)nodes_alive() + 1;
+  backend_send_msg(b, TAG_ROOM_COUNT_RESULT, linkd_RoomCountResult_fields, &r);
+}
+
+// An ask ends: answered, or out of time.
+void ask_finish(Ask* a, const linkd_ClusterAnswer* ans, Slice rooms_raw) {
+  Backend* b = &g.backends[a->backend];
+  bool live = b->gen == a->backend_gen && b->state == BState::Ready;
+  if (live) switch (a->kind) {
+    case AskKind::Push:
+    case AskKind::Close:
+      if (!ans) command_result(b, a->reply_id, "NOT_FOUND", "the connection's node did not answer", 404);
+      else if (ans->ok) command_result(b, a->reply_id, nullptr, nullptr, 0, ans->count);
+      else command_result(b, a->reply_id, ans->error.type, ans->error.message, ans->error.code);
+      break;
+    case AskKind::Rooms: {
+      linkd_RoomsResult r = {};
+      r.query_id = a->reply_id;
+      if (ans && ans->ok) {
+        r.rooms.funcs.encode = enc_raw_field;
+        r.rooms.arg = &rooms_raw;
+      } else {
+        r.has_error = true;
+        r.error.code = 404;
+        snprintf(r.error.type, sizeof r.error.type, "NOT_FOUND");
+        snprintf(r.error.message, sizeof r.error.message, "%s", ans ? ans->error.message : "the connection's node did not answer");
+      }
+      backend_send_msg(b, TAG_ROOMS_RESULT, linkd_RoomsResult_fields, &r);
+      break;
+    }
+    case AskKind::Count: count_answer(b, a); break;
+    case AskKind::Free: break;
+  }
+  a->kind = AskKind::Free;
+}
+
+// --- in -----------------------------------------------------------------------
+
+struct InPush {           // what the decode callbacks collect
+  Slice payload;
+  Slice except[64];       // except ids of this node (others cannot be here)
+  int nexcept;
+  Slice rooms_raw;        // ClusterAnswer.rooms: the repeated field's encoded bytes
+};
+
+bool dec_except_any(pb_istream_t* s, const pb_field_t*, void**) noexcept {
+  char id[96];
+  size_t n = s->bytes_left;
+  if (n >= sizeof id) return pb_read(s, nullptr, n);
+  if (!pb_read(s, (pb_byte_t*)id, n)) return false;
+  id[n] = 0;
+  if (conn_id_remote(id)) return true;   // another node applies it
+  if (Conn* c = conn_lookup(id)) c->except_mark = g.except_serial;
+  return true;
+}
+
+// The rooms list of an answer, kept as its encoded bytes to pass on as is.
+bool dec_rooms_raw(pb_istream_t* s, const pb_field_t* f, void** arg) noexcept {
+  InPush* in = (InPush*)*arg;
+  static Buf raw;
+  if (!in->rooms_raw.p) raw.len = 0;
+  size_t n = s->bytes_left;
+  uint8_t hdr[16];
+  pb_ostream_t os = pb_ostream_from_buffer(hdr, sizeof hdr);
+  pb_encode_tag(&os, PB_WT_STRING, 2);   // RoomsResult.rooms
+  pb_encode_varint(&os, n);
+  buf_put(&raw, hdr, os.bytes_written);
+  buf_reserve(&raw, n);
+  if (!pb_read(s, (pb_byte_t*)raw.p + raw.len, n)) return false;
+  raw.len += n;
+  in->rooms_raw = Slice{raw.p, raw.len};
+  (void)f;
+  return true;
+}
+
+uint16_t group_by_name(const char* name);
+
+// A request from another node about one of ours (or a room count).
+void cluster_answer_request(const char* origin, const linkd_ClusterRequest* rq, Slice payload) {
+  linkd_ClusterMessage cm = {};
+  cm.has_answer = true;
+  linkd_ClusterAnswer* ans = &cm.answer;
+  ans->request_id = rq->request_id;
+  uint16_t gi = group_by_name(rq->service);
+  auto fail = [&](const char* type, const char* msg, int code) {
+    ans->has_error = true;
+    ans->error.code = code;
+    snprintf(ans->error.type, sizeof ans->error.type, "%s", type);
+    snprintf(ans->error.message, sizeof ans->error.message, "%s", msg);
+  };
+  Slice names[512];   // the rooms answer: up to 511 names, null-terminated list
+  int nn = 0;
+  if (rq->room_count[0]) {
+    uint32_t r = gi == NIL16 ? NIL : room_find(gi, rq->room_count, strlen(rq->room_count));
+    ans->ok = true;
+    ans->count = r == NIL ? 0 : g.rooms[r].count;
+  } else {
+    const char* id = rq->has_push ? rq->push.connection_id : rq->has_rooms ? rq->rooms.connection_id : rq->close.connection_id;
+    Conn* c = conn_lookup(id);
+    if (!c || gi == NIL16 || c->group != gi) fail("NOT_FOUND", "no such connection", 404);
+    else if (rq->has_push) {
+      g.except_serial++;
+      PushOutcome o = push_send(gi, &rq->push, payload);
+      if (o.type) fail(o.type, o.msg, o.code);
+      else { ans->ok = true; ans->count = o.delivered; }
+    } else if (rq->has_rooms) {
+      for (uint32_t m = c->rooms; m != NIL && nn < 511; m = g.members[m].cnext) names[nn++] = Slice{g.rooms[g.members[m].room].name, g.rooms[g.members[m].room].name_len};
+      ans->ok = true;
+    } else {
+      uint32_t code = rq->close.code ? rq->close.code : 1000;
+      if (code < 1000 || code > 4999 || code == 1004 || code == 1005 || code == 1006 || code == 1015) fail("BAD_CODE", "close code not allowed on the wire", 400);
+      else { ws_close(c, (uint16_t)code, rq->close.reason); ans->ok = true; }
+    }
+  }
+  names[nn] = Slice{nullptr, 0};
+  ans->rooms.funcs.encode = enc_strings;
+  ans->rooms.arg = names;
+  if (!rq->request_id) return;
+  char subj[96];
+  snprintf(subj, sizeof subj, "linkd.n.%s", origin);
+  cluster_publish(subj, &cm);
+}
+
+void cluster_hello_from(const char* id) {
+  Node* free_slot = nullptr;
+  for (Node& nd : cluster.nodes) {
+    if (nd.seen && !strcmp(nd.id, id)) { nd.seen = now_ms(); return; }
+    if (!free_slot && (!nd.seen || now_ms() - nd.seen >= CLUSTER_DEAD_MS * 4)) free_slot = &nd;
+  }
+  if (!free_slot) return;
+  snprintf(free_slot->id, sizeof free_slot->id, "%s", id);
+  free_slot->seen = now_ms();
+  LOG_INFO("cluster: node '%s' is here", id);
+}
+
+void cluster_handle(natsMsg* msg) {
+  const char* subj = natsMsg_GetSubject(msg);
+  frame_in = Slice{natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg)};   // slices point into the message (alive until it is destroyed)
+  pb_istream_t is = pb_istream_from_buffer((const pb_byte_t*)frame_in.p, frame_in.n);
+  static linkd_ClusterMessage cm;
+  cm = linkd_ClusterMessage{};
+  InPush in{};
+  cm.push.push.payload.funcs.decode = dec_slice;
+  cm.push.push.payload.arg = &in.payload;
+  cm.push.push.except_connections.funcs.decode = dec_except_any;
+  cm.request.push.payload.funcs.decode = dec_slice;
+  cm.request.push.payload.arg = &in.payload;
+  cm.answer.rooms.funcs.decode = dec_rooms_raw;
+  cm.answer.rooms.arg = &in;
+  g.except_serial++;   // marks made while decoding this push's except list
+  if (!pb_decode(&is, linkd_ClusterMessage_fields, &cm)) { LOG_WARN("cluster: a message on %s does not decode: %s", subj, PB_GET_ERROR(&is)); return; }
+  cluster.received++;
+  if (!strcmp(cm.origin, node_id())) return;   // (no-echo makes this rare: a node id used twice)
+  if (cm.hello) { cluster_hello_from(cm.origin); return; }
+  if (cm.has_push) {
+    uint16_t gi = group_by_name(cm.push.service);
+    if (gi == NIL16) return;
+    if (cm.push.push.room[0] && room_find(gi, cm.push.push.room, strlen(cm.push.push.room)) == NIL) return;   // a hash neighbour's room
+    push_send(gi, &cm.push.push, in.payload, false);   // marks of its except list were made while decoding
+  } else if (cm.has_request) {
+    cluster_answer_request(cm.origin, &cm.request, in.payload);
+  } else if (cm.has_answer) {
+    uint32_t i = (uint32_t)(cm.answer.request_id & 0xffff);
+    if (i >= MAX_ASKS || cluster.asks[i].kind == AskKind::Free || cluster.asks[i].req != cm.answer.request_id) return;   // late
+    Ask* a = &cluster.asks[i];
+    if (a->kind == AskKind::Count) {
+      a->count += cm.answer.count;
+      if (++a->nodes >= (uint32_t)nodes_alive() + 1) ask_finish(a, &cm.answer, in.rooms_raw);   // everyone answered
+    } else {
+      ask_finish(a, &cm.answer, in.rooms_raw);
+    }
+  }
+}
+
+void cluster_wake_cb(uv_async_t*) noexcept {
+  for (;;) {
+    uv_mutex_lock(&cluster.lock);
+    uint32_t n = cluster.nin;
+    natsMsg** batch = cluster.inbox;
+    cluster.inbox = nullptr;
+    cluster.nin = cluster.cap = 0;
+    uv_mutex_unlock(&cluster.lock);
+    if (!n) { free(batch); return; }
+    for (uint32_t i = 0; i < n; i++) {
+      cluster_handle(batch[i]);
+      natsMsg_Destroy(batch[i]);
+    }
+    free(batch);
+  }
+}
+
+void cluster_timer_cb(uv_timer_t*) noexcept {
+  uint64_t now = now_ms();
+  static uint64_t next_hello;
+  if (now >= next_hello) {
+    next_hello = now + CLUSTER_HELLO_MS;
+    linkd_ClusterMessage cm = {};
+    cm.hello = true;
+    cluster_publish("linkd.hb", &cm);
+  }
+  for (Ask& a : cluster.asks)
+    if (a.kind != AskKind::Free && now >= a.deadline) ask_finish(&a, nullptr, Slice{});
+}
+
+// --nats-url: connects (retrying in the background if NATS is not up yet:
+// the node works alone meanwhile) and subscribes to its inbox and hellos.
+bool cluster_start(char* err, size_t errn) {
+  if (!*cfg.nats_url) return true;
+  natsLibuv_Init();
+  natsLibuv_SetThreadLocalLoop(g.loop);
+  char urls[1024];
+  snprintf(urls, sizeof urls, "%s", cfg.nats_url);
+  const char* list[16];
+  int n = 0;
+  for (char* tok = strtok(urls, ","); tok && n < 16; tok = strtok(nullptr, ",")) list[n++] = tok;
+  natsOptions* o = nullptr;
+  natsStatus st = natsOptions_Create(&o);
+  if (st == NATS_OK) st = natsOptions_SetServers(o, list, n);
+  if (st == NATS_OK) st = natsOptions_SetName(o, node_id());
+  if (st == NATS_OK) st = natsOptions_SetNoEcho(o, true);
+  if (st == NATS_OK) st = natsOptions_SetMaxReconnect(o, -1);
+  if (st == NATS_OK) st = natsOptions_SetReconnectWait(o, 500);
+  if (st == NATS_OK) st = natsOptions_SetReconnectBufSize(o, 1 << 20);
+  if (st == NATS_OK) st = natsOptions_SetRetryOnFailedConnect(o, true, nullptr, nullptr);
+  if (st == NATS_OK) st = natsOptions_SetDisconnectedCB(o, cluster_on_disconnected, nullptr);
+  if (st == NATS_OK) st = natsOptions_SetReconnectedCB(o, cluster_on_reconnected, nullptr);
+  if (st == NATS_OK && *cfg.nats_creds) st = natsOptions_SetUserCredentialsFromFiles(o, cfg.nats_creds, nullptr);
+  if (st == NATS_OK && *cfg.nats_tls_ca) {
+    st = natsOptions_SetSecure(o, true);
+    if (st == NATS_OK) st = natsOptions_LoadCATrustedCertificates(o, cfg.nats_tls_ca);
+  }
+  if (st == NATS_OK) st = natsOptions_SetEventLoop(o, g.loop, natsLibuv_Attach, natsLibuv_Read, natsLibuv_Write, natsLibuv_Detach);
+  if (st != NATS_OK) { snprintf(err, errn, "nats: %s", nats_GetLastError(nullptr)); natsOptions_Destroy(o); return false; }
+  cluster.opts = o;
+  uv_mutex_init(&cluster.lock);
+  uv_async_init(g.loop, &cluster.wake, cluster_wake_cb);
+  uv_timer_init(g.loop, &cluster.timer);
+  uv_timer_start(&cluster.timer, cluster_timer_cb, 100, 100);
+  cluster.sub_path = (natsSubscription**)calloc(g.ngroups * 2, sizeof(natsSubscription*));
+  st = natsConnection_Connect(&cluster.nc, o);
+  if (st != NATS_OK && st != NATS_NOT_YET_CONNECTED) { snprintf(err, errn, "nats: cannot connect to %.300s: %s", cfg.nats_url, natsStatus_GetText(st)); return false; }
+  if (st == NATS_NOT_YET_CONNECTED) LOG_WARN("cluster: NATS at %s not reachable yet: this node works alone until it is", cfg.nats_url);
+  cluster.on = true;
+  char subj[96];
+  snprintf(subj, sizeof subj, "linkd.n.%s", node_id());
+  cluster.sub_node = cluster_sub(subj);
+  cluster.sub_hello = cluster_sub("linkd.hb");
+  return true;
+}
+
+// At the stop: subscriptions go with the connection; the loop's handles are closed.
+bool cluster_connected() { return cluster.on && natsConnection_Status(cluster.nc) == NATS_CONN_STATUS_CONNECTED; }
+
+void cluster_stop() {
+  if (!cluster.on) return;
+  cluster.on = false;
+  natsConnection_Close(cluster.nc);
+  uv_close((uv_handle_t*)&cluster.wake, nullptr);
+  uv_close((uv_handle_t*)&cluster.timer, nullptr);
+}
+
+void cluster_release() {
+  if (!cluster.opts) return;
+  for (uint32_t r = 0; r < g.room_hw; r++) if (g.rooms[r].sub) { natsSubscription_Destroy((natsSubscription*)g.rooms[r].sub); g.rooms[r].sub = nullptr; }
+  for (uint32_t i = 0; i < g.ngroups * 2; i++) if (cluster.sub_path[i]) natsSubscription_Destroy(cluster.sub_path[i]);
+  if (cluster.sub_node) natsSubscription_Destroy(cluster.sub_node);
+  if (cluster.sub_hello) natsSubscription_Destroy(cluster.sub_hello);
+  natsConnection_Destroy(cluster.nc);
+  natsOptions_Destroy(cluster.opts);
+  free(cluster.sub_path);
+  for (uint32_t i = 0; i < cluster.nin; i++) natsMsg_Destroy(cluster.inbox[i]);
+  free(cluster.inbox);
+  uv_mutex_destroy(&cluster.lock);
+  nats_CloseAndWait(2000);
+  cluster.opts = nullptr;
+}
+
+#else   // built without cluster support: --nats-url is refused by config_parse
+
+struct ClusterState { bool on; uint64_t published, received, dropped; uint32_t subs, disconnects, reconnects; } cluster;
+bool cluster_ask_node(Backend*, const char*, AskKind, uint64_t, linkd_ClusterRequest*) { return false; }
+bool cluster_ask_count(Backend*, const char*, uint64_t, uint64_t, uint32_t) { return false; }
+void cluster_room_interest(uint32_t, bool) {}
+void cluster_group_interest(uint16_t, bool) {}
+void cluster_push_out(uint16_t, const linkd_WebSocketOutbound*, Slice, const Slice*) {}
+int nodes_alive() { return 0; }
+bool cluster_connected() { return false; }
+bool cluster_start(char*, size_t) { return true; }
+void cluster_stop() {}
+void cluster_release() {}
+
+#endif
+
+// ============================================================================
+// 15. Admin console
 // --admin-listen serves one page, built into the binary (gzip), and the
 // small JSON API it polls once a second: services and instances,
 // connections, users, rooms, rates (a ring of one-second samples), HTTP
@@ -5093,7 +5768,7 @@ void admin_state(Buf* b, uint64_t now) {
   buf_puts(b, "],\"connections\":[");
   for (int i = 0; i < k; i++) {
     const Conn* c = &g.conns[top[i]];
-    char id[24], remote[80];
+    char id[96], remote[80];
     conn_id(c, id, sizeof id);
     conn_remote(c, remote, sizeof remote);
     buf_printf(b, "%s{\"id\":\"%s\",\"service\":", i ? "," : "", id);
@@ -5122,7 +5797,7 @@ void admin_state(Buf* b, uint64_t now) {
 // unescaped into fixed buffers; one that does not fit refuses the request
 // (a cut room name or event would reach the wrong room or type).
 struct AdminBody {
-  char service[64], room[128], connection[32], event[128], reason[124];
+  char service[64], room[128], connection[96], event[128], reason[124];
   bool has[5];            // service, room, connection, event, reason given
   Slice data;             // raw JSON
   bool all;
@@ -5260,7 +5935,7 @@ void admin_dispatch(Conn* c, const char* method, Slice path) {
 }
 
 // ============================================================================
-// 15. Lifecycle
+// 16. Lifecycle
 // Timers: one for all pending replies (the FIFO head), a 1 s housekeeping
 // tick (heartbeats, idle HTTP connections, stalled close handshakes,
 // shutdown progress), the systemd watchdog. Then signals and shutdown,
@@ -5423,7 +6098,10 @@ uint32_t backends_open() {
 }
 
 // Everything is told: close the last links and handles; the loop runs out.
+void cluster_stop();   // section 14
+
 void shutdown_finish() {
+  cluster_stop();
   for (uint32_t i = 0; i < g.nbackends; i++) backend_close(&g.backends[i], "linkd is stopping");
   uv_close((uv_handle_t*)&g.tick, nullptr);
   uv_close((uv_handle_t*)&g.pend_timer, nullptr);
@@ -5528,6 +6206,13 @@ void metrics_write(Buf* b) {
     {"linkd_service_registrations_refused_total", "counter", "Registrations refused (any reason).", g.reg_refused},
     {"linkd_service_registrations_refused_identity_total", "counter", "Registrations refused by service_allow (the peer's uid/gid).", g.reg_refused_identity},
     {"linkd_reloads_total", "counter", "SIGHUP reloads applied.", g.reloads},
+    {"linkd_cluster_nodes", "gauge", "Other nodes heard from in the last few seconds (cluster mode).", (uint64_t)nodes_alive()},
+    {"linkd_cluster_published_total", "counter", "Messages published to NATS (pushes, requests, answers, hellos).", cluster.published},
+    {"linkd_cluster_received_total", "counter", "Messages received from NATS.", cluster.received},
+    {"linkd_cluster_dropped_total", "counter", "Cluster messages lost: not published while NATS was unreachable, or shed.", cluster.dropped},
+    {"linkd_cluster_reconnects_total", "counter", "Reconnections to NATS.", (uint64_t)cluster.reconnects},
+    {"linkd_cluster_disconnects_total", "counter", "Losses of the NATS connection.", (uint64_t)cluster.disconnects},
+    {"linkd_cluster_subscriptions", "gauge", "NATS subscriptions held (rooms with members here, paths, inbox).", cluster.subs},
     {"linkd_ws_ghosts", "gauge", "Dropped connections kept for their clients to resume (recovery).", g.ghost_count},
     {"linkd_history_bytes", "gauge", "Bytes of room pushes kept for recovery (--history-memory).", g.history_bytes},
     {"linkd_ws_resumed_total", "counter", "Clients that came back and recovered their rooms and missed pushes.", g.resumed},
@@ -5781,7 +6466,7 @@ int listen_unix() {
 }
 
 // ============================================================================
-// 16. Self-test
+// 17. Self-test
 // `linkd --self-test` runs these unit tests of the tables and the route
 // matcher in-process (no sockets) and prints PASS:/FAIL: lines.
 // ============================================================================
@@ -6156,7 +6841,7 @@ int self_test() {
 }  // namespace
 
 // ============================================================================
-// 17. main
+// 18. main
 // LINKD_NO_MAIN leaves main out, so a harness (tests/fuzz/) can #include
 // this file and drive its sections directly: the same code, not a copy.
 // ============================================================================
@@ -6190,6 +6875,7 @@ int main(int argc, char** argv) {
   if (listen_tcp(cfg.listen, &g.listener, &g.listening) || (*cfg.tls_listen && listen_tcp(cfg.tls_listen, &g.tls_listener, &g.tls_listening)) ||
       (*cfg.admin_listen && listen_tcp(cfg.admin_listen, &g.admin_listener, &g.admin_listening)) || listen_unix())
     return 1;
+  if (!cluster_start(kerr, sizeof kerr)) { LOG_ERROR("%s", kerr); return 1; }
   uv_timer_init(g.loop, &g.tick);
   uv_timer_init(g.loop, &g.pend_timer);
   uv_timer_init(g.loop, &g.watchdog);
@@ -6223,6 +6909,7 @@ int main(int argc, char** argv) {
   if (!clean)
     LOG_ERROR("stopped with state left: ws %u http %u rooms %u memberships %u pending %u", g.ws_count, g.http_count,
               g.room_count, g.member_count, g.pend_count);
+  cluster_release();
   tables_free();
   keys_free(&keys);
   tls_release();
