@@ -349,6 +349,7 @@ def section_actions(k):
     st, j = push({'service': 'chat', 'data': 1})
     C.ok('push without a target: 400 with a JSON error', st == 400 and (j or {}).get('error', {}).get('message'), (st, j))
     C.eq('push with "all": false and no other target: 400', push({'service': 'chat', 'all': False})[0], 400)
+    C.eq('push with an event that is not a string: 400', push({'service': 'chat', 'all': True, 'event': 5})[0], 400)
     C.eq('refused pushes reached no one', quiet(k.all), [[]] * 6)
 
     # strings arrive decoded: JSON escapes in event, room and reason are the characters they stand for
@@ -390,6 +391,9 @@ def section_actions(k):
     bad = [(c, req('POST', '/api/disconnect', {'connection': k.id[k.a], 'code': c})[0]) for c in (999, 1005, 1006, 1015, 5000, -1)]
     C.eq('disconnect with a close code not allowed on the wire: 400 (1005, 1006, 1015, <1000, >4999)', bad,
          [(c, 400) for c in (999, 1005, 1006, 1015, 5000, -1)])
+    C.eq("disconnect with a reason over 123 bytes (a close frame's room): 400",
+         req('POST', '/api/disconnect', {'connection': k.id[k.a], 'code': 4000, 'reason': 'r' * 124})[0], 400)
+    C.eq('disconnect with a reason that is not a string: 400', req('POST', '/api/disconnect', {'connection': k.id[k.a], 'reason': 5})[0], 400)
     try:
         alive = k.a.sync() is not None
     except Exception as x:   # noqa: BLE001
