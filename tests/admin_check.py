@@ -470,6 +470,30 @@ def section_hostile(k):
     C.eq('the admin port still answers after the hostile input', st, 200)
 
 
+# ---------------------------------------------------------------- the newest connections
+def section_newest(k):
+    """connections[] is the newest 20, by when they connected: one that took a slot freed
+    early in the table (the free list hands those out first) is among them."""
+    more = [WS(WSBASE + '/ws/chat') for _ in range(30)]
+    ids = [w.whoami() for w in more]
+    first = state()['connections']
+    C.eq('connections: 20 listed when there are more', len(first), 20)
+    for w in more[:5]:
+        w.close()
+    for i in ids[:5]:   # (the service's events, not /api/state: an HTTP request would take a slot)
+        svc_event(SVC_OUT, 'DISCONNECTED', i, 5 * SLOW)
+    time.sleep(0.002)   # a later connectedAt (ms)
+    late = WS(WSBASE + '/ws/chat')
+    late_id = late.whoami()
+    lst = state()['connections']
+    C.ok('connections: a connection that just came is listed first, whatever its slot',
+         lst and lst[0]['id'] == late_id, 'new %s; listed %s' % (late_id, [x['id'] for x in lst[:5]]))
+    at = [x['connectedAt'] for x in lst]
+    C.ok('connections: newest first (connectedAt descending)', at == sorted(at, reverse=True), at)
+    for w in more[5:] + [late]:
+        w.close()
+
+
 def main():
     C.run('auth', section_auth)
     k = None
@@ -482,6 +506,7 @@ def main():
     C.run('series', lambda: section_series(k))
     C.run('actions', lambda: section_actions(k))
     C.run('hostile input', lambda: section_hostile(k))
+    C.run('newest connections', lambda: section_newest(k))
     for w in k.all:
         w.close()
 
