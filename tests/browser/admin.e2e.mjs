@@ -133,6 +133,15 @@ try {
     if (!/token/.test(st)) throw new Error(`status shows "${st}"`);
   });
 
+  await step("without a token the page stops asking (no refusal a second in linkd's log)", async () => {
+    let polls = 0;
+    const count = (r) => (polls += r.url().endsWith("/api/state"));
+    admin.on("request", count);
+    await admin.waitForTimeout(2500);
+    admin.off("request", count);
+    if (polls) throw new Error(`${polls} more requests to /api/state in 2.5 s`);
+  });
+
   await step("a token without the admin role: the page says so (403)", async () => {
     await admin.fill("#tok", USER);
     await admin.click("#authf button.p");
