@@ -10,6 +10,7 @@ per event on stdout (flushed), for tests to grep:
   INBOUND {"conn":..,"type":..,"data":..,"id":..,"binary":b}
   HTTP {"method":..,"path":..,"id":N}
   RESULT {"op_id":N,"ok":b,"error":..,"delivered":N}
+  COUNT {"members":N,"nodes":N,"nodes_known":N}   a RoomCountResult (do.count)
   ERROR {"type":..,"message":..}                  an ErrorResponse frame from linkd
   HEARTBEAT {"reply":b}
   SENT-GARBAGE <mode>
@@ -35,6 +36,8 @@ type says what to do:
   do.send         {"to":id,"event":e,"data":d} push to one connection
   do.close        {"to":id (default self),"code":c,"reason":s}
   do.rooms        {"conn":id (default self)} RoomsQuery, reply with its answer
+  do.count        {"room":r,"timeout":ms} RoomCountQuery (members on every node in
+                  cluster mode), reply {"members":N,"nodes":N,"nodes_known":N}
   do.flood        {"n":N,"size":S[,"to":id]} N pushes of about S bytes each, then a reply
   do.fail         reply with error {"type":"FORBIDDEN","code":403}
   do.noreply      no reply at all
@@ -332,6 +335,15 @@ class Svc:
             q.connection_id = d.get('conn', conn)
             self.pending_q[q.query_id] = (conn, corr)
             self.send_msg(m)
+        elif t == 'do.count':
+            m = pb.ServiceMessage()
+            q = m.room_count_query
+            q.query_id = self.next_op
+            self.next_op += 1
+            q.room = d.get('room', '')
+            q.timeout_ms = int(d.get('timeout', 0))
+            self.pending_q[q.query_id] = (conn, corr)
+            self.send_msg(m)
         elif t == 'do.flood':
             pad = 'f' * int(d.get('size', 1000))
             for k in range(int(d.get('n', 100))):
@@ -371,6 +383,13 @@ class Svc:
         if conn and corr:
             self.ws_reply(conn, corr, d)
 
+    def on_count(self, r):
+        conn, corr = self.pending_q.pop(r.query_id, (None, None))
+        d = {'members': r.members, 'nodes': r.nodes, 'nodes_known': r.nodes_known}
+        out('COUNT', json.dumps(d, separators=(',', ':')))
+        if conn and corr:
+            self.ws_reply(conn, corr, d)
+
     def dispatch(self, m):
         k = m.WhichOneof('message')
         if k == 'register_result':
@@ -392,6 +411,8 @@ class Svc:
             self.on_result(m.command_result)
         elif k == 'rooms_result':
             self.on_rooms(m.rooms_result)
+        elif k == 'room_count_result':
+            self.on_count(m.room_count_result)
         elif k == 'heartbeat':
             out('HEARTBEAT', json.dumps({'reply': m.heartbeat.reply}))
             if not m.heartbeat.reply:

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Cluster mode (issue 13): linkd nodes sharing rooms, pushes and connection
+# sends over NATS. Starts its own nats-server on a free loopback port, then
+# two nodes (a, b) and later a third (c), each a linkd with --nats-url and its
+# own tests/svc.py instance of the service "chat" (/ws/chat). The checks are
+# in tests/cluster_check.py (phases two, three, alone):
+#   two    pushes to a room / everyone across nodes exactly once, except
+#          lists across nodes, connection send / rooms query / close of a
+#          remote connection (NOT_FOUND for a gone one and an unknown node),
+#          join/leave of a remote connection refused, room interest
+#   three  room counts over 3 nodes, NATS killed and restarted under traffic,
+#          node c killed (SIGKILL)
+#   alone  a node without --nats-url behaves as before
+# A linkd built without cluster support (a static cross build made with
+# CLUSTER=0) refuses --nats-url with exit 2: then only "alone" runs and one
+# PASS line says why the cluster checks are skipped.
+. "$(dirname "$0")/lib.sh"
+export T_SLOW
+
+STATE=$T_TMP/state.json
+declare -A NODE_URL NODE_PID NODE_SOCK
+
+# ---------- a node without --nats-url (every build)
+alone() {
+  LINKD_PORT=$(free_port); LINKD_SOCK=$T_TMP/s.sock
+  linkd_start || return
+  NODE_URL[s]=$LINKD_URL
+  svc_start s --name chat --instance chat-s --ws /ws/chat || { fail "chat service registers on the lone node" "$(tail -n 3 "$SVC_OUT")"; return; }
+  printf '{"nodes":{"s":{"id":"","url":"%s","pid":%s,"svc_out":"%s"}}}\n' "$LINKD_URL" "$LINKD_PID" "$SVC_OUT" >"$T_TMP/alone.json"
+  timeout $((60 * T_SLOW)) $PY "$TESTS/cluster_check.py" alone "$T_TMP/alone.json" || fail "cluster_check.py alone" "exit status $?"
+}
+
+# ---------- does this linkd have cluster support?
+probe=$("${LINKD[@]}" --nats-url nats://127.0.0.1:4222 --node-id probe --check-config 2>&1)
+rc=$?
+if [ "$rc" -ne 0 ]; then
+  if [ "$rc" = 2 ] && grep -q 'built without cluster support' <<<"$probe"; then
+    pass "cluster checks skipped: ${LINKD[*]##*/} was built without cluster support (it refuses --nats-url with exit 2: $(grep -o 'built without cluster support[^(]*' <<<"$probe" | head -n 1 | sed 's/ *$//'))"
+    alone
+    exit 0
+  fi
+  fail "--nats-url accepted by --check-config" "exit $rc: $(echo "$probe" | tail -n 2 | tr '\n' ' ')"
+  exit 0
+fi
+if ! command -v nats-server >/dev/null; then
+  fail "nats-server installed (make deps)" "not found"
+  exit 0
+fi
+
+# ---------- NATS on a free loopback port (cluster_check.py restarts it with the same command)
+NATS_PORT=$(free_port)
+NATS_PIDFILE=$T_TMP/nats.pid
+NATS_CMD=(nats-server -a 127.0.0.1 -p "$NATS_PORT")
+nats_start() {
+  "${NATS_CMD[@]}" >>"$T_TMP/nats.log" 2>&1 &
+  echo $! >"$NATS_PIDFILE"
+  wait_for 10 $PY -c "import socket; socket.create_connection(('127.0.0.1', $NATS_PORT), 1)"
+}
+# At the end: the nodes first (lib.sh checks they exit 0 on SIGTERM, NATS
+# still up), then whichever nats-server runs now (cluster_check.py may have
+# restarted it).
+_cluster_cleanup() {
+  local p
+  p=$(cat "$NATS_PIDFILE" 2>/dev/null)
+  _t_cleanup
+  if [ -n "$p" ]; then
+    kill -TERM "$p" 2>/dev/null
+    for _ in $(seq 40); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
+    kill -KILL "$p" 2>/dev/null
+  fi
+}
+trap _cluster_cleanup EXIT
+nats_start || { fail "nats-server starts on 127.0.0.1:$NATS_PORT" "$(tail -n 3 "$T_TMP/nats.log")"; exit 0; }
+
+# node NAME : a linkd with --node-id node-NAME and its chat service
+node() {
+  local n=$1
+  LINKD_PORT=$(free_port); LINKD_SOCK=$T_TMP/$n.sock
+  linkd_start --nats-url "nats://127.0.0.1:$NATS_PORT" --node-id "node-$n" || return 1
+  NODE_URL[$n]=$LINKD_URL; NODE_PID[$n]=$LINKD_PID; NODE_SOCK[$n]=$LINKD_SOCK
+  svc_start "$n" --name chat --instance "chat-$n" --ws /ws/chat || { fail "chat service registers on node $n" "$(tail -n 3 "$SVC_OUT")"; return 1; }
+}
+write_state() {
+  local n sep=''
+  {
+    printf '{"nats":{"port":%s,"pidfile":"%s","log":"%s","cmd":["nats-server","-a","127.0.0.1","-p","%s"]},"nodes":{' \
+      "$NATS_PORT" "$NATS_PIDFILE" "$T_TMP/nats.log" "$NATS_PORT"
+    for n in "$@"; do
+      printf '%s"%s":{"id":"node-%s","url":"%s","pid":%s,"svc_out":"%s"}' "$sep" "$n" "$n" "${NODE_URL[$n]}" "${NODE_PID[$n]}" "${SVC_OUTS[$n]}"
+      sep=,
+    done
+    printf '}}\n'
+  } >"$STATE"
+}
+
+node a && node b || exit 0
+write_state a b
+timeout $((90 * T_SLOW)) $PY "$TESTS/cluster_check.py" two "$STATE" || fail "cluster_check.py two" "exit status $?"
+
+node c || exit 0
+write_state a b c
+timeout $((120 * T_SLOW)) $PY "$TESTS/cluster_check.py" three "$STATE" || fail "cluster_check.py three" "exit status $?"
+# node c was SIGKILLed by the checks: not an exit to judge
+wait "${NODE_PID[c]}" 2>/dev/null
+for n in a b; do
+  kill -0 "${NODE_PID[$n]}" 2>/dev/null && pass "node $n survived NATS' restart and node c's death" \
+    || fail "node $n survived NATS' restart and node c's death" "$(tail -n 5 "${LINKD_LOGS[${NODE_PID[$n]}]}" | tr '\n' ' ')"
+done
+grep -q "node 'node-c' is here" "${LINKD_LOGS[${NODE_PID[a]}]}" && pass "node a logged node c's arrival" || fail "node a logged node c's arrival" "$(grep cluster "${LINKD_LOGS[${NODE_PID[a]}]}" | tail -n 3)"
+
+alone
+exit 0
