@@ -372,6 +372,8 @@ struct WsSpec {
   const char* path;       // null: no WebSocket
   bool compression, auth, raw;
   uint32_t max_msg;
+  uint32_t recovery_ms = 0;      // connection recovery window (0: none)
+  uint32_t recovery_history = 0; // room pushes kept for the replay
 };
 
 // Opens a link, registers `name` on it and waits for the answer. max_in:
@@ -392,6 +394,11 @@ size_t service_register(const char* name, const RouteSpec* routes, WsSpec ws, ui
     m.websocket.auth_required = ws.auth;
     m.websocket.raw = ws.raw;
     m.websocket.max_message_size_bytes = ws.max_msg;
+    if (ws.recovery_ms) {
+      m.websocket.has_recovery = true;
+      m.websocket.recovery.window_ms = ws.recovery_ms;
+      m.websocket.recovery.history = ws.recovery_history;
+    }
   }
   service_send(s, frame(TAG_REGISTER, linkd_RegisterService_fields, &m));
   settle();
@@ -508,9 +515,9 @@ void end() {
   backends_flush_cb(nullptr);
   uv_timer_stop(&g.pend_timer);
   char why[200];
-  if (g.ws_count || g.http_count || g.room_count || g.member_count || g.pend_count || g.pend_head != NIL) {
-    snprintf(why, sizeof why, "state left: ws %u http %u rooms %u memberships %u pending %u", g.ws_count, g.http_count,
-             g.room_count, g.member_count, g.pend_count);
+  if (g.ws_count || g.http_count || g.room_count || g.member_count || g.pend_count || g.pend_head != NIL || g.ghost_count || g.linger_count) {
+    snprintf(why, sizeof why, "state left: ws %u http %u rooms %u memberships %u pending %u ghosts %u lingering %u", g.ws_count, g.http_count,
+             g.room_count, g.member_count, g.pend_count, g.ghost_count, g.linger_count);
     die(why);
   }
   for (uint32_t i = 0; i < g.tally_hw; i++)

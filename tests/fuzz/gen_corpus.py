@@ -237,6 +237,7 @@ def service_seeds():
         'rooms-bad': msg(ws_room_operation=pb.WebSocketRoomOperation(connection_id=C0, room='', op_id=12)) + msg(ws_room_operation=pb.WebSocketRoomOperation(connection_id=C3, room='x', op_id=13)) + msg(ws_room_operation=pb.WebSocketRoomOperation(connection_id=C1, room='r' * 127, op_id=14)),
         'rooms-fill': b''.join(msg(ws_room_operation=pb.WebSocketRoomOperation(connection_id=(C0, C1, C2)[i % 3], room='room%d' % i, op_id=100 + i)) for i in range(60)),
         'rooms-query': msg(rooms_query=pb.RoomsQuery(query_id=1, connection_id=C0)) + msg(rooms_query=pb.RoomsQuery(query_id=2, connection_id='7.7')),
+        'room-count': msg(room_count_query=pb.RoomCountQuery(query_id=3, room='lobby')) + msg(room_count_query=pb.RoomCountQuery(query_id=4, room='none', timeout_ms=99999)),
         'close-conn': msg(close_connection=pb.CloseConnection(connection_id=C1, code=4000, reason='bye', op_id=20)) + msg(ws_outbound=O(connection_id=C1, event='late')),
         'close-bad-codes': msg(close_connection=pb.CloseConnection(connection_id=C2, code=1005, op_id=21)) + msg(close_connection=pb.CloseConnection(connection_id=C2, code=99999, op_id=22)) + msg(close_connection=pb.CloseConnection(connection_id=C2, reason='r' * 123)),
         'heartbeat': msg(heartbeat=pb.Heartbeat(timestamp_ms=1)) + msg(heartbeat=pb.Heartbeat(reply=True)),
@@ -288,6 +289,10 @@ def service_seeds():
                       'slow-clients-drop': 0x60, 'stale-conn': 0x80}.items():
         seed('service', 'opt-' + name, bytes([opt, 0]) + base)
     seed('service', 'opt-shutdown-after', b'\x00\x01' + base)
+    ghost = msg(ws_outbound=O(connection_id=C0, event='to-ghost')) + msg(ws_room_operation=pb.WebSocketRoomOperation(connection_id=C0, room='b', op_id=5)) + \
+        msg(rooms_query=pb.RoomsQuery(query_id=6, connection_id=C0)) + msg(close_connection=pb.CloseConnection(connection_id=C0, op_id=7)) + msg(ws_outbound=O(room='lobby', event='after'))
+    seed('service', 'opt-ghost', b'\x80\x00' + ghost)
+    seed('service', 'opt-ghost-shutdown', b'\x80\x01' + ghost)
     seed('service', 'opt-shutdown-halfway', b'\x0c\x02' + base + msg(heartbeat=pb.Heartbeat()))
     seed('service', 'opt-shutdown-slow-clients', b'\x20\x01' + base)
     flood = b''.join(msg(ws_outbound=O(room='lobby', event='f', payload=b'"' + b'w' * 3000 + b'"')) for _ in range(20))

@@ -14,7 +14,8 @@
 // Ids in the table (the same for every input, tables are fresh; the
 // fixture checks them, and tests/fuzz/gen_corpus.py writes them):
 //   connections "0.1" (chat, user u1, deflate, rooms lobby and a),
-//   "1.2" (chat, user u2, lobby), "2.3" (chat, anonymous, room b),
+//   "1.2" (chat, user u2, lobby), "2.3" (chat, anonymous, room b);
+//   chat has recovery (room pushes carry a seq and are kept for replay),
 //   "3.4" (other, raw, lobby of other), HTTP request id 4294967300
 //   (slot 4, sequence 1, GET /items/7), pending WebSocket replies "m1"
 //   on 0.1 and 42 on 1.2.
@@ -25,7 +26,8 @@
 //          bit 4     link A goes away after the input
 //          bit 5     clients do not read (small socket buffers: the outbound cap)
 //          bit 6     --outbound-policy drop instead of close
-//          bit 7     connection 0.1 is gone before the input (its id is stale)
+//          bit 7     connection 0.1 drops before the input (a ghost: chat has
+//                    recovery, so its rooms are kept for it for 60 s)
 //   byte 1 bit 0     linkd stops after the input (SIGTERM: shutdown_begin, then
 //                    the deadline: shutdown_tell_services)
 //          bit 1     the shutdown begins halfway through the input
@@ -54,7 +56,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   fz::begin();
   fz::on_service_frame = nullptr;
   fz::read_clients = true;
-  size_t a = fz::service_register("chat", chat_routes, {"/ws", true, false, false, 4096});
+  // chat keeps a dropped connection's rooms for 60 s and 16 pushes per room
+  size_t a = fz::service_register("chat", chat_routes, {"/ws", true, false, false, 4096, 60000, 16});
   fz::service_register("other", nullptr, {"/other", false, false, true, 0});
   bool small = opts & 0x20;
   size_t c0 = fz::ws_client_open("/ws", fz::user_token("u1", "admin"), true, small);
