@@ -110,3 +110,4 @@ clean:
 -include tests/fuzz/fuzz.mk
 -include sdk/c/sdk_c.mk
 -include tests/bench/peers.mk
+-include tests/bench/cluster.mk
