@@ -5761,10 +5761,18 @@ void admin_state(Buf* b, uint64_t now) {
     json_str(b, t->key + 3, t->len - 3u);
     buf_printf(b, ",\"connections\":%u}", t->count);
   }
-  // The newest connections (the console's disconnect action needs ids).
+  // The newest connections, newest first (the console's disconnect action
+  // needs ids): slots are reused lowest first, so by connection time.
   k = 0;
-  for (uint32_t i = g.conn_hw; i-- > 0 && k < 20;)
-    if (g.conns[i].state == CState::Ws) top[k++] = i;
+  for (uint32_t i = 0; i < g.conn_hw; i++) {
+    if (g.conns[i].state != CState::Ws) continue;
+    uint64_t t = g.conns[i].connected_ms;
+    int pos = k < 20 ? k++ : 20;
+    if (pos == 20 && t <= g.conns[top[19]].connected_ms) continue;
+    if (pos == 20) pos = 19;
+    while (pos > 0 && g.conns[top[pos - 1]].connected_ms < t) { top[pos] = top[pos - 1]; pos--; }
+    top[pos] = i;
+  }
   buf_puts(b, "],\"connections\":[");
   for (int i = 0; i < k; i++) {
     const Conn* c = &g.conns[top[i]];
@@ -5878,7 +5886,7 @@ void admin_disconnect(Conn* c, const char* who) {
   if (!admin_body(c->http, &ab)) { http_error(c, 400, ab.bad); return; }
   const char* id = ab.connection;
   Conn* target = conn_lookup(id);
-  if (!target) { http_error(c, 404, "no such connection"); return; }
+  if (!target) { LOG_INFO("admin (%s): disconnect %s: no such connection", who, id); http_error(c, 404, "no such connection"); return; }
   int64_t code = ab.code ? ab.code : 4000;
   if (code < 1000 || code > 4999 || code == 1004 || code == 1005 || code == 1006 || code == 1015) { http_error(c, 400, "close code not allowed on the wire"); return; }
   const char* reason = ab.has[4] ? ab.reason : "closed by the administrator";
