@@ -731,7 +731,7 @@ int main(int argc, char **argv) {
     memset(big, '1', sizeof big - 1);
     big[sizeof big - 1] = 0;
     CHECK("a command over linkd's frame limit: -EMSGSIZE", linkd_send(S, "1.1", "x", big) == -EMSGSIZE, "not refused");
-    char longid[40];
+    char longid[120];   /* connection ids are at most 95 bytes (proto: 96) */
     memset(longid, '7', sizeof longid - 1);
     longid[sizeof longid - 1] = 0;
     CHECK("ids and rooms that do not fit the protocol: -EINVAL",
