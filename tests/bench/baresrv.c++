@@ -6,7 +6,8 @@
 //   {"type":"join","data":{"room":R},"id":K}  -> joins R, {"id":K,"data":{"joined":R}}
 //   {"type":"fanout","data":{"room":R,...}}   -> {"type":"fanout","data":...} to every member of R
 //                                                but the sender (one frame built once, written
-//                                                to each member in join order in one loop turn)
+//                                                from it to each member in join order in one
+//                                                loop turn, as linkd does)
 //   GET /health, GET /bench/hello (HTTP/1.1 keep-alive), anything else 404
 // Replies to one read are written with one write per connection.
 // Usage: baresrv PORT [WS_PATH]   (prints "listening PORT" when ready)
@@ -172,7 +173,16 @@ void on_message(Conn* c, std::string_view msg) {
         std::string f = frame("{\"type\":\"fanout\",\"data\":" + std::string(data) + "}");
         for (Conn* m : it->second) {
           if (m == c || m->closing) continue;
-          m->out += f;
+          uv_stream_t* st = reinterpret_cast<uv_stream_t*>(&m->tcp);
+          if (m->out.empty() && uv_stream_get_write_queue_size(st) == 0) {   // straight from the shared frame
+            uv_buf_t b = uv_buf_init(f.data(), f.size());
+            int r = uv_try_write(st, &b, 1);
+            if (r == (int)f.size()) continue;
+            if (r < 0 && r != UV_EAGAIN) { close_conn(m); continue; }
+            m->out.append(f, r > 0 ? (size_t)r : 0, std::string::npos);
+          } else {
+            m->out += f;
+          }
           flush(m);
         }
       }

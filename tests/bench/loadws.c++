@@ -49,6 +49,13 @@
 //   join   421["join",{"room":R}]             -> ack 431[{"joined":R}]
 //   fanout 42["fanout",{"room":R,"seq":S,...}] -> every member gets 42["fanout",{...}]
 // (idle, echo and fanout modes only.)
+// --join-inflight K (fanout): at most K joins awaiting their reply.
+// --joined FILE (fanout): once joined, write FILE and wait for SIGUSR1;
+// then --round-offset MS / --round-every MS put the rounds on a fixed
+// schedule, so that several loadws against several servers, signalled at
+// once, take turns round by round and share the same background load. The
+// RESULT lines add first_median_ms / first_each: until the first member
+// had the push (the trigger's way through the server and its service).
 // --except-sender (fanout): the trigger connection is not counted as a
 // member (for servers that push to the room except the sender); a copy it
 // gets anyway is ignored.
@@ -126,6 +133,9 @@ struct Options {
   bool socketio = false;    // --proto socketio
   bool except_sender = false;  // fanout: the trigger is not a member
   int join_inflight = 0;    // fanout: at most this many joins awaiting their reply (0: all at once)
+  std::string joined_file;  // fanout: once joined, write it and wait for SIGUSR1 before the rounds
+  double round_offset_ms = 0;  // fanout: first round this long after the start (SIGUSR1 with --joined)
+  double round_every_ms = 0;   // fanout: rounds on a fixed schedule instead of 300 ms apart
 } opt;
 
 uv_loop_t* loop;
@@ -190,6 +200,9 @@ Conn* fan_trig = nullptr;
 uint64_t fan_t0 = 0;
 std::vector<double> fan_ms;
 std::vector<int> fan_recv;
+std::vector<double> fan_first_ms;   // per round: until the first member had it (the hop), the rest is the write loop
+uint64_t fan_t_first = 0;
+uint64_t fan_sched_t0 = 0;          // --round-every: when round 1 started (rounds k at t0 + (k-1) * every)
 
 void start_phase_run();
 void finish();
@@ -498,6 +511,7 @@ void ws_on_msg(wslay_event_context_ptr, const wslay_event_on_msg_recv_arg* arg, 
       int seq = sp ? (int)parse_uint(sp, end) : -1;
       if (seq == fan_round && c->seen_round != seq) {
         c->seen_round = seq;
+        if (fan_got == 0) fan_t_first = now_ns();
         if (++fan_got == fan_members) fan_done_round();
       }
       return;
@@ -1016,10 +1030,15 @@ void fan_done_round() {
   double d = ms(t - fan_t0);
   fan_ms.push_back(d);
   fan_recv.push_back(fan_got);
+  fan_first_ms.push_back(fan_got ? ms(fan_t_first - fan_t0) : d);
   if (!opt.quiet) fprintf(stderr, "loadws: fanout round %d: %d/%d members in %.1f ms\n", fan_round, fan_got, fan_members, d);
   if (fan_round >= opt.rounds) { finish(); return; }
-  // a short pause between rounds lets the previous one settle
-  uv_timer_start(&run_timer, [](uv_timer_t*) { fan_start_round(); }, 300, 0);
+  uint64_t pause = 300;   // a short pause between rounds lets the previous one settle
+  if (opt.round_every_ms > 0) {   // on a fixed schedule (rounds of other loadws run in between)
+    uint64_t next = fan_sched_t0 + (uint64_t)(fan_round * opt.round_every_ms * 1e6);
+    pause = next > t ? (next - t) / 1000000 : 0;
+  }
+  uv_timer_start(&run_timer, [](uv_timer_t*) { fan_start_round(); }, pause, 0);
 }
 
 void start_phase_run() {
@@ -1045,21 +1064,34 @@ void start_phase_run() {
     return;
   }
   if (opt.mode == "fanout") {
-    static bool joining_done = false;
-    if (!joining_done && fan_joined == 0) {
+    static int stage = 0;   // 0: joins not sent, 1: sent, 2: joined, waiting for SIGUSR1 (--joined)
+    if (stage == 0) {
       // first: every connection joins the room; start_phase_run is called
       // again when the last join reply arrives
       phase = P_READY_WAIT;
-      joining_done = true;
+      stage = 1;
       join_next = 0;
       if (join_more() == 0) finish();
       // bounded: go on with whoever joined after 30 s
       uv_timer_start(&run_timer, [](uv_timer_t*) { start_phase_run(); }, 30000, 0);
       return;
     }
-    printf("RESULT joined=%d\n", fan_joined);
-    fflush(stdout);
-    fan_start_round();
+    if (stage == 1) {
+      uv_timer_stop(&run_timer);
+      printf("RESULT joined=%d\n", fan_joined);
+      fflush(stdout);
+      if (!opt.joined_file.empty()) {
+        FILE* f = fopen(opt.joined_file.c_str(), "w");
+        if (f) { fprintf(f, "joined=%d\n", fan_joined); fclose(f); }
+        stage = 2;
+        phase = P_READY_WAIT;   // SIGUSR1 starts the rounds
+        return;
+      }
+    }
+    stage = 3;
+    fan_sched_t0 = now_ns() + (uint64_t)(opt.round_offset_ms * 1e6);
+    if (opt.round_offset_ms > 0) uv_timer_start(&run_timer, [](uv_timer_t*) { fan_start_round(); }, (uint64_t)opt.round_offset_ms, 0);
+    else fan_start_round();
   }
 }
 
@@ -1097,6 +1129,16 @@ void finish() {
     printf("RESULT fanout_members=%d rounds=%zu median_ms=%.1f min_ms=%.1f max_ms=%.1f each=%s\n",
            fan_members, fan_ms.size(), s.empty() ? 0.0 : s[s.size() / 2], s.empty() ? 0.0 : s.front(),
            s.empty() ? 0.0 : s.back(), all.c_str());
+    // until the first member had it, per round, and its median (the trigger's way to the first write)
+    std::vector<double> f = fan_first_ms;
+    std::sort(f.begin(), f.end());
+    std::string fl;
+    for (size_t i = 0; i < fan_first_ms.size(); ++i) {
+      char b[32];
+      snprintf(b, sizeof b, "%s%.2f", i ? "," : "", fan_first_ms[i]);
+      fl += b;
+    }
+    printf("RESULT first_median_ms=%.2f first_each=%s\n", f.empty() ? 0.0 : f[f.size() / 2], fl.c_str());
   }
   if (closed_after_open) printf("RESULT closed_by_server=%d\n", closed_after_open);
   if (opt.tls && opt.mode != "handshake")
@@ -1141,6 +1183,9 @@ void usage() {
           "  --proto socketio speak Engine.IO 4 / Socket.IO framing (idle, echo, fanout; URL .../socket.io/?EIO=4&transport=websocket)\n"
           "  --except-sender  fanout: the trigger connection is not a member (server pushes to the room except the sender)\n"
           "  --join-inflight K fanout: at most K joins awaiting their reply (default: all at once)\n"
+          "  --joined FILE    fanout: once joined, write FILE and wait for SIGUSR1 before the rounds\n"
+          "  --round-offset MS, --round-every MS  fanout: first round MS after the start, then one every MS\n"
+          "                   (several loadws signalled at once take turns: their rounds do not overlap)\n"
           "wss:// (TLS 1.2, mbedTLS):\n"
           "  handshake        TLS handshakes per second, -c at a time, for -t SEC (after --warmup)\n"
           "  --resume         handshake: resume the first connection's session (ticket)\n"
@@ -1194,6 +1239,9 @@ int main(int argc, char** argv) {
     else if (a == "--proto") { std::string p = next(); if (p == "socketio") opt.socketio = true; else if (p != "envelope") usage(); }
     else if (a == "--except-sender") opt.except_sender = true;
     else if (a == "--join-inflight") opt.join_inflight = atoi(next());
+    else if (a == "--joined") opt.joined_file = next();
+    else if (a == "--round-offset") opt.round_offset_ms = atof(next());
+    else if (a == "--round-every") opt.round_every_ms = atof(next());
     else if (a == "idle" || a == "echo" || a == "fanout" || a == "churn" || a == "handshake") opt.mode = a;
     else usage();
   }

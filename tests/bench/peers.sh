@@ -23,10 +23,12 @@
 # Bounded (no step starts after BENCH_BUDGET s, each step has its own bound),
 # loopback only, stops everything it started, never fails on a time.
 # Knobs (env): BENCH_N=10000 BENCH_ECHO_C=50 BENCH_ECHO_D=8 BENCH_ECHO_T=5
-#   BENCH_ECHO_RUNS=3 BENCH_ROUNDS=7 BENCH_WRK_T=5 BENCH_WRK_C=50
-#   BENCH_BUDGET=600 BENCH_JOIN_INFLIGHT=500 BENCH_STEPS="fanout echo http" (a subset)
+#   BENCH_ECHO_RUNS=3 BENCH_ROUNDS=11 BENCH_WRK_T=5 BENCH_WRK_C=50
+#   BENCH_BUDGET=600 BENCH_JOIN_INFLIGHT=200 BENCH_FAN_SLOT_MS=1000
+#   BENCH_STEPS="fanout echo http" (a subset)
 #   BENCH_PUSHPIN_LOG=2 (Pushpin's log level; its logs are kept in BENCH_KEEP=DIR)
-#   PEERS="linkd linkd-ts socketio pushpin ws bare" (a subset, in this order)
+#   PEERS="linkd linkd-ts socketio pushpin ws bare" (a subset, in this order; linkd-ts-ref
+#     with BENCH_TS_REF_SDK=DIR: tssvc.mjs on another build of the SDK, e.g. an older one)
 #   LINKD_CMD (another linkd binary)
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -38,10 +40,10 @@ ECHO_C=${BENCH_ECHO_C:-50}
 ECHO_D=${BENCH_ECHO_D:-8}
 ECHO_T=${BENCH_ECHO_T:-5}
 ECHO_RUNS=${BENCH_ECHO_RUNS:-3}
-ROUNDS=${BENCH_ROUNDS:-7}
+ROUNDS=${BENCH_ROUNDS:-11}
 WRK_T=${BENCH_WRK_T:-5}
 WRK_C=${BENCH_WRK_C:-50}
-JOIN_INFLIGHT=${BENCH_JOIN_INFLIGHT:-500}
+JOIN_INFLIGHT=${BENCH_JOIN_INFLIGHT:-200}
 BUDGET=${BENCH_BUDGET:-600}
 WANT=${PEERS:-linkd linkd-ts socketio pushpin ws bare}
 STEPS=${BENCH_STEPS:-fanout echo http}
@@ -224,6 +226,9 @@ for t in $WANT; do
   case $t in
     linkd) start_linkd linkd "$B/benchsvc" && TARGETS+=(linkd) ;;
     linkd-ts) [ "$SDK_OK" = 1 ] && start_linkd linkd-ts node "$HERE/tssvc.mjs" && TARGETS+=(linkd-ts) ;;
+    linkd-ts-ref)   # tssvc.mjs on another build of the SDK (BENCH_TS_REF_SDK=DIR), for a before/after
+      [ -n "${BENCH_TS_REF_SDK:-}" ] && start_linkd linkd-ts-ref env LINKD_SDK_DIR="$BENCH_TS_REF_SDK" node "$HERE/tssvc.mjs" &&
+        TARGETS+=(linkd-ts-ref) ;;
     socketio)
       if [ "$NODE_OK" = 1 ] && start_single socketio listening node "$HERE/sio.js"; then
         URL[socketio]="ws://127.0.0.1:${PORT[socketio]}/socket.io/?EIO=4&transport=websocket"
@@ -246,39 +251,81 @@ for t in "${TARGETS[@]}"; do
 done
 
 alive() { kill -0 "${MAIN[$1]}" 2>/dev/null && return 0; say "$1 is gone"; return 1; }
+# settle TARGET: until its processes are quiet (under 5 % of a core over 0.5 s;
+# 30 s at most): what a test set off (e.g. Pushpin telling its backend about
+# 10k closed connections) must not run into the next target's test.
+settle() {
+  local t=$1 c0 c1 end=$(( $(date +%s) + 30 ))
+  # shellcheck disable=SC2086
+  c0=$(cpu_ticks ${PROCS[$t]})
+  while [ "$(date +%s)" -lt "$end" ]; do
+    sleep 0.5
+    # shellcheck disable=SC2086
+    c1=$(cpu_ticks ${PROCS[$t]})
+    [ $((c1 - c0)) -le $((HZ / 40)) ] && return 0
+    c0=$c1
+  done
+  say "$t still busy after 30 s"
+}
 in_budget() {
   awk -v s="$T_START" -v e="$(now)" -v b="$BUDGET" 'BEGIN{exit !(e-s < b)}' && return 0
   say "time budget (${BUDGET}s) spent: skipping $*"; return 1
 }
 
-# ---------- memory at N idle connections, then the fan-out on them
-test_fanout() {
-  local t=$1 out=$TMP/$1.fan
+# ---------- memory at N idle connections, then the fan-out on them.
+# One loadws per target opens N connections (targets one after the other:
+# the RSS is read once a target's N are open and idle), makes them join the
+# room and holds them. Then every loadws is signalled at once and they take
+# turns, round by round (target i's rounds at i*SLOT + k*(targets*SLOT)):
+# every target's rounds spread over the same minute, under the same
+# background load.
+SLOT=${BENCH_FAN_SLOT_MS:-1000}
+declare -A LW
+open_target() {
+  local t=$1 i=$2 out=$TMP/$1.fan
   R[$t.load]=$(cut -d' ' -f1 /proc/loadavg)
-  rm -f "$out.ready" "$out.done"
+  rm -f "$out.ready" "$out.joined" "$out.done"
   # shellcheck disable=SC2086
   "$B/loadws" --url "${URL[$t]}" ${LWARGS[$t]} -n "$N" -r "$ROUNDS" --except-sender --join-inflight "$JOIN_INFLIGHT" \
-    --ready "$out.ready" --done "$out.done" --timeout 120 -q fanout >"$out" 2>"$out.err" &
+    --ready "$out.ready" --joined "$out.joined" --done "$out.done" \
+    --round-offset $((i * SLOT)) --round-every $((${#TARGETS[@]} * SLOT)) \
+    --timeout $((240 + ROUNDS * ${#TARGETS[@]} * SLOT / 1000)) -q fanout >"$out" 2>"$out.err" &
   local lw=$!
   ALLPIDS+=("$lw")
-  if wait_for 90 test -s "$out.ready"; then
-    sleep 1   # let the server finish what each connection set off
-    # shellcheck disable=SC2086
-    R[$t.rss_n]=$(rss_kib ${PROCS[$t]})
-    R[$t.conn]=$(sed -n 's/^connected=\([0-9]*\).*/\1/p' "$out.ready")
-    kill -USR1 "$lw" 2>/dev/null
-    wait_for 100 test -s "$out.done" && kill -USR1 "$lw" 2>/dev/null
-  else
-    say "$t: $N connections did not open within 90 s"
-    kill -TERM "$lw" 2>/dev/null
+  if ! wait_for 90 test -s "$out.ready"; then
+    say "$t: $N connections did not open within 90 s"; kill -TERM "$lw" 2>/dev/null; return 1
   fi
-  wait "$lw" 2>/dev/null
+  sleep 1   # let the server finish what each connection set off
+  # shellcheck disable=SC2086
+  R[$t.rss_n]=$(rss_kib ${PROCS[$t]})
+  R[$t.conn]=$(sed -n 's/^connected=\([0-9]*\).*/\1/p' "$out.ready")
   R[$t.connect_s]=$(field connect_s "$out")
-  R[$t.fan]=$(field median_ms "$out")
-  R[$t.fan_each]=$(field each "$out")
-  R[$t.members]=$(field fanout_members "$out")
-  grep -q first_error "$out" && say "$t fan-out: $(grep -h first_error "$out")"
-  wait_for 30 fewer_than "${PORT[$t]}" 10
+  kill -USR1 "$lw" 2>/dev/null
+  if ! wait_for 90 test -s "$out.joined"; then
+    say "$t: the joins were not answered within 90 s"; kill -TERM "$lw" 2>/dev/null; return 1
+  fi
+  settle "$t"
+  LW[$t]=$lw
+}
+fanout_all() {
+  local t ts=() end
+  for t in "${TARGETS[@]}"; do [ -n "${LW[$t]:-}" ] && ts+=("$t"); done
+  [ "${#ts[@]}" -gt 0 ] || return
+  say "fan-out: ${#ts[@]} targets taking turns, $ROUNDS rounds each (about $((ROUNDS * ${#TARGETS[@]} * SLOT / 1000)) s)"
+  for t in "${ts[@]}"; do kill -USR1 "${LW[$t]}" 2>/dev/null; done
+  for t in "${ts[@]}"; do wait_for $((60 + ROUNDS * ${#TARGETS[@]} * SLOT / 1000)) test -s "$TMP/$t.fan.done"; done
+  for t in "${ts[@]}"; do
+    local out=$TMP/$t.fan
+    R[$t.fan]=$(field median_ms "$out")
+    R[$t.fan_each]=$(field each "$out")
+    R[$t.members]=$(field fanout_members "$out")
+    R[$t.fan_first]=$(field first_median_ms "$out")
+    grep -q first_error "$out" && say "$t fan-out: $(grep -h first_error "$out")"
+    kill -USR1 "${LW[$t]}" 2>/dev/null
+  done
+  for t in "${ts[@]}"; do wait "${LW[$t]}" 2>/dev/null; done
+  for t in "${ts[@]}"; do wait_for 30 fewer_than "${PORT[$t]}" 10; done
+  for t in "${ts[@]}"; do settle "$t"; done
 }
 
 test_echo() {
@@ -296,6 +343,7 @@ test_echo() {
   echo "$m $(field p50_ms "$out") $(field p99_ms "$out") $(field errors "$out") \
 $(awk -v a="$c0" -v b="$c1" -v s="$t0" -v e="$t1" -v hz="$HZ" 'BEGIN{printf "%.0f", 100*(b-a)/hz/(e-s)}') $(cut -d' ' -f1 /proc/loadavg)" >>"$TMP/$t.echo.runs"
   wait_for 10 fewer_than "${PORT[$t]}" 5
+  settle "$t"
 }
 echo_median() {
   local t=$1 f=$TMP/$1.echo.runs line
@@ -318,11 +366,14 @@ test_wrk() {
   bad=$(awk '/Non-2xx or 3xx responses:/ {print $5}' "$out")
   [ -n "$bad" ] && { say "$t GET /bench/hello: $bad non-2xx responses"; R[$t.http_bad]=$bad; }
   wait_for 10 fewer_than "${PORT[$t]}" 5
+  settle "$t"
 }
 
 step() { [[ " $STEPS " == *" $1 "* ]]; }
 if step fanout; then
-  for t in "${TARGETS[@]}"; do alive "$t" && in_budget "$t fan-out" && test_fanout "$t"; done
+  i=0
+  for t in "${TARGETS[@]}"; do alive "$t" && in_budget "$t connections" && open_target "$t" "$i"; i=$((i + 1)); done
+  fanout_all
 fi
 if step echo; then
   for i in $(seq "$ECHO_RUNS"); do
@@ -374,11 +425,11 @@ echo "Linkd against its peers — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $
 echo "(N=$N; echo: $ECHO_C conns x $ECHO_D in flight, ${ECHO_T}s, median of $ECHO_RUNS; fan-out: median of $ROUNDS rounds, sender excepted; HTTP: wrk -t2 -c$WRK_C -d${WRK_T}s GET /bench/hello)"
 echo "load average at the start: $LOAD_START"
 echo
-printf '| %-9s | %11s | %7s | %9s | %7s | %7s | %7s | %9s | %7s | %9s | %7s | %5s |\n' target "KiB/conn" "÷linkd" "echo/s" "÷linkd" "p50 ms" "p99 ms" "fan ms" "÷linkd" "HTTP/s" "÷linkd" load
-printf '|%s|\n' "-----------|-------------|---------|-----------|---------|---------|---------|-----------|---------|-----------|---------|------"
+printf '| %-12s | %11s | %7s | %9s | %7s | %7s | %7s | %9s | %7s | %9s | %7s | %5s |\n' target "KiB/conn" "÷linkd" "echo/s" "÷linkd" "p50 ms" "p99 ms" "fan ms" "÷linkd" "HTTP/s" "÷linkd" load
+printf '|%s|\n' "--------------|-------------|---------|-----------|---------|---------|---------|-----------|---------|-----------|---------|------"
 for t in "${TARGETS[@]}"; do
   # the ratios: this target against linkd (C++ service); KiB and fan-out ms: smaller is better
-  printf '| %-9s | %11s | %7s | %9s | %7s | %7s | %7s | %9s | %7s | %9s | %7s | %5s |\n' "$t" \
+  printf '| %-12s | %11s | %7s | %9s | %7s | %7s | %7s | %9s | %7s | %9s | %7s | %5s |\n' "$t" \
     "$(cell "$t" kib)" "$(ratio "$t.kib" linkd.kib)" "$(cell "$t" echo)" "$(ratio "$t.echo" linkd.echo)" \
     "$(cell "$t" p50)" "$(cell "$t" p99)" "$(cell "$t" fan)" "$(ratio "$t.fan" linkd.fan)" \
     "$(cell "$t" http)" "$(ratio "$t.http" linkd.http)" "$(cell "$t" load)"
@@ -406,7 +457,7 @@ echo
 echo "KiB/conn: (RSS of all the target's processes at $N idle connections − at 0) / connections; linkd's include the service's."
 echo "÷linkd: this target's figure divided by linkd's (C++ service) from the same run."
 for t in "${TARGETS[@]}"; do
-  echo "$t: RSS $(awk -v k="${R[$t.rss0]:-0}" 'BEGIN{printf "%.1f", k/1024}') MiB at 0, $(awk -v k="${R[$t.rss_n]:-0}" 'BEGIN{printf "%.1f", k/1024}') MiB at ${R[$t.conn]:-?} conns (opened in ${R[$t.connect_s]:-?} s), $(awk -v k="${R[$t.rss_end]:-0}" 'BEGIN{printf "%.1f", k/1024}') MiB at the end; CPU ${R[$t.cpu_s]:-?} s over the run, ${R[$t.echo_cpu]:-?}% of a core during echo, ${R[$t.http_cpu]:-?}% during wrk; fan-out members ${R[$t.members]:-?}, rounds (ms/members) ${R[$t.fan_each]:-n/a}; echo runs ${R[$t.echo_runs]:-n/a} (load ${R[$t.echo_load]:-?}); processes: ${R[$t.procs]:-?}"
+  echo "$t: RSS $(awk -v k="${R[$t.rss0]:-0}" 'BEGIN{printf "%.1f", k/1024}') MiB at 0, $(awk -v k="${R[$t.rss_n]:-0}" 'BEGIN{printf "%.1f", k/1024}') MiB at ${R[$t.conn]:-?} conns (opened in ${R[$t.connect_s]:-?} s), $(awk -v k="${R[$t.rss_end]:-0}" 'BEGIN{printf "%.1f", k/1024}') MiB at the end; CPU ${R[$t.cpu_s]:-?} s over the run, ${R[$t.echo_cpu]:-?}% of a core during echo, ${R[$t.http_cpu]:-?}% during wrk; fan-out members ${R[$t.members]:-?} (first one reached after ${R[$t.fan_first]:-?} ms, median), rounds (ms/members) ${R[$t.fan_each]:-n/a}; echo runs ${R[$t.echo_runs]:-n/a} (load ${R[$t.echo_load]:-?}); processes: ${R[$t.procs]:-?}"
 done
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 awk -v s="$T_START" -v e="$(now)" 'BEGIN{printf "peers: done in %.0f s\n", e-s}' >&2

@@ -11,7 +11,8 @@ import { fileURLToPath } from "node:url";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const require = createRequire(import.meta.url);
-const { createService, reply, silentLogger } = require(path.join(here, "../../sdk/typescript"));
+// LINKD_SDK_DIR: another build of the SDK (e.g. an older one, for a before/after)
+const { createService, reply, silentLogger } = require(process.env.LINKD_SDK_DIR || path.join(here, "../../sdk/typescript"));
 
 const socketPath = process.argv[2] || "./run/linkd.sock";
 const wsPath = process.argv[3] || "/ws/bench";
