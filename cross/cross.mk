@@ -171,6 +171,19 @@ $(CROSS_BIN): linkd.c++ $(CROSS_DIR)/.flags $(CROSS_DIR)/linkd.pb.h $(CROSS_DIR)
 	@echo "$@: $$(stat -c %s $@) bytes, static, stripped ($$(readelf -h $@ | sed -n 's/^ *Machine: *//p'))"
 
 cross: $(CROSS_BIN)
+# Cluster support (--nats-url) needs the NATS C client compiled from source, and
+# Debian's nats.c source package (3.4.1-1, the libnats-dev version) is not served
+# by this machine's archive (404; like wslay's and llhttp's): the static builds
+# are made without it, and such a linkd refuses --nats-url with exit 2 ("built
+# without cluster support"). Asking for it explicitly fails here, saying why.
+ifeq ($(origin CLUSTER)$(CLUSTER),command line1)
+$(CROSS_BIN): cross-no-cluster
+endif
+.PHONY: cross-no-cluster
+cross-no-cluster:
+	@echo "make cross CLUSTER=1: the static builds have no cluster support: they need nats.c built from Debian's" >&2; \
+	 echo "source package nats.c 3.4.1-1, which this machine's archive does not serve (see README, Cluster)." >&2; \
+	 echo "Build without CLUSTER=1 (static, no --nats-url), or use the native build (make) for cluster nodes." >&2; exit 2
 # The fetch needs dpkg-source (dpkg-dev): install the packages first.
 cross-fetch: | $(CROSS_DIR)/.deps
 # make test ARCH=...: the suite runs against the cross binary (the top Makefile passes

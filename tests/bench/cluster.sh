@@ -129,6 +129,8 @@ fan() {  # fan KEY PORTS...
   R[$key.members]=$(field members "$TMP/$key.out")
   R[$key.last0]=$(field port0_last_ms "$TMP/$key.out")
   R[$key.last1]=$(field port1_last_ms "$TMP/$key.out")
+  R[$key.first0]=$(field port0_first_ms "$TMP/$key.out")
+  R[$key.first1]=$(field port1_first_ms "$TMP/$key.out")
   for p in "$@"; do
     for s in alone a b; do [ "${PORT[$s]}" = "$p" ] && { wait_for 60 drained "$p" || say "$s still has connections"; }; done
   done
@@ -169,6 +171,7 @@ row() { printf '| %-52s | %15s | %19s | %19s | %8s |\n' "$1" "$2" "$3" "$4" "$5"
 row "fan-out to $N, linkd alone (no --nats-url), ms" "$(v alone.ms)" "-" "-" "$(v alone.load)"
 row "fan-out to $N, all on node a (cluster), ms" "$(v one.ms)" "$(v one.pub_a) in $(v one.secs) s" "$(v one.recv_b) in $(v one.secs) s" "$(v one.load)"
 row "fan-out to $N split over a and b, ms" "$(v two.ms)" "$(v two.pub_a) in $(v two.secs) s" "$(v two.recv_b) in $(v two.secs) s" "$(v two.load)"
+row "  first member on a / on b, ms" "$(v two.first0) / $(v two.first1)" "" "" ""
 row "  last member on a / on b, ms" "$(v two.last0) / $(v two.last1)" "" "" ""
 row "pushes/s, $RATE_M members on the pushing node a" "$(v rlocal.pps)" "$(v rlocal.pub_a) in $(v rlocal.secs) s" "$(v rlocal.recv_b) in $(v rlocal.secs) s" "$(v rlocal.load)"
 row "pushes/s, $RATE_M members on b (every push crosses NATS)" "$(v rcross.pps)" "$(v rcross.pub_a) in $(v rcross.secs) s" "$(v rcross.recv_b) in $(v rcross.secs) s" "$(v rcross.load)"

@@ -211,14 +211,14 @@ int fanout() {
   double t_open = now_ms();
   if (!join_all(0)) return 3;
   std::vector<double> total, first;
-  std::vector<std::vector<double>> per(ports.size());
+  std::vector<std::vector<double>> per(ports.size()), per_first(ports.size());
   std::vector<int> members(ports.size());
   for (Conn& c : conns) members[c.port_ix]++;
   for (int r = 1; r <= rounds; r++) {
     usleep(300000);
     std::string t = frame("{\"type\":\"fanout\",\"data\":{\"room\":\"" + room + "\",\"seq\":" + std::to_string(r) + "}}");
     size_t got = 0;
-    std::vector<double> last(ports.size(), 0);
+    std::vector<double> last(ports.size(), 0), firstp(ports.size(), -1);
     std::vector<int> left = members;
     double t0 = now_ms(), tf = 0, end = t0 + 10000;
     send_all(conns[0].fd, t);
@@ -228,12 +228,16 @@ int fanout() {
         c.seen = r;
         double t1 = now_ms();
         if (!got) tf = t1;
+        if (firstp[c.port_ix] < 0) firstp[c.port_ix] = t1 - t0;
         got++;
         if (--left[c.port_ix] == 0) last[c.port_ix] = t1 - t0;
       });
     total.push_back(now_ms() - t0);
     first.push_back(tf ? tf - t0 : -1);
-    for (size_t p = 0; p < ports.size(); p++) per[p].push_back(left[p] ? -1 : last[p]);
+    for (size_t p = 0; p < ports.size(); p++) {
+      per[p].push_back(left[p] ? -1 : last[p]);
+      per_first[p].push_back(firstp[p]);
+    }
     fprintf(stderr, "clusterfan: round %d: %zu/%zu members in %.1f ms\n", r, got, conns.size(), total.back());
     if (got < conns.size()) printf("RESULT incomplete_round=%d got=%zu\n", r, got);
   }
@@ -243,7 +247,8 @@ int fanout() {
   printf("RESULT members=%zu rounds=%d median_ms=%.1f first_ms=%.2f each=%s\n", conns.size(), rounds, median(total),
          median(first), each.c_str());
   for (size_t p = 0; p < ports.size(); p++)
-    printf("RESULT port%zu_members=%d port%zu_last_ms=%.1f\n", p, members[p], p, median(per[p]));
+    printf("RESULT port%zu_members=%d port%zu_first_ms=%.2f port%zu_last_ms=%.1f\n", p, members[p], p, median(per_first[p]), p,
+           median(per[p]));
   (void)t_open;
   return 0;
 }
