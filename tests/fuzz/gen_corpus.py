@@ -424,6 +424,9 @@ shutdown_timeout = 10s
         'service-allow': 'service_allow = chat uid:0, gid:root\nservice_allow = api* uid:nobody gid:0\nservice_allow = "x uid:1"\n',
         'service-allow-bad': 'service_allow = chat\nservice_allow = * uid:0\nservice_allow = a** uid:x:y\n',
         'service-allow-many': ''.join('service_allow = s%d uid:%d\n' % (i, i) for i in range(70)),
+        'admin-cluster-history': 'admin_listen = 127.0.0.1:9900\nadmin_role = ops\nnats_url = nats://127.0.0.1:4222\nnode_id = edge-1.local\nhistory_memory = 2m\n',
+        'admin-open': 'admin_listen = 0.0.0.0:9900\n',
+        'node-id-bad': 'nats_url = nats://x:1\nnode_id = a.b/c\nnats_creds = /nonexistent\nnats_tls_ca = /nonexistent\n',
         'tls-and-newer': 'tls_listen = 127.0.0.1:3443\ntls_cert = /nonexistent/cert.pem\ntls_key = /nonexistent/key.pem\ntls_client_ca = /nonexistent/ca.pem\nregister_timeout = 5s\nmax_http_connections_per_ip = 4\n',
     }
     for name, text in s.items():
