@@ -1973,7 +1973,8 @@ void pend_fail_ws(Conn* c, uint32_t p, const char* type, const char* msg, int co
 #endif
 
 constexpr uint64_t TLS_HANDSHAKE_MS = 10000;  // a handshake must finish within this
-constexpr int TLS_POOL = 32;                  // idle record-buffer pairs kept for reuse
+constexpr int TLS_POOL = 32;                  // idle record buffers kept for reuse, per direction
+constexpr uint64_t TLS_RECORD_MS = 10000;     // a record once begun must arrive whole within this
 
 // The certificate, key and client CA in force. A reload (SIGHUP) makes a
 // new one; connections keep the one they started with until they close.
@@ -1982,17 +1983,20 @@ struct TlsConf {
   mbedtls_x509_crt cert, ca;
   mbedtls_pk_context key;
   uint32_t refs;          // connections using it, + 1 while it is the current one
+  unsigned char digest[32];   // SHA-256 of the three files' contents: a reload that changes none keeps the tickets
 };
 
 // A TLS connection's state; Conn::tls while it lives (owner: the Conn).
 struct Tls {
   mbedtls_ssl_context ssl;
   TlsConf* conf;
-  bool parked;            // record buffers given back to the pool
+  bool parked[2];         // [0] input, [1] output record buffer given back to the pool
   bool handshaken;
   bool resumed;           // the handshake resumed a session (ticket)
+  bool broken;            // a fatal alert was sent or received: no close_notify
   unsigned char ctr[2][8];        // while parked: the in and out record sequence numbers
   ptrdiff_t off[2][6];            // while parked: the record pointers, as offsets into their buffers
+  uint64_t partial_since; // loop ms when a record began arriving and is not whole yet (0: none)
   char* peer;             // verified client certificate: "CN\0sha256-hex" (owner: this), or null
 };
 
@@ -2002,7 +2006,8 @@ struct TlsState {
   mbedtls_ctr_drbg_context drbg;
   mbedtls_ssl_ticket_context tickets;   // shared by every TlsConf: tickets survive a reload
   bool rng_ok;
-  unsigned char* pool[TLS_POOL][2]; int npool;   // idle {input, output} record buffers
+  unsigned char* pool[2][TLS_POOL]; int npool[2];   // idle input / output record buffers
+  uint32_t held[2];       // buffers borrowed by connections now (in, out)
   const unsigned char* rd; size_t rdlen;        // ciphertext mbedTLS may read now
   unsigned char plain[16 * 1024];               // one decrypted record
   uint32_t count;         // open TLS connections
@@ -2075,6 +2080,22 @@ bool tls_load_certs(mbedtls_x509_crt* crt, const char* name, const char* path, c
   return true;
 }
 
+// SHA-256 over the contents of the certificate, key and client CA files.
+void tls_files_digest(unsigned char out[32]) {
+  mbedtls_sha256_context h;
+  mbedtls_sha256_init(&h);
+  mbedtls_sha256_starts_ret(&h, 0);
+  for (const char* path : {cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca}) {
+    FILE* f = *path ? fopen(path, "rb") : nullptr;
+    unsigned char buf[4096];
+    for (size_t n; f && (n = fread(buf, 1, sizeof buf, f)) > 0;) mbedtls_sha256_update_ret(&h, buf, n);
+    if (f) fclose(f);
+    mbedtls_sha256_update_ret(&h, (const unsigned char*)"\0", 1);   // file boundary
+  }
+  mbedtls_sha256_finish_ret(&h, out);
+  mbedtls_sha256_free(&h);
+}
+
 // Loads --tls-cert, --tls-key and --tls-client-ca into a new TlsConf; null
 // with err set when one of them is wrong (unreadable, expired, a key that
 // does not match the certificate, a key file others may read).
@@ -2118,6 +2139,7 @@ TlsConf* tls_conf_load(char* err, size_t errn) {
   mbedtls_ssl_conf_renegotiation(&tc->conf, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
 #endif
   if (mbedtls_ssl_conf_own_cert(&tc->conf, &tc->cert, &tc->key)) { snprintf(err, errn, "tls: the certificate's key type is not usable"); goto fail; }
+  tls_files_digest(tc->digest);
   if (*cfg.tls_client_ca) {
     mbedtls_ssl_conf_ca_chain(&tc->conf, &tc->ca, nullptr);
     mbedtls_ssl_conf_authmode(&tc->conf, MBEDTLS_SSL_VERIFY_REQUIRED);
@@ -2130,44 +2152,50 @@ fail:
   return nullptr;
 }
 
-// Gives a connection's record buffers back to the pool when nothing is
-// half read or written in them: after the handshake, between records, or
-// before it starts. Keeps what mbedTLS stores there itself: the record
-// sequence numbers, and where its record pointers point.
-void tls_park(Tls* t) {
-  mbedtls_ssl_context* s = &t->ssl;
-  if (t->parked || s->in_left || s->out_left || s->in_offt || mbedtls_ssl_check_pending(s)) return;
-  if (s->state != MBEDTLS_SSL_HANDSHAKE_OVER && s->state != MBEDTLS_SSL_HELLO_REQUEST) return;
-  unsigned char* buf[2] = {s->in_buf, s->out_buf};
-  for (int d = 0; d < 2; d++) {
-    memcpy(t->ctr[d], s->*tls_ptrs[d][0], 8);
-    for (int k = 0; k < 6; k++) t->off[d][k] = s->*tls_ptrs[d][k] - buf[d];
-  }
-  if (tls.npool < TLS_POOL) { tls.pool[tls.npool][0] = buf[0]; tls.pool[tls.npool][1] = buf[1]; tls.npool++; }
-  else { free(buf[0]); free(buf[1]); }
-  s->in_buf = s->out_buf = nullptr;
-  for (int d = 0; d < 2; d++)
-    for (int k = 0; k < 6; k++) s->*tls_ptrs[d][k] = nullptr;   // a use while parked faults at once, never in another's buffer
-  t->parked = true;
+// A direction (0 input, 1 output) of a connection is idle when nothing is
+// half read (a record partly arrived, plaintext not yet taken) or half
+// written in its buffer: after the handshake, between records, or before
+// the handshake starts.
+bool tls_idle(const Tls* t, int d) {
+  const mbedtls_ssl_context* s = &t->ssl;
+  if (s->state != MBEDTLS_SSL_HANDSHAKE_OVER && s->state != MBEDTLS_SSL_HELLO_REQUEST) return false;
+  return d ? !s->out_left : !s->in_left && !s->in_offt && !mbedtls_ssl_check_pending(s);
 }
 
-bool tls_unpark(Tls* t) {
-  if (!t->parked) return true;
+// Gives each idle direction's record buffer back to the pool. Keeps what
+// mbedTLS stores there itself: the record sequence number, and where its
+// record pointers point. A client stalled in the middle of a record holds
+// its input buffer only (and for TLS_RECORD_MS at most: housekeeping).
+void tls_park(Tls* t) {
   mbedtls_ssl_context* s = &t->ssl;
-  unsigned char* buf[2];
-  if (tls.npool) { tls.npool--; buf[0] = tls.pool[tls.npool][0]; buf[1] = tls.pool[tls.npool][1]; }
-  else {
-    buf[0] = (unsigned char*)calloc(1, MBEDTLS_SSL_IN_BUFFER_LEN);
-    buf[1] = (unsigned char*)calloc(1, MBEDTLS_SSL_OUT_BUFFER_LEN);
-    if (!buf[0] || !buf[1]) { free(buf[0]); free(buf[1]); return false; }
-  }
-  s->in_buf = buf[0];
-  s->out_buf = buf[1];
   for (int d = 0; d < 2; d++) {
-    for (int k = 0; k < 6; k++) s->*tls_ptrs[d][k] = buf[d] + t->off[d][k];
-    memcpy(s->*tls_ptrs[d][0], t->ctr[d], 8);
+    if (t->parked[d] || !tls_idle(t, d)) continue;
+    unsigned char*& buf = d ? s->out_buf : s->in_buf;
+    memcpy(t->ctr[d], s->*tls_ptrs[d][0], 8);
+    for (int k = 0; k < 6; k++) t->off[d][k] = s->*tls_ptrs[d][k] - buf;
+    if (tls.npool[d] < TLS_POOL) tls.pool[d][tls.npool[d]++] = buf;
+    else free(buf);
+    buf = nullptr;
+    for (int k = 0; k < 6; k++) s->*tls_ptrs[d][k] = nullptr;   // a use while parked faults at once, never in another's buffer
+    t->parked[d] = true;
+    tls.held[d]--;
   }
-  t->parked = false;
+  t->partial_since = t->parked[0] ? 0 : t->partial_since ? t->partial_since : now_ms();
+}
+
+// Borrows both buffers back before any mbedTLS call on the connection.
+bool tls_unpark(Tls* t) {
+  mbedtls_ssl_context* s = &t->ssl;
+  for (int d = 0; d < 2; d++) {
+    if (!t->parked[d]) continue;
+    unsigned char* buf = tls.npool[d] ? tls.pool[d][--tls.npool[d]] : (unsigned char*)calloc(1, d ? MBEDTLS_SSL_OUT_BUFFER_LEN : MBEDTLS_SSL_IN_BUFFER_LEN);
+    if (!buf) return false;
+    (d ? s->out_buf : s->in_buf) = buf;
+    for (int k = 0; k < 6; k++) s->*tls_ptrs[d][k] = buf + t->off[d][k];
+    memcpy(s->*tls_ptrs[d][0], t->ctr[d], 8);
+    t->parked[d] = false;
+    tls.held[d]++;
+  }
   return true;
 }
 
@@ -2196,6 +2224,8 @@ bool tls_new(Conn* c) {
   mbedtls_ssl_set_bio(&t->ssl, c, tls_bio_send, tls_bio_recv, nullptr);
   c->tls = t;
   tls.count++;
+  tls.held[0]++;
+  tls.held[1]++;
   tls_park(t);   // nothing to hold until the client speaks
   return true;
 }
@@ -2203,7 +2233,7 @@ bool tls_new(Conn* c) {
 void tls_free(Conn* c) {
   Tls* t = c->tls;
   if (!t) return;
-  if (t->parked) t->ssl.in_buf = t->ssl.out_buf = nullptr;   // nothing for mbedtls_ssl_free to free
+  for (int d = 0; d < 2; d++) if (!t->parked[d]) tls.held[d]--;   // a parked one's pointer is null: mbedtls_ssl_free skips it
   mbedtls_ssl_free(&t->ssl);
   tls_conf_unref(t->conf);
   free(t->peer);
@@ -2241,7 +2271,7 @@ void conn_refuse(uv_stream_t* st, unsigned status, const char* type, const char*
 // decrypted and handed on as plaintext.
 void tls_input(Conn* c, const char* p, size_t n) {
   Tls* t = c->tls;
-  if (!t->handshaken && t->ssl.state == MBEDTLS_SSL_HELLO_REQUEST && t->parked && n && (unsigned char)p[0] != 0x16) {
+  if (!t->handshaken && t->ssl.state == MBEDTLS_SSL_HELLO_REQUEST && t->parked[0] && n && (unsigned char)p[0] != 0x16) {
     // Not a TLS handshake record: most likely plain HTTP on the TLS port.
     conn_refuse((uv_stream_t*)&c->tcp, 400, "BAD_REQUEST", "this port speaks TLS (https://)");
     tls.failures++;
@@ -2261,7 +2291,8 @@ void tls_input(Conn* c, const char* p, size_t n) {
       LOG_DEBUG("conn %u: TLS handshake failed: %s", conn_index(c), e);
       tls.failures++;
       tls.rdlen = 0;
-      conn_close(c, "TLS handshake failed");
+      t->broken = true;
+      conn_close_after_flush(c);   // the alert mbedTLS queued goes out first
       return;
     }
     if (t->ssl.state == MBEDTLS_SSL_HANDSHAKE_OVER) {
@@ -2287,8 +2318,18 @@ void tls_input(Conn* c, const char* p, size_t n) {
     }
     tls.rdlen = 0;
     if (r == MBEDTLS_ERR_SSL_WANT_READ) break;
-    conn_input(c, nullptr, 0);   // close_notify or a bad record: the end of input
-    if (r != MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY && c->state != CState::Closed && c->state != CState::Free) conn_close(c, "TLS record refused");
+    if (r == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY) {   // answered with ours (RFC 5246 §7.2.1), then the end of input
+      mbedtls_ssl_close_notify(&t->ssl);
+      t->broken = true;                            // (sent: not again at the close)
+      conn_input(c, nullptr, 0);
+      return;
+    }
+    char e[96];
+    mbedtls_strerror(r, e, sizeof e);
+    LOG_DEBUG("conn %u: TLS record refused: %s", conn_index(c), e);
+    tls.failures++;
+    t->broken = true;
+    conn_close_after_flush(c);   // with the alert mbedTLS sent
     return;
   }
   tls_park(t);
@@ -2312,7 +2353,7 @@ int tls_write(Conn* c, const char* p, size_t n) {
 // The TLS close alert, before the socket's write side is shut.
 void tls_close_notify(Conn* c) {
   Tls* t = c->tls;
-  if (t && t->handshaken && tls_unpark(t)) mbedtls_ssl_close_notify(&t->ssl);
+  if (t && t->handshaken && !t->broken && tls_unpark(t)) mbedtls_ssl_close_notify(&t->ssl);
 }
 
 const char* tls_peer(const Tls* t) { return t->peer; }
@@ -2327,12 +2368,15 @@ void tls_tickets_rotate() {
 
 // The pool shrinks back when a burst is over (tables_trim's tick).
 void tls_trim() {
-  while (tls.npool > 4) { tls.npool--; free(tls.pool[tls.npool][0]); free(tls.pool[tls.npool][1]); }
+  for (int d = 0; d < 2; d++)
+    while (tls.npool[d] > 4) free(tls.pool[d][--tls.npool[d]]);
 }
 
 void tls_release() {
-  for (int i = 0; i < tls.npool; i++) { free(tls.pool[i][0]); free(tls.pool[i][1]); }
-  tls.npool = 0;
+  for (int d = 0; d < 2; d++) {
+    for (int i = 0; i < tls.npool[d]; i++) free(tls.pool[d][i]);
+    tls.npool[d] = 0;
+  }
   tls_conf_unref(tls.current);
   tls.current = nullptr;
   if (tls.rng_ok) {
@@ -5999,6 +6043,11 @@ void housekeeping(uint64_t now) {
   static Shared* ping = ws_frame(9, nullptr, 0);   // one ping frame for everyone, never freed
   for (uint32_t i = 0; i < g.conn_hw; i++) {
     Conn* c = &g.conns[i];
+    if ((c->state == CState::Http || c->state == CState::Ws) && c->tls && c->tls->partial_since && now - c->tls->partial_since > TLS_RECORD_MS) {
+      tls.failures++;   // a record begun and never finished holds 16 KiB: a slow-record attack
+      conn_close(c, "TLS record not finished in time");
+      continue;
+    }
     if (c->state == CState::Ws) {
       if (c->close_deadline) {
         // A peer still draining what was queued before our close frame gets
@@ -6020,6 +6069,7 @@ void housekeeping(uint64_t now) {
       if (now >= c->close_deadline) ghost_free(c);
     } else if (c->state == CState::Http && c->tls && !c->tls->handshaken) {
       if (now - c->http->since > TLS_HANDSHAKE_MS) { tls.failures++; conn_close(c, "TLS handshake not finished in time"); }
+
     } else if (c->state == CState::Http && c->http && !c->http->complete) {
       Http* h = c->http;
       bool partial = h->in.len || llhttp_get_errno(&h->parser) != HPE_OK || h->head.len;
@@ -6174,9 +6224,11 @@ void reload() {
   keys = *fresh;
   free(fresh);
   if (tc) {
+    // A session from before must not skip a new client CA (or resume under
+    // another key type): new ticket keys, when the files changed at all.
+    if (memcmp(tc->digest, tls.current->digest, sizeof tc->digest)) tls_tickets_rotate();
     tls_conf_unref(tls.current);
     tls.current = tc;
-    tls_tickets_rotate();   // a session from before must not skip a new client CA (or resume under another key type)
   }
   // (restarted only when its period changes: reloads in a row must not keep putting the tick off)
   if (!g.shutting_down && uv_timer_get_repeat(&g.tick) != tick_ms()) uv_timer_start(&g.tick, tick_cb, tick_ms(), tick_ms());
@@ -6229,7 +6281,8 @@ void metrics_write(Buf* b) {
     {"linkd_tls_handshakes_total", "counter", "TLS handshakes completed.", tls.handshakes},
     {"linkd_tls_resumed_total", "counter", "TLS handshakes that resumed a session (ticket).", tls.resumed},
     {"linkd_tls_failures_total", "counter", "TLS connections that failed or timed out in the handshake, or spoke plain text.", tls.failures},
-    {"linkd_tls_buffers_pooled", "gauge", "Idle TLS record-buffer pairs kept for reuse.", (uint64_t)tls.npool},
+    {"linkd_tls_buffers_pooled", "gauge", "Idle TLS record buffers kept for reuse.", (uint64_t)(tls.npool[0] + tls.npool[1])},
+    {"linkd_tls_buffers_held", "gauge", "TLS record buffers connections hold now (a record half read or written).", (uint64_t)(tls.held[0] + tls.held[1])},
     {"linkd_reloads_failed_total", "counter", "SIGHUP reloads refused (a bad value: nothing changed).", g.reloads_failed},
     {"linkd_ws_connections", "gauge", "Open WebSocket connections.", g.ws_count},
     {"linkd_ws_accepted_total", "counter", "WebSocket upgrades accepted.", g.ws_accepted},
