@@ -25,7 +25,7 @@ LIBS     := -luv -lwslay -lmbedtls -lmbedx509 -lmbedcrypto -l:libprotobuf-nanopb
 DEBS := g++ make libuv1-dev libwslay-dev nanopb libnanopb-dev protobuf-compiler \
         python3-protobuf node-llhttp libmbedtls-dev libjsmn-dev zlib1g-dev \
         python3 python3-websocket python3-websockets python3-cryptography curl wrk valgrind nodejs \
-        chromium clang libclang-rt-14-dev libnats-dev nats-server
+        chromium clang libclang-rt-14-dev libnats-dev nats-server openssl
 
 LLHTTP_OBJS := $(BUILD)/llhttp.o $(BUILD)/llhttp_api.o $(BUILD)/llhttp_http.o
 
