@@ -114,31 +114,44 @@ nats_after() {
 drained() { [ "$(metric "$1" linkd_ws_connections)" = 0 ]; }
 
 # ---------- fan-out
-fan() {  # fan KEY PORTS...
-  local key=$1; shift
+# Two passes, the second in the opposite order (a step right after another
+# pays for the previous step's 10k closes and TIME_WAITs), a pause between
+# steps; every figure is the median of the rounds of both passes.
+fan() {  # fan KEY PASS PORTS...
+  local key=$1 pass=$2; shift 2
   local ports p
   ports=$(IFS=,; echo "$*")
-  R[$key.load]=$(cut -d' ' -f1 /proc/loadavg)
+  R[$key.load]="${R[$key.load]:+${R[$key.load]}, }$(cut -d' ' -f1 /proc/loadavg)"
   nats_before
-  timeout 200 "$B/clusterfan" --ports "$ports" -n "$N" -r "$ROUNDS" --path "$WSPATH" fanout >"$TMP/$key.out" 2>"$TMP/$key.err" \
-    || say "$key: clusterfan: $(tail -n 2 "$TMP/$key.err" | tr '\n' ' ')"
-  nats_after "$key"
-  R[$key.ms]=$(field median_ms "$TMP/$key.out")
-  R[$key.first]=$(field first_ms "$TMP/$key.out")
-  R[$key.each]=$(field each "$TMP/$key.out")
-  R[$key.members]=$(field members "$TMP/$key.out")
-  R[$key.last0]=$(field port0_last_ms "$TMP/$key.out")
-  R[$key.last1]=$(field port1_last_ms "$TMP/$key.out")
-  R[$key.first0]=$(field port0_first_ms "$TMP/$key.out")
-  R[$key.first1]=$(field port1_first_ms "$TMP/$key.out")
+  timeout 200 "$B/clusterfan" --ports "$ports" -n "$N" -r "$ROUNDS" --path "$WSPATH" fanout >"$TMP/$key.$pass.out" 2>"$TMP/$key.$pass.err" \
+    || say "$key: clusterfan: $(tail -n 2 "$TMP/$key.$pass.err" | tr '\n' ' ')"
+  nats_after "$key.$pass"
+  R[$key.pub_a]=$(( ${R[$key.pub_a]:-0} + R[$key.$pass.pub_a] ))
+  R[$key.recv_b]=$(( ${R[$key.recv_b]:-0} + R[$key.$pass.recv_b] ))
+  R[$key.secs]=$(awk -v a="${R[$key.secs]:-0}" -v b="${R[$key.$pass.secs]}" 'BEGIN{printf "%.1f", a+b}')
   for p in "$@"; do
     for s in alone a b; do [ "${PORT[$s]}" = "$p" ] && { wait_for 60 drained "$p" || say "$s still has connections"; }; done
   done
+  sleep 2
 }
-say "fan-out to $N: alone, 1 node, 2 nodes ($ROUNDS rounds each)"
-fan alone "${PORT[alone]}"
-fan one "${PORT[a]}"
-fan two "${PORT[a]}" "${PORT[b]}"
+# rmed KEY FIELD: median of FIELD over the ROUND lines of both passes (n/a if none)
+rmed() {
+  cat "$TMP/$1".*.out 2>/dev/null | grep '^ROUND' | tr ' ' '\n' | awk -F= -v k="$2" '$1==k && $2>=0 {print $2}' | sort -n |
+    awk '{a[NR]=$1} END {if (NR) printf "%.1f", (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2); else print "n/a"}'
+}
+rall() { cat "$TMP/$1".*.out 2>/dev/null | grep '^ROUND' | tr ' ' '\n' | awk -F= '$1=="total_ms" {printf "%s%.0f", (n++?",":""), $2}'; }
+say "fan-out to $N: alone, 1 node, 2 nodes, then 2 nodes, 1 node, alone ($ROUNDS rounds each)"
+fan alone 1 "${PORT[alone]}"
+fan one 1 "${PORT[a]}"
+fan two 1 "${PORT[a]}" "${PORT[b]}"
+fan two 2 "${PORT[a]}" "${PORT[b]}"
+fan one 2 "${PORT[a]}"
+fan alone 2 "${PORT[alone]}"
+for k in alone one two; do
+  R[$k.ms]=$(rmed "$k" total_ms); R[$k.first]=$(rmed "$k" first_ms); R[$k.each]=$(rall "$k")
+  R[$k.first0]=$(rmed "$k" port0_first_ms); R[$k.last0]=$(rmed "$k" port0_last_ms)
+  R[$k.first1]=$(rmed "$k" port1_first_ms); R[$k.last1]=$(rmed "$k" port1_last_ms)
+done
 
 # ---------- rate
 rate() {  # rate KEY TRIGGER_PORT MEMBERS_PORT
@@ -164,10 +177,10 @@ R[dropped]=$(( $(metric "${PORT[a]}" linkd_cluster_dropped_total) + $(metric "${
 v() { local x=${R[$1]:-}; echo "${x:-n/a}"; }
 echo
 echo "Linkd cluster benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -m); nats-server $(nats-server --version 2>/dev/null | awk '{print $2}'), all on loopback"
-echo "(fan-out: $N members, median of $ROUNDS rounds; rate: $RATE_K pushes back to back to $RATE_M members)"
-printf '| %-52s | %15s | %19s | %19s | %8s |\n' "step" "result" "a published (NATS)" "b received (NATS)" "load avg"
-printf '|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' $(seq 54))" "$(printf -- '-%.0s' $(seq 17))" "$(printf -- '-%.0s' $(seq 21))" "$(printf -- '-%.0s' $(seq 21))" "$(printf -- '-%.0s' $(seq 10))"
-row() { printf '| %-52s | %15s | %19s | %19s | %8s |\n' "$1" "$2" "$3" "$4" "$5"; }
+echo "(fan-out: $N members, median of 2 x $ROUNDS rounds (two passes, opposite orders); rate: $RATE_K pushes back to back to $RATE_M members)"
+printf '| %-52s | %15s | %19s | %19s | %11s |\n' "step" "result" "a published (NATS)" "b received (NATS)" "load avg"
+printf '|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' $(seq 54))" "$(printf -- '-%.0s' $(seq 17))" "$(printf -- '-%.0s' $(seq 21))" "$(printf -- '-%.0s' $(seq 21))" "$(printf -- '-%.0s' $(seq 13))"
+row() { printf '| %-52s | %15s | %19s | %19s | %11s |\n' "$1" "$2" "$3" "$4" "$5"; }
 row "fan-out to $N, linkd alone (no --nats-url), ms" "$(v alone.ms)" "-" "-" "$(v alone.load)"
 row "fan-out to $N, all on node a (cluster), ms" "$(v one.ms)" "$(v one.pub_a) in $(v one.secs) s" "$(v one.recv_b) in $(v one.secs) s" "$(v one.load)"
 row "fan-out to $N split over a and b, ms" "$(v two.ms)" "$(v two.pub_a) in $(v two.secs) s" "$(v two.recv_b) in $(v two.secs) s" "$(v two.load)"
@@ -180,7 +193,7 @@ echo
 echo "fan-out rounds (ms): alone $(v alone.each); 1 node $(v one.each); 2 nodes $(v two.each)"
 echo "until the first member had it (median, ms): alone $(v alone.first), 1 node $(v one.first), 2 nodes $(v two.first)"
 echo "rate: delivered $(v rlocal.delivered) (local, $(v rlocal.ms) ms) and $(v rcross.delivered) (across, $(v rcross.ms) ms) of $((RATE_K * RATE_M))"
-echo "NATS messages per push: fan-out rounds $ROUNDS pushes each (+ about one hello a second per node in every count);"
+echo "NATS messages per push: fan-out $((2 * ROUNDS)) pushes per step (+ about one hello a second per node in every count);"
 echo "  rate: $RATE_K pushes -> a published $(v rcross.pub_a), b received $(v rcross.recv_b) (members on b: $RATE_M); members on a only: b received $(v rlocal.recv_b)."
 echo "linkd_cluster_dropped_total on a and b at the end: $(v dropped)"
 awk -v s="$T_START" -v e="$(now)" 'BEGIN{printf "bench-cluster: done in %.0f s\n", e-s}' >&2

@@ -239,6 +239,9 @@ int fanout() {
       per_first[p].push_back(firstp[p]);
     }
     fprintf(stderr, "clusterfan: round %d: %zu/%zu members in %.1f ms\n", r, got, conns.size(), total.back());
+    printf("ROUND %d total_ms=%.2f first_ms=%.2f", r, total.back(), first.back());
+    for (size_t p = 0; p < ports.size(); p++) printf(" port%zu_first_ms=%.2f port%zu_last_ms=%.2f", p, firstp[p], p, per[p].back());
+    printf("\n");
     if (got < conns.size()) printf("RESULT incomplete_round=%d got=%zu\n", r, got);
   }
   auto median = [](std::vector<double> v) { std::sort(v.begin(), v.end()); return v.empty() ? 0.0 : v[v.size() / 2]; };
