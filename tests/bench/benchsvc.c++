@@ -12,7 +12,7 @@
 // I/O is blocking and batched: every frame of one read() is answered, then
 // the answers go out in one write().
 //
-// Usage: benchsvc SOCKET_PATH [WS_PATH]   (prints "registered" when ready)
+// Usage: benchsvc SOCKET_PATH [WS_PATH [RECOVERY_WINDOW_MS:HISTORY]]   (prints "registered" when ready)
 #include <pb_decode.h>
 #include <pb_encode.h>
 // RegisterService has a field named "namespace", a C++ keyword: rename it
@@ -264,9 +264,11 @@ void write_all(int fd, const std::string& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) { fprintf(stderr, "usage: benchsvc SOCKET_PATH [WS_PATH]\n"); return 1; }
+  if (argc < 2) { fprintf(stderr, "usage: benchsvc SOCKET_PATH [WS_PATH [RECOVERY_WINDOW_MS:HISTORY]]\n"); return 1; }
   const char* sock = argv[1];
   const char* wspath = argc > 2 ? argv[2] : "/ws/bench";
+  unsigned rec_window = 0, rec_history = 0;   // connection recovery on the path (issue 10's bench rows)
+  if (argc > 3 && sscanf(argv[3], "%u:%u", &rec_window, &rec_history) != 2) { fprintf(stderr, "benchsvc: recovery is WINDOW_MS:HISTORY\n"); return 1; }
   signal(SIGPIPE, SIG_IGN);
 
   int fd = socket(AF_UNIX, SOCK_STREAM, 0);
@@ -289,6 +291,11 @@ int main(int argc, char** argv) {
   reg.has_websocket = true;
   reg.websocket.enabled = true;
   copy_str(reg.websocket.path, sizeof reg.websocket.path, wspath);
+  if (rec_window) {
+    reg.websocket.has_recovery = true;
+    reg.websocket.recovery.window_ms = rec_window;
+    reg.websocket.recovery.history = rec_history;
+  }
   emit(1, linkd_RegisterService_fields, &reg);
   write_all(fd, out);
   out.clear();

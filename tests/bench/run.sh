@@ -9,8 +9,11 @@
 #   TLS      a fresh linkd with --tls-listen and a fresh peer in https mode: VmRSS at 0 and
 #            at N idle wss:// connections, full and resumed handshakes/s (2 x openssl
 #            s_time), echo over wss:// (compared with ws:// above)
+#   recovery a fresh linkd whose bench path has connection recovery on: KiB per
+#            idle connection and fan-out with every push kept in the room's
+#            history, against the plain linkd (BENCH_RECOVERY=1, BENCH_RECOVERY_SPEC=30000:64)
 #
-# Bounded in time (about 1-2 minutes; every step has its own bound), loopback
+# Bounded in time (about 2-3 minutes; every step has its own bound), loopback
 # only, stops everything it started, never fails on a time. Knobs (env):
 #   BENCH_N=10000 BENCH_ECHO_C=50 BENCH_ECHO_D=8 BENCH_ECHO_T=5 BENCH_ECHO_RUNS=3 BENCH_ROUNDS=7
 #   BENCH_WRK_T=5 BENCH_WRK_C=50 BENCH_SRC_IPS=1 BENCH_PEER=1 BENCH_LINKD=1
@@ -218,7 +221,7 @@ test_wrk() {
 
 # No step starts after BUDGET seconds, and no step takes more than ~90 s,
 # so a server that hangs cannot keep the bench past 5 minutes.
-BUDGET=${BENCH_BUDGET:-200}
+BUDGET=${BENCH_BUDGET:-260}
 in_budget() {
   awk -v s="$T_START" -v e="$(now)" -v b="$BUDGET" 'BEGIN{exit !(e-s < b)}' && return 0
   say "time budget (${BUDGET}s) spent: skipping $*"
@@ -236,6 +239,37 @@ if command -v wrk >/dev/null; then
 fi
 sleep 0.5
 for t in "${TARGETS[@]}"; do alive "$t" && R[$t.rss_end]=$(rss_kib "${PID[$t]}"); done
+
+# ---------- recovery (issue 10): a fresh linkd whose bench path has connection
+# recovery on (window 30 s, 64 pushes per room): KiB per idle connection (its
+# session token and resume state) and the fan-out with every push also kept in
+# the room's history, against the plain linkd above.
+REC_SPEC=${BENCH_RECOVERY_SPEC:-30000:64}
+if [ "${BENCH_RECOVERY:-1}" = 1 ] && [ "${BENCH_LINKD:-1}" = 1 ] && in_budget "recovery"; then
+  PORT[rec]=$(free_port)
+  "${LINKD[@]}" --listen "127.0.0.1:${PORT[rec]}" --socket "$TMP/linkd-rec.sock" \
+    --max-connections $((N + 2000)) --max-memberships $((N * 2 + 1000)) --max-rooms 1000 \
+    --max-connections-per-user 0 --max-connections-per-ip 0 --rate-limit 0 \
+    --log-level warn >"$TMP/linkd-rec.log" 2>&1 &
+  PID[rec]=$!
+  PIDS+=("${PID[rec]}")
+  if wait_for 10 curl -sf -m 1 -o /dev/null "http://127.0.0.1:${PORT[rec]}/health" && wait_for 5 test -S "$TMP/linkd-rec.sock"; then
+    "$B/benchsvc" "$TMP/linkd-rec.sock" "$WSPATH" "$REC_SPEC" >"$TMP/svc-rec.out" 2>"$TMP/svc-rec.err" &
+    SVC[rec]=$!
+    PIDS+=("${SVC[rec]}")
+    if wait_for 10 grep -q registered "$TMP/svc-rec.out"; then
+      sleep 0.5
+      R[rec.rss0]=$(rss_kib "${PID[rec]}")
+      alive rec && test_fanout rec
+      R[rec.hist]=$(curl -s -m 5 "http://127.0.0.1:${PORT[rec]}/metrics" | awk '$1 == "linkd_history_bytes" { print $2; exit }')
+    else
+      say "recovery: bench service did not register: $(tail -n 3 "$TMP/svc-rec.err" | tr '\n' ' ')"
+    fi
+  else
+    say "recovery: linkd did not start: $(tail -n 3 "$TMP/linkd-rec.log" | tr '\n' ' ')"
+  fi
+  kill -TERM "${PID[rec]}" "${SVC[rec]:-}" 2>/dev/null
+fi
 
 # ---------- TLS (issue 9): a fresh linkd with --tls-listen (and its own benchsvc)
 # and a fresh peer in https mode (Node's https + ws), started now so that their
@@ -389,6 +423,7 @@ tls_per_conn() {
   fi
 }
 tls_per_conn linkd; tls_per_conn peer
+per_conn rec
 row() { printf '| %-44s | %14s | %14s | %10s |\n' "$1" "$(v "linkd.$2")" "$(v "peer.$2")" "$(ratio "$2")"; }
 
 echo
@@ -410,6 +445,19 @@ row "echo p99 latency (ms)" p99
 row "HTTP GET /health req/s" http_health
 row "HTTP GET /bench/hello req/s (linkd: via svc)" http_route
 row "RSS after the run, idle (KiB)" rss_end
+if [ -n "${R[rec.conn]:-}" ]; then
+  # linkd with recovery on against linkd with it off (the linkd column above)
+  rrow() {
+    local a=${R[rec.$2]:-} b=${R[linkd.$2]:-} r="-"
+    if [[ $a =~ ^[0-9.]+$ && $b =~ ^[0-9.]+$ ]] && awk -v b="$b" 'BEGIN{exit !(b>0)}'; then
+      r=$(awk -v a="$a" -v b="$b" 'BEGIN{printf "%.2f", a/b}')
+    fi
+    printf '| %-44s | %14s | %14s | %10s |\n' "$1" "$(v "rec.$2")" "(off) $(v "linkd.$2")" "on/off $r"
+  }
+  rrow "recovery on: KiB per idle connection" kib_conn
+  rrow "recovery on: fan-out to $N members (ms)" fan
+  rrow "recovery on: RSS after fan-out (KiB)" rss_used
+fi
 if [ "${#TLS_TARGETS[@]}" -gt 0 ]; then
   row "TLS: RSS, fresh process, 0 connections (KiB)" tls_rss0
   row "TLS: RSS at $N idle wss:// conns (KiB)" tls_rss_n
@@ -431,6 +479,7 @@ echo "fan-out rounds (ms/members reached): linkd $(v linkd.fan_each); peer $(v p
 echo "echo runs (msgs/s): linkd $(v linkd.echo_runs); peer $(v peer.echo_runs); errors in the median run: linkd $(v linkd.echo_err), peer $(v peer.echo_err)"
 echo "linkd's figures are linkd alone; the bench service (C++, nanopb, on the Unix socket) used $(v linkd.svc_cpu)% of a core during echo and $(v linkd.svc_rss) KiB at $N connections. The peer is one Node process serving everything itself."
 echo "load average (1 min) when each target started: linkd $(v linkd.load), peer $(v peer.load); other work on the machine skews the figures."
+[ -n "${R[rec.conn]:-}" ] && echo "recovery: a fresh linkd, the bench path with recovery $REC_SPEC (window ms:pushes kept per room); fan-out rounds $(v rec.fan_each); history held after the rounds: $(v rec.hist) bytes; load average when it started: $(v rec.load)."
 if [ "${#TLS_TARGETS[@]}" -gt 0 ]; then
   echo "TLS: fresh processes (linkd with its own benchsvc; peer: Node https + ws), TLS 1.2 ECDHE-ECDSA-AES128-GCM-SHA256, EC P-256 certificate; idle wss:// connections opened by loadws (mbedTLS client) resuming the first one's session (linkd: $(v linkd.tls_resumed_n) of $(v linkd.tls_conn) resumed; peer: $(v peer.tls_resumed_n) of $(v peer.tls_conn)); at $N idle, linkd had $(v linkd.tls_open) TLS connections and $(v linkd.tls_pooled) record-buffer pairs pooled. Load average when the idle runs started: linkd $(v linkd.tls_load), peer $(v peer.tls_load). TLS rows took $(v linkd.tls_secs) s."
   [ -s "$TMP/tlsmem.out" ] && sed 's/^/tlsmem: /' "$TMP/tlsmem.out"
