@@ -345,6 +345,10 @@ def phase_three():
     ok = wait_until(lambda: len(remote_ticks(b1)) >= 3 and len(remote_ticks(c1)) >= 3, 8 * SLOW, 0.05)
     c.ok("remote delivery resumes: b1 and c1 get the ticks pushed after the reconnect",
          ok, 'b1 %s, c1 %s (sent %d)' % (remote_ticks(b1)[:5], remote_ticks(c1)[:5], sent[0]))
+    for name, w in (('b1', b1), ('c1', c1)):
+        ns = [m['data']['n'] for m in w.inbox if is_ev('tick')(m)]
+        c.ok('the ticks that reached %s across NATS came in the order pushed, none twice (%d)' % (name, len(ns)),
+             ns == sorted(set(ns)), ns[:40])
     c.ok('linkd_cluster_reconnects_total grew on a and b',
          all((M(n, 'linkd_cluster_reconnects_total') or 0) > rec0[n] for n in 'ab'),
          {n: M(n, 'linkd_cluster_reconnects_total') for n in 'ab'})
