@@ -52,7 +52,8 @@
 // --join-inflight K (fanout): at most K joins awaiting their reply.
 // --joined FILE (fanout): once joined, write FILE and wait for SIGUSR1;
 // then --round-offset MS / --round-every MS put the rounds on a fixed
-// schedule, so that several loadws against several servers, signalled at
+// schedule (or --round-at MS,MS,...: round k at the k-th offset), so that
+// several loadws against several servers, signalled at
 // once, take turns round by round and share the same background load. The
 // RESULT lines add first_median_ms / first_each: until the first member
 // had the push (the trigger's way through the server and its service).
@@ -136,6 +137,7 @@ struct Options {
   std::string joined_file;  // fanout: once joined, write it and wait for SIGUSR1 before the rounds
   double round_offset_ms = 0;  // fanout: first round this long after the start (SIGUSR1 with --joined)
   double round_every_ms = 0;   // fanout: rounds on a fixed schedule instead of 300 ms apart
+  std::vector<double> round_at_ms;  // fanout: round k starts this long after the start (overrides the two above)
 } opt;
 
 uv_loop_t* loop;
@@ -1034,7 +1036,10 @@ void fan_done_round() {
   if (!opt.quiet) fprintf(stderr, "loadws: fanout round %d: %d/%d members in %.1f ms\n", fan_round, fan_got, fan_members, d);
   if (fan_round >= opt.rounds) { finish(); return; }
   uint64_t pause = 300;   // a short pause between rounds lets the previous one settle
-  if (opt.round_every_ms > 0) {   // on a fixed schedule (rounds of other loadws run in between)
+  if (!opt.round_at_ms.empty() && (size_t)fan_round < opt.round_at_ms.size()) {
+    uint64_t next = fan_sched_t0 + (uint64_t)(opt.round_at_ms[fan_round] * 1e6);
+    pause = next > t ? (next - t) / 1000000 : 0;
+  } else if (opt.round_every_ms > 0) {   // on a fixed schedule (rounds of other loadws run in between)
     uint64_t next = fan_sched_t0 + (uint64_t)(fan_round * opt.round_every_ms * 1e6);
     pause = next > t ? (next - t) / 1000000 : 0;
   }
@@ -1089,6 +1094,11 @@ void start_phase_run() {
       }
     }
     stage = 3;
+    if (!opt.round_at_ms.empty()) {   // an explicit schedule: offsets from now
+      fan_sched_t0 = now_ns();
+      uv_timer_start(&run_timer, [](uv_timer_t*) { fan_start_round(); }, (uint64_t)opt.round_at_ms[0], 0);
+      return;
+    }
     fan_sched_t0 = now_ns() + (uint64_t)(opt.round_offset_ms * 1e6);
     if (opt.round_offset_ms > 0) uv_timer_start(&run_timer, [](uv_timer_t*) { fan_start_round(); }, (uint64_t)opt.round_offset_ms, 0);
     else fan_start_round();
@@ -1186,6 +1196,7 @@ void usage() {
           "  --joined FILE    fanout: once joined, write FILE and wait for SIGUSR1 before the rounds\n"
           "  --round-offset MS, --round-every MS  fanout: first round MS after the start, then one every MS\n"
           "                   (several loadws signalled at once take turns: their rounds do not overlap)\n"
+          "  --round-at MS,MS,... fanout: round k starts at the k-th offset (a schedule of its own per loadws)\n"
           "wss:// (TLS 1.2, mbedTLS):\n"
           "  handshake        TLS handshakes per second, -c at a time, for -t SEC (after --warmup)\n"
           "  --resume         handshake: resume the first connection's session (ticket)\n"
@@ -1242,6 +1253,15 @@ int main(int argc, char** argv) {
     else if (a == "--joined") opt.joined_file = next();
     else if (a == "--round-offset") opt.round_offset_ms = atof(next());
     else if (a == "--round-every") opt.round_every_ms = atof(next());
+    else if (a == "--round-at") {
+      std::string l = next();
+      for (size_t p = 0; p < l.size();) {
+        size_t e = l.find(',', p);
+        if (e == std::string::npos) e = l.size();
+        opt.round_at_ms.push_back(atof(l.substr(p, e - p).c_str()));
+        p = e + 1;
+      }
+    }
     else if (a == "idle" || a == "echo" || a == "fanout" || a == "churn" || a == "handshake") opt.mode = a;
     else usage();
   }

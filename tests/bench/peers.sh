@@ -22,9 +22,9 @@
 #
 # Bounded (no step starts after BENCH_BUDGET s, each step has its own bound),
 # loopback only, stops everything it started, never fails on a time.
-# Knobs (env): BENCH_N=10000 BENCH_ECHO_C=50 BENCH_ECHO_D=8 BENCH_ECHO_T=5
-#   BENCH_ECHO_RUNS=3 BENCH_ROUNDS=11 BENCH_WRK_T=5 BENCH_WRK_C=50
-#   BENCH_BUDGET=600 BENCH_JOIN_INFLIGHT=200 BENCH_FAN_SLOT_MS=1000
+# Knobs (env): BENCH_N=10000 BENCH_ECHO_C=50 BENCH_ECHO_D=8 BENCH_ECHO_T=3
+#   BENCH_ECHO_RUNS=5 BENCH_ROUNDS=15 BENCH_WRK_T=5 BENCH_WRK_C=50
+#   BENCH_BUDGET=600 BENCH_JOIN_INFLIGHT=200 BENCH_FAN_SLOT_MS=700
 #   BENCH_STEPS="fanout echo http" (a subset)
 #   BENCH_PUSHPIN_LOG=2 (Pushpin's log level; its logs are kept in BENCH_KEEP=DIR)
 #   PEERS="linkd linkd-ts socketio pushpin ws bare" (a subset, in this order; linkd-ts-ref
@@ -38,9 +38,9 @@ read -r -a LINKD <<< "${LINKD_CMD:-$ROOT/linkd}"
 N=${BENCH_N:-10000}
 ECHO_C=${BENCH_ECHO_C:-50}
 ECHO_D=${BENCH_ECHO_D:-8}
-ECHO_T=${BENCH_ECHO_T:-5}
-ECHO_RUNS=${BENCH_ECHO_RUNS:-3}
-ROUNDS=${BENCH_ROUNDS:-11}
+ECHO_T=${BENCH_ECHO_T:-3}
+ECHO_RUNS=${BENCH_ECHO_RUNS:-5}
+ROUNDS=${BENCH_ROUNDS:-15}
 WRK_T=${BENCH_WRK_T:-5}
 WRK_C=${BENCH_WRK_C:-50}
 JOIN_INFLIGHT=${BENCH_JOIN_INFLIGHT:-200}
@@ -279,17 +279,35 @@ in_budget() {
 # turns, round by round (target i's rounds at i*SLOT + k*(targets*SLOT)):
 # every target's rounds spread over the same minute, under the same
 # background load.
-SLOT=${BENCH_FAN_SLOT_MS:-1000}
+# Each period, every target has one turn of SLOT ms, Pushpin a longer one
+# at the end (its rounds take up to ~1.5 s); the others' order rotates from
+# one period to the next, so that no target is always the one after Pushpin,
+# or always the first.
+SLOT=${BENCH_FAN_SLOT_MS:-700}
+PP_SLOT=$((2 * SLOT + 200))
 declare -A LW
+ROT=()
+for t in $WANT; do [ "$t" = pushpin ] || ROT+=("$t"); done
+PERIOD=$(( ${#ROT[@]} * SLOT ))
+[[ " $WANT " == *" pushpin "* ]] && PERIOD=$((PERIOD + PP_SLOT))
+schedule() {  # schedule TARGET: its rounds' start offsets (ms), comma-separated
+  local t=$1 k i idx=-1 out=""
+  for i in "${!ROT[@]}"; do [ "${ROT[$i]}" = "$t" ] && idx=$i; done
+  for ((k = 0; k < ROUNDS; k++)); do
+    if [ "$idx" -lt 0 ]; then out+="$((k * PERIOD + ${#ROT[@]} * SLOT)),"
+    else out+="$((k * PERIOD + ((idx + k) % ${#ROT[@]}) * SLOT)),"; fi
+  done
+  echo "${out%,}"
+}
 open_target() {
-  local t=$1 i=$2 out=$TMP/$1.fan
+  local t=$1 out=$TMP/$1.fan
   R[$t.load]=$(cut -d' ' -f1 /proc/loadavg)
   rm -f "$out.ready" "$out.joined" "$out.done"
   # shellcheck disable=SC2086
   "$B/loadws" --url "${URL[$t]}" ${LWARGS[$t]} -n "$N" -r "$ROUNDS" --except-sender --join-inflight "$JOIN_INFLIGHT" \
     --ready "$out.ready" --joined "$out.joined" --done "$out.done" \
-    --round-offset $((i * SLOT)) --round-every $((${#TARGETS[@]} * SLOT)) \
-    --timeout $((240 + ROUNDS * ${#TARGETS[@]} * SLOT / 1000)) -q fanout >"$out" 2>"$out.err" &
+    --round-at "$(schedule "$t")" \
+    --timeout $((240 + ROUNDS * PERIOD / 1000)) -q fanout >"$out" 2>"$out.err" &
   local lw=$!
   ALLPIDS+=("$lw")
   if ! wait_for 90 test -s "$out.ready"; then
@@ -311,9 +329,9 @@ fanout_all() {
   local t ts=() end
   for t in "${TARGETS[@]}"; do [ -n "${LW[$t]:-}" ] && ts+=("$t"); done
   [ "${#ts[@]}" -gt 0 ] || return
-  say "fan-out: ${#ts[@]} targets taking turns, $ROUNDS rounds each (about $((ROUNDS * ${#TARGETS[@]} * SLOT / 1000)) s)"
+  say "fan-out: ${#ts[@]} targets taking turns, $ROUNDS rounds each (about $((ROUNDS * PERIOD / 1000)) s)"
   for t in "${ts[@]}"; do kill -USR1 "${LW[$t]}" 2>/dev/null; done
-  for t in "${ts[@]}"; do wait_for $((60 + ROUNDS * ${#TARGETS[@]} * SLOT / 1000)) test -s "$TMP/$t.fan.done"; done
+  for t in "${ts[@]}"; do wait_for $((60 + ROUNDS * PERIOD / 1000)) test -s "$TMP/$t.fan.done"; done
   for t in "${ts[@]}"; do
     local out=$TMP/$t.fan
     R[$t.fan]=$(field median_ms "$out")
@@ -371,8 +389,7 @@ test_wrk() {
 
 step() { [[ " $STEPS " == *" $1 "* ]]; }
 if step fanout; then
-  i=0
-  for t in "${TARGETS[@]}"; do alive "$t" && in_budget "$t connections" && open_target "$t" "$i"; i=$((i + 1)); done
+  for t in "${TARGETS[@]}"; do alive "$t" && in_budget "$t connections" && open_target "$t"; done
   fanout_all
 fi
 if step echo; then
