@@ -20,6 +20,7 @@ Phases:
   three  nodes a, b, c: room counts across 3 nodes, a push from b's service
          and an except list naming connections of two other nodes; then NATS
          killed and restarted under traffic; then node c killed (SIGKILL).
+  solo   node solo, alone on its own NATS: room counts answered at once.
   alone  node s started without --nats-url: ids without '@', /health without
          a node, cluster metrics at zero.
 Prints PASS:/FAIL: lines (ws_client.Checks).
@@ -396,6 +397,25 @@ def _in_order(w, n_sent):
     return ns == sorted(set(ns)) and len(ns) >= n_sent - 2
 
 
+# ------------------------------------------------------------------ phase solo
+def phase_solo():
+    h = wait_until(lambda: health('solo').get('cluster') == 'connected' and health('solo'), 10 * SLOW, 0.1)
+    c.ok('a node alone on its NATS: connected', h, health('solo'))
+    (s1, s1i), = connect('solo', 1)
+    call(s1, 'do.join', {'room': 'rs'})
+    t0 = time.monotonic()
+    r = call(s1, 'do.count', {'room': 'rs', 'timeout': 2000})
+    dt = time.monotonic() - t0
+    c.ok('... a room count is answered at once, no other node to wait for (%.2f s)' % dt,
+         r == {'members': 1, 'nodes': 1, 'nodes_known': 1} and dt < 1.0 * SLOW, r)
+    p0 = M('solo', 'linkd_cluster_published_total')
+    call(s1, 'do.emit', {'room': 'rs', 'event': 'es', 'data': 1})
+    got = deliveries({'s1': s1}, is_ev('es'), ['s1'])
+    c.ok('... its pushes are delivered here and published once', got == {'s1': 1} and M('solo', 'linkd_cluster_published_total') - p0 >= 1,
+         (got, p0, M('solo', 'linkd_cluster_published_total')))
+    s1.close()
+
+
 # ------------------------------------------------------------------ phase alone
 def phase_alone():
     h = health('s')
@@ -418,5 +438,5 @@ def phase_alone():
     s2.close()
 
 
-{'two': phase_two, 'three': phase_three, 'alone': phase_alone}[PHASE]()
+{'two': phase_two, 'three': phase_three, 'solo': phase_solo, 'alone': phase_alone}[PHASE]()
 sys.exit(0)

@@ -10,7 +10,9 @@
 #          join/leave of a remote connection refused, room interest
 #   three  room counts over 3 nodes, NATS killed and restarted under traffic,
 #          node c killed (SIGKILL)
+#   solo   a cluster node that is alone on its NATS: room counts at once
 #   alone  a node without --nats-url behaves as before
+# T_CLUSTER_LATE=1 adds a node started before NATS (fails today: see below).
 # A linkd built without cluster support (a static cross build made with
 # CLUSTER=0) refuses --nats-url with exit 2: then only "alone" runs and one
 # PASS line says why the cluster checks are skipped.
@@ -127,6 +129,21 @@ for n in a b; do
     || fail "node $n survived NATS' restart and node c's death" "$(tail -n 5 "${LINKD_LOGS[${NODE_PID[$n]}]}" | tr '\n' ' ')"
 done
 grep -q "node 'node-c' is here" "${LINKD_LOGS[${NODE_PID[a]}]}" && pass "node a logged node c's arrival" || fail "node a logged node c's arrival" "$(grep cluster "${LINKD_LOGS[${NODE_PID[a]}]}" | tail -n 3)"
+
+# ---------- a node alone in its cluster (its own nats-server)
+NATS2_PORT=$(free_port)
+nats-server -a 127.0.0.1 -p "$NATS2_PORT" >>"$T_TMP/nats2.log" 2>&1 &
+track $!
+if wait_for 10 $PY -c "import socket; socket.create_connection(('127.0.0.1', $NATS2_PORT), 1)"; then
+  LINKD_PORT=$(free_port); LINKD_SOCK=$T_TMP/solo.sock
+  if linkd_start --nats-url "nats://127.0.0.1:$NATS2_PORT" --node-id node-solo && svc_start solo --name chat --instance chat-solo --ws /ws/chat; then
+    NODE_URL[solo]=$LINKD_URL; NODE_PID[solo]=$LINKD_PID
+    printf '{"nodes":{"solo":{"id":"node-solo","url":"%s","pid":%s,"svc_out":"%s"}}}\n' "$LINKD_URL" "$LINKD_PID" "$SVC_OUT" >"$T_TMP/solo.json"
+    timeout $((60 * T_SLOW)) $PY "$TESTS/cluster_check.py" solo "$T_TMP/solo.json" || fail "cluster_check.py solo" "exit status $?"
+  fi
+else
+  fail "a second nats-server starts" "$(tail -n 3 "$T_TMP/nats2.log")"
+fi
 
 alone
 exit 0
