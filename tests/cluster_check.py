@@ -151,6 +151,22 @@ def phase_two():
     c.ok('interest: a room subject is subscribed on its first member here, once (+1, +0, +1)', all(ok), steps)
     ok = [step(b2, 'do.leave', 'int2', 1), step(b1, 'do.leave', 'int1', 1), step(b2, 'do.leave', 'int1', 0)]
     c.ok('interest: dropped when the last member leaves (-1, -0, -1)', all(ok), steps[3:])
+    # a room's subscription costs no thread (libnats' default: one per subscription)
+    def threads(n):
+        try:
+            return len(os.listdir('/proc/%d/task' % NODES[n]['pid']))
+        except OSError:
+            return None
+    t0 = threads('b')
+    for i in range(40):
+        b1.send('do.join', {'room': 'thr%d' % i})
+    wait_until(lambda: M('b', 'linkd_cluster_subscriptions') == s0 + 40, 5 * SLOW, 0.05)
+    t1, s1 = threads('b'), M('b', 'linkd_cluster_subscriptions')
+    for i in range(40):
+        b1.send('do.leave', {'room': 'thr%d' % i})
+    wait_until(lambda: M('b', 'linkd_cluster_subscriptions') == s0, 5 * SLOW, 0.05)
+    c.ok('40 rooms subscribed on b (%s subscriptions): no thread per subscription (threads %s -> %s)' % (s1, t0, t1),
+         s1 == s0 + 40 and t0 is not None and t1 is not None and t1 - t0 <= 2, '')
     b3 = WS(ws_url('b'))
     b3.whoami()
     call(b3, 'do.join', {'room': 'int3'})
