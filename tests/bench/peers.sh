@@ -23,7 +23,7 @@
 # Bounded (no step starts after BENCH_BUDGET s, each step has its own bound),
 # loopback only, stops everything it started, never fails on a time.
 # Knobs (env): BENCH_N=10000 BENCH_ECHO_C=50 BENCH_ECHO_D=8 BENCH_ECHO_T=3
-#   BENCH_ECHO_RUNS=5 BENCH_ROUNDS=15 BENCH_WRK_T=5 BENCH_WRK_C=50
+#   BENCH_ECHO_RUNS=5 BENCH_ROUNDS=21 BENCH_WRK_T=5 BENCH_WRK_C=50
 #   BENCH_BUDGET=600 BENCH_JOIN_INFLIGHT=200 BENCH_FAN_SLOT_MS=700
 #   BENCH_STEPS="fanout echo http" (a subset)
 #   BENCH_PUSHPIN_LOG=2 (Pushpin's log level; its logs are kept in BENCH_KEEP=DIR)
@@ -40,7 +40,7 @@ ECHO_C=${BENCH_ECHO_C:-50}
 ECHO_D=${BENCH_ECHO_D:-8}
 ECHO_T=${BENCH_ECHO_T:-3}
 ECHO_RUNS=${BENCH_ECHO_RUNS:-5}
-ROUNDS=${BENCH_ROUNDS:-15}
+ROUNDS=${BENCH_ROUNDS:-21}
 WRK_T=${BENCH_WRK_T:-5}
 WRK_C=${BENCH_WRK_C:-50}
 JOIN_INFLIGHT=${BENCH_JOIN_INFLIGHT:-200}
@@ -280,9 +280,9 @@ in_budget() {
 # every target's rounds spread over the same minute, under the same
 # background load.
 # Each period, every target has one turn of SLOT ms, Pushpin a longer one
-# at the end (its rounds take up to ~1.5 s); the others' order rotates from
-# one period to the next, so that no target is always the one after Pushpin,
-# or always the first.
+# at the end (its rounds take up to ~1.5 s); the others' order is shuffled
+# from one period to the next (the same shuffle every run), so that no
+# target always comes first, or always after the same other one.
 SLOT=${BENCH_FAN_SLOT_MS:-700}
 PP_SLOT=$((2 * SLOT + 200))
 declare -A LW
@@ -290,15 +290,21 @@ ROT=()
 for t in $WANT; do [ "$t" = pushpin ] || ROT+=("$t"); done
 PERIOD=$(( ${#ROT[@]} * SLOT ))
 [[ " $WANT " == *" pushpin "* ]] && PERIOD=$((PERIOD + PP_SLOT))
+declare -A TURN   # TURN[k.target]: its place in period k
+for ((k = 0; k < ROUNDS; k++)); do
+  i=0
+  while read -r _ t; do TURN[$k.$t]=$i; i=$((i + 1)); done < <(
+    for t in "${ROT[@]}"; do echo "$(echo "period $k $t" | cksum | cut -d' ' -f1) $t"; done | sort -n)
+done
 schedule() {  # schedule TARGET: its rounds' start offsets (ms), comma-separated
-  local t=$1 k i idx=-1 out=""
-  for i in "${!ROT[@]}"; do [ "${ROT[$i]}" = "$t" ] && idx=$i; done
+  local t=$1 k out=""
   for ((k = 0; k < ROUNDS; k++)); do
-    if [ "$idx" -lt 0 ]; then out+="$((k * PERIOD + ${#ROT[@]} * SLOT)),"
-    else out+="$((k * PERIOD + ((idx + k) % ${#ROT[@]}) * SLOT)),"; fi
+    if [ "$t" = pushpin ]; then out+="$((k * PERIOD + ${#ROT[@]} * SLOT)),"
+    else out+="$((k * PERIOD + ${TURN[$k.$t]} * SLOT)),"; fi
   done
   echo "${out%,}"
 }
+
 open_target() {
   local t=$1 out=$TMP/$1.fan
   R[$t.load]=$(cut -d' ' -f1 /proc/loadavg)
