@@ -219,6 +219,7 @@ export class Service extends EventEmitter implements Link {
       this.reconnectTimer = null;
     }
     this.settleStart(new ServiceUnavailableError("service stopped"));
+    this.flush();   // what handlers sent in this turn goes out before the link closes
     const sock = this.sock;
     if (!sock || sock.destroyed) return Promise.resolve();
     return new Promise<void>((resolve) => {
@@ -466,7 +467,8 @@ export class Service extends EventEmitter implements Link {
   private flush(): void {
     this.flushScheduled = false;
     const bytes = this.out.take();
-    if (bytes && this.sock && !this.sock.destroyed) this.sock.write(bytes);
+    const sock = this.sock;
+    if (bytes && sock && !sock.destroyed && !sock.writableEnded) sock.write(bytes);
   }
 
   private trySend(frame: Record<string, unknown>): void {
