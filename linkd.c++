@@ -5145,6 +5145,7 @@ struct ClusterState {
   uint64_t ask_serial;
   Node nodes[MAX_NODES];
   std::atomic<uint32_t> disconnects, reconnects;
+  std::atomic<uint32_t> subs_made, subs_done;   // subscriptions made / let go by libnats' delivery thread
   uint64_t published, received, dropped;
   uint32_t subs;
 } cluster;
@@ -5179,6 +5180,9 @@ void cluster_on_msg(natsConnection*, natsSubscription*, natsMsg* msg, void*) noe
 void cluster_on_disconnected(natsConnection*, void*) noexcept { cluster.disconnects++; }
 void cluster_on_reconnected(natsConnection*, void*) noexcept { cluster.reconnects++; }
 
+// libnats has closed a subscription and will not call cluster_on_msg for it again.
+void cluster_on_sub_done(void*) noexcept { cluster.subs_done++; }
+
 natsSubscription* cluster_sub(const char* subject) {
   natsSubscription* sub = nullptr;
   if (natsConnection_Subscribe(&sub, cluster.nc, subject, cluster_on_msg, nullptr) != NATS_OK) {
@@ -5186,6 +5190,8 @@ natsSubscription* cluster_sub(const char* subject) {
     return nullptr;
   }
   natsSubscription_SetPendingLimits(sub, 1 << 16, 64 << 20);   // what one subject may hold in the client
+  natsSubscription_SetOnCompleteCB(sub, cluster_on_sub_done, nullptr);
+  cluster.subs_made++;
   cluster.subs++;
   return sub;
 }
@@ -5322,7 +5328,7 @@ bool cluster_ask_node(Backend* b, const char* conn_id, AskKind kind, uint64_t re
 // Members of a room on every node: asked on linkd.q.<service>; this node's
 // own count is in from the start.
 bool cluster_ask_count(Backend* b, const char* room, uint64_t query_id, uint64_t timeout_ms, uint32_t local) {
-  if (!cluster.on) return false;
+  if (!cluster.on || !nodes_alive()) return false;   // no other node to wait for: this node's count at once
   Ask* a = ask_new(AskKind::Count, b, query_id, timeout_ms);
   if (!a) return false;
   a->count = local;
@@ -5562,6 +5568,11 @@ bool cluster_start(char* err, size_t errn) {
   if (st == NATS_OK) st = natsOptions_SetServers(o, list, n);
   if (st == NATS_OK) st = natsOptions_SetName(o, node_id());
   if (st == NATS_OK) st = natsOptions_SetNoEcho(o, true);
+  // One delivery thread for every subscription (libnats' default is a thread
+  // per subscription: one per room with members here), which also keeps one
+  // order across a publisher's room and path subjects.
+  if (st == NATS_OK) st = nats_SetMessageDeliveryPoolSize(1);
+  if (st == NATS_OK) st = natsOptions_UseGlobalMessageDelivery(o, true);
   if (st == NATS_OK) st = natsOptions_SetMaxReconnect(o, -1);
   if (st == NATS_OK) st = natsOptions_SetReconnectWait(o, 500);
   if (st == NATS_OK) st = natsOptions_SetReconnectBufSize(o, 1 << 20);
@@ -5610,6 +5621,9 @@ void cluster_release() {
   if (cluster.sub_node) natsSubscription_Destroy(cluster.sub_node);
   if (cluster.sub_hello) natsSubscription_Destroy(cluster.sub_hello);
   natsConnection_Destroy(cluster.nc);
+  // Until the delivery thread has let go of every subscription (it may still
+  // be in cluster_on_msg, and holds their close messages until then).
+  for (int i = 0; i < 2000 && cluster.subs_done < cluster.subs_made; i++) uv_sleep(1);
   natsOptions_Destroy(cluster.opts);
   free(cluster.sub_path);
   for (uint32_t i = 0; i < cluster.nin; i++) natsMsg_Destroy(cluster.inbox[i]);
