@@ -352,6 +352,22 @@ def phase_three():
     c.ok('linkd_cluster_disconnects_total grew on a and b',
          all(wait_until(lambda: (M(n, 'linkd_cluster_disconnects_total') or 0) > dis0[n], 3 * SLOW, 0.1) for n in 'ab'),
          {n: M(n, 'linkd_cluster_disconnects_total') for n in 'ab'})
+    # past libnats' 1 MiB reconnect buffer, publishes are dropped (counted); local delivery is not
+    d0 = M('a', 'linkd_cluster_dropped_total') or 0
+    big_sender = WS(ws_url('a'))
+    big_sender.whoami()
+    pad = 'x' * 45000
+    for i in range(30):
+        big_sender.send('do.emit', {'room': 'r3', 'event': 'big', 'data': {'i': i, 'p': pad}})
+    def bigs():
+        drain(a2, 0.05)
+        return len([m for m in a2.inbox if is_ev('big')(m)])
+    wait_until(lambda: bigs() >= 30, 5 * SLOW, 0.05)
+    d1 = wait_until(lambda: (M('a', 'linkd_cluster_dropped_total') or 0) > d0 and M('a', 'linkd_cluster_dropped_total'), 3 * SLOW, 0.1)
+    c.ok('NATS down: 30 pushes of 45 KB (1.3 MB) reach the local member (%d) and what passes the 1 MiB buffer is counted dropped (%s)' % (bigs(), d1),
+         bigs() == 30 and d1, 'dropped %s -> %s' % (d0, M('a', 'linkd_cluster_dropped_total')))
+    a2.inbox = [m for m in a2.inbox if not is_ev('big')(m)]
+    big_sender.close()
     nats_restart()
     up = all(wait_until(lambda: health(n).get('cluster') == 'connected', 10 * SLOW, 0.1) for n in 'abc')
     c.ok('NATS restarted: every node reconnects (within ~1 s of its reconnect wait)', up, {n: health(n) for n in 'abc'})
