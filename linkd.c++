@@ -6181,8 +6181,15 @@ void shutdown_finish() {
   uv_close((uv_handle_t*)&g.flush, nullptr);
   uv_close((uv_handle_t*)&g.sigterm, nullptr);
   uv_close((uv_handle_t*)&g.sigint, nullptr);
+  // Closing the handle restores the default action (which would kill): SIGHUP
+  // stays blocked until it is ignored, and one that came in between is dropped.
+  sigset_t hup, old;
+  sigemptyset(&hup);
+  sigaddset(&hup, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &hup, &old);
   uv_close((uv_handle_t*)&g.sighup, nullptr);
-  signal(SIGHUP, SIG_IGN);   // libuv restored the default action, which would kill
+  signal(SIGHUP, SIG_IGN);
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 
 void signal_cb(uv_signal_t*, int signum) noexcept { shutdown_begin(signum == SIGTERM ? "SIGTERM" : "SIGINT"); }
