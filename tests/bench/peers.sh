@@ -9,8 +9,10 @@
 #            -> time until the last member has it (median of rounds)
 #   HTTP     wrk on GET /bench/hello answered by a backend
 #
-# Targets (each its own processes, all started at the beginning and running
-# side by side, the tests alternating between them):
+# About 6 minutes. Targets (each its own processes, all started at the
+# beginning and running side by side; the fan-out rounds of all targets are
+# interleaved, the echo runs alternate between targets; see
+# tests/bench/README.md, "Peers"):
 #   linkd     linkd + the C++ bench service (benchsvc, nanopb)
 #   linkd-ts  linkd + tssvc.mjs, the same handlers on the TypeScript SDK (linkd-sdk)
 #   socketio  Socket.IO 4.8 (sio.js), websocket transport only; loadws speaks
