@@ -31,7 +31,7 @@
 
 #include <uv.h>
 #ifdef LINKD_CLUSTER
-#include <nats/adapters/libuv.h>
+#include <nats/nats.h>
 #endif
 #include <llhttp.h>
 #include <wslay/wslay.h>
@@ -197,10 +197,15 @@ const Setting settings[] = {
   SETTING_STR("tls-client-ca", tls_client_ca, "PEM CA certificate(s): require and verify client certificates"),
   SETTING_STR("admin-listen", admin_listen, "admin console address host:port (loopback only without JWT); empty: off"),
   SETTING_STR("admin-role", admin_role, "JWT role the admin console requires"),
-  SETTING_STR("nats-url", nats_url, "cluster: NATS servers (comma list, nats://host:4222); empty: this node alone"),
-  SETTING_STR("node-id", node_id, "cluster: this node's name ([A-Za-z0-9_-], at most 48); default: the host name"),
-  SETTING_STR("nats-creds", nats_creds, "cluster: NATS credentials file (JWT + nkey seed)"),
-  SETTING_STR("nats-tls-ca", nats_tls_ca, "cluster: CA for a TLS connection to NATS"),
+#ifdef LINKD_CLUSTER
+#define CLUSTER_HELP "cluster: "
+#else
+#define CLUSTER_HELP "cluster (not in this build): "
+#endif
+  SETTING_STR("nats-url", nats_url, CLUSTER_HELP "NATS servers (comma list, nats://host:4222); empty: this node alone"),
+  SETTING_STR("node-id", node_id, CLUSTER_HELP "this node's name ([A-Za-z0-9_-], at most 48); default: the host name"),
+  SETTING_STR("nats-creds", nats_creds, CLUSTER_HELP "NATS credentials file (JWT + nkey seed)"),
+  SETTING_STR("nats-tls-ca", nats_tls_ca, CLUSTER_HELP "CA for a TLS connection to NATS"),
   {"shutdown-timeout", Kind::Duration, &cfg.shutdown_timeout, 0, 3600000, "time to finish in-flight work on SIGTERM"},
   {"register-timeout", Kind::Duration, &cfg.register_timeout, 100, 3600000, "a service link that has not registered by then is closed"},
   {"history-memory", Kind::Size, &cfg.history_memory, 0, 1 << 30, "room pushes kept for connection recovery, all rooms together"},
@@ -3223,10 +3228,14 @@ void ws_outbound(Backend* b, const linkd_WebSocketOutbound* m, Slice payload);
 void pend_expire(uint32_t p, bool timeout);
 bool ws_close(Conn* c, uint16_t code, const char* reason);
 
+// Service names are also NATS subject parts (section 14): dots separate
+// parts, and no part is empty.
 bool valid_name(const char* s) {
-  if (!*s) return false;
-  for (; *s; s++)
+  if (!*s || *s == '.') return false;
+  for (; *s; s++) {
+    if (*s == '.' && (s[1] == '.' || !s[1])) return false;
     if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') || *s == '.' || *s == '_' || *s == '-')) return false;
+  }
   return true;
 }
 
@@ -3272,7 +3281,7 @@ bool allow_ok(const Backend* b, const char* name) {
 
 // Checks a registration against the tables; null if acceptable, else why.
 const char* register_check(const Backend* b, const linkd_RegisterService* m, uint16_t* gi_out, char* why, size_t whyn) {
-  if (!valid_name(m->name)) return "service name must be 1-63 characters of [A-Za-z0-9._-]";
+  if (!valid_name(m->name)) return "service name must be 1-63 characters of [A-Za-z0-9._-], dots only between parts";
   if (!allow_ok(b, m->name)) {
     g.reg_refused_identity++;
     snprintf(why, whyn, "uid %u gid %u may not register '%s' (service_allow)", b->uid, b->gid, m->name);
@@ -5094,7 +5103,7 @@ void ws_outbound(Backend* b, const linkd_WebSocketOutbound* m, Slice payload) {
 // ============================================================================
 // 14. Cluster
 // With --nats-url, nodes share rooms, pushes and connection sends over NATS
-// (libnats, its I/O on this loop through its libuv adapter). Each node keeps
+// (libnats, its socket I/O on its own two threads). Each node keeps
 // its own connections and service instances; it subscribes to a room's
 // subject only while it has local members, to a path's subjects while the
 // service has the path here, and to its own inbox. A push is published once
@@ -5103,7 +5112,8 @@ void ws_outbound(Backend* b, const linkd_WebSocketOutbound* m, Slice payload) {
 // own messages back (no-echo), so nobody gets a push twice. Connection ids
 // name their node ("slot.gen@node"): commands for another node's
 // connection are asked of that node, which answers within CLUSTER_ASK_MS.
-// NATS' threads only queue what arrives; everything else runs on the loop.
+// NATS' threads only queue what arrives and count what happens to the link;
+// everything else (decoding, delivery, logging) runs on the loop.
 // ============================================================================
 
 constexpr uint64_t CLUSTER_HELLO_MS = 1000;   // liveness beacon on linkd.hb
@@ -5128,6 +5138,7 @@ struct Ask {
 struct Node {
   char id[64];
   uint64_t seen;          // loop ms of its last hello (0: slot free)
+  bool gone;              // silent past CLUSTER_DEAD_MS (logged once)
 };
 
 struct ClusterState {
@@ -5144,9 +5155,11 @@ struct ClusterState {
   Ask asks[MAX_ASKS];
   uint64_t ask_serial;
   Node nodes[MAX_NODES];
-  std::atomic<uint32_t> disconnects, reconnects;
+  std::atomic<uint32_t> connects, disconnects, reconnects;   // counted on NATS' threads, logged by the timer
   std::atomic<uint32_t> subs_made, subs_done;   // subscriptions made / let go by libnats' delivery thread
-  uint64_t published, received, dropped;
+  std::atomic<uint64_t> shed;                   // arrived while the loop was far behind (NATS' thread)
+  uint64_t published, received, dropped;        // loop only (dropped: not published)
+  uint64_t twin_logged;                         // loop ms: a message with this node's own id was logged
   uint32_t subs;
 } cluster;
 
@@ -5164,7 +5177,7 @@ void cluster_on_msg(natsConnection*, natsSubscription*, natsMsg* msg, void*) noe
     uint32_t cap = cluster.cap ? cluster.cap * 2 : 256;
     natsMsg** p = cap <= 1u << 20 ? (natsMsg**)realloc(cluster.inbox, cap * sizeof *p) : nullptr;
     if (!p) {   // the loop is far behind: shed (counted)
-      cluster.dropped++;
+      cluster.shed++;
       uv_mutex_unlock(&cluster.lock);
       natsMsg_Destroy(msg);
       return;
@@ -5177,6 +5190,7 @@ void cluster_on_msg(natsConnection*, natsSubscription*, natsMsg* msg, void*) noe
   uv_async_send(&cluster.wake);
 }
 
+void cluster_on_connected(natsConnection*, void*) noexcept { cluster.connects++; }   // a first connect retried in the background
 void cluster_on_disconnected(natsConnection*, void*) noexcept { cluster.disconnects++; }
 void cluster_on_reconnected(natsConnection*, void*) noexcept { cluster.reconnects++; }
 
@@ -5309,11 +5323,28 @@ bool node_alive(const char* id) {
 
 // A local service asks about another node's connection (rq.service and one
 // of push/rooms/close set by the caller). False when that node is not
-// alive: the caller answers NOT_FOUND at once.
+// alive: the caller answers NOT_FOUND at once. With every ask slot taken,
+// the service is answered CLUSTER_BUSY here.
 bool cluster_ask_node(Backend* b, const char* conn_id, AskKind kind, uint64_t reply_id, linkd_ClusterRequest* rq) {
   const char* node = conn_id_node(conn_id);
   if (!cluster.on || !node || !node_alive(node)) return false;
-  Ask* a = reply_id || kind != AskKind::Push ? ask_new(kind, b, reply_id, CLUSTER_ASK_MS) : nullptr;
+  bool answer = reply_id || kind != AskKind::Push;   // a push without op_id expects nothing back
+  Ask* a = answer ? ask_new(kind, b, reply_id, CLUSTER_ASK_MS) : nullptr;
+  if (answer && !a) {
+    static const char msg[] = "too many questions to other nodes in flight: try again";
+    if (kind != AskKind::Rooms) {
+      command_result(b, reply_id, "CLUSTER_BUSY", msg, 503);
+    } else {
+      linkd_RoomsResult r = {};
+      r.query_id = reply_id;
+      r.has_error = true;
+      r.error.code = 503;
+      snprintf(r.error.type, sizeof r.error.type, "CLUSTER_BUSY");
+      snprintf(r.error.message, sizeof r.error.message, "%s", msg);
+      backend_send_msg(b, TAG_ROOMS_RESULT, linkd_RoomsResult_fields, &r);
+    }
+    return true;
+  }
   linkd_ClusterMessage cm = {};
   cm.has_request = true;
   cm.request = *rq;
@@ -5474,12 +5505,18 @@ void cluster_answer_request(const char* origin, const linkd_ClusterRequest* rq, 
 void cluster_hello_from(const char* id) {
   Node* free_slot = nullptr;
   for (Node& nd : cluster.nodes) {
-    if (nd.seen && !strcmp(nd.id, id)) { nd.seen = now_ms(); return; }
+    if (nd.seen && !strcmp(nd.id, id)) {
+      if (nd.gone) LOG_INFO("cluster: node '%s' is back", id);
+      nd.seen = now_ms();
+      nd.gone = false;
+      return;
+    }
     if (!free_slot && (!nd.seen || now_ms() - nd.seen >= CLUSTER_DEAD_MS * 4)) free_slot = &nd;
   }
   if (!free_slot) return;
   snprintf(free_slot->id, sizeof free_slot->id, "%s", id);
   free_slot->seen = now_ms();
+  free_slot->gone = false;
   LOG_INFO("cluster: node '%s' is here", id);
 }
 
@@ -5500,7 +5537,13 @@ void cluster_handle(natsMsg* msg) {
   g.except_serial++;   // marks made while decoding this push's except list
   if (!pb_decode(&is, linkd_ClusterMessage_fields, &cm)) { LOG_WARN("cluster: a message on %s does not decode: %s", subj, PB_GET_ERROR(&is)); return; }
   cluster.received++;
-  if (!strcmp(cm.origin, node_id())) return;   // (no-echo makes this rare: a node id used twice)
+  if (!strcmp(cm.origin, node_id())) {   // no-echo: another node runs with this node's id
+    if (!cluster.twin_logged || now_ms() - cluster.twin_logged > 60000) {
+      cluster.twin_logged = now_ms();
+      LOG_ERROR("cluster: another node uses this node's id '%s' (--node-id must differ per node): its messages are ignored", node_id());
+    }
+    return;
+  }
   if (cm.hello) { cluster_hello_from(cm.origin); return; }
   if (cm.has_push) {
     uint16_t gi = group_by_name(cm.push.service);
@@ -5550,14 +5593,22 @@ void cluster_timer_cb(uv_timer_t*) noexcept {
   }
   for (Ask& a : cluster.asks)
     if (a.kind != AskKind::Free && now >= a.deadline) ask_finish(&a, nullptr, Slice{});
+  for (Node& nd : cluster.nodes)
+    if (nd.seen && !nd.gone && now - nd.seen >= CLUSTER_DEAD_MS) {
+      nd.gone = true;
+      LOG_WARN("cluster: node '%s' silent for %" PRIu64 " ms: gone (its connections are not found until it is back)", nd.id, now - nd.seen);
+    }
+  // what NATS' threads counted, told on the loop
+  static uint32_t connects, disconnects, reconnects;
+  if (cluster.connects != connects) { connects = cluster.connects; LOG_INFO("cluster: connected to NATS"); }
+  if (cluster.disconnects != disconnects) { disconnects = cluster.disconnects; LOG_WARN("cluster: NATS connection lost: this node works alone, pushes for other nodes are buffered (1 MiB) then dropped"); }
+  if (cluster.reconnects != reconnects) { reconnects = cluster.reconnects; LOG_INFO("cluster: NATS connection back"); }
 }
 
 // --nats-url: connects (retrying in the background if NATS is not up yet:
 // the node works alone meanwhile) and subscribes to its inbox and hellos.
 bool cluster_start(char* err, size_t errn) {
   if (!*cfg.nats_url) return true;
-  natsLibuv_Init();
-  natsLibuv_SetThreadLocalLoop(g.loop);
   char urls[1024];
   snprintf(urls, sizeof urls, "%s", cfg.nats_url);
   const char* list[16];
@@ -5576,7 +5627,9 @@ bool cluster_start(char* err, size_t errn) {
   if (st == NATS_OK) st = natsOptions_SetMaxReconnect(o, -1);
   if (st == NATS_OK) st = natsOptions_SetReconnectWait(o, 500);
   if (st == NATS_OK) st = natsOptions_SetReconnectBufSize(o, 1 << 20);
-  if (st == NATS_OK) st = natsOptions_SetRetryOnFailedConnect(o, true, nullptr, nullptr);
+  // with a callback, a first connect that fails is retried in the background
+  // (without one, Connect would retry inside the call, for ever)
+  if (st == NATS_OK) st = natsOptions_SetRetryOnFailedConnect(o, true, cluster_on_connected, nullptr);
   if (st == NATS_OK) st = natsOptions_SetDisconnectedCB(o, cluster_on_disconnected, nullptr);
   if (st == NATS_OK) st = natsOptions_SetReconnectedCB(o, cluster_on_reconnected, nullptr);
   if (st == NATS_OK && *cfg.nats_creds) st = natsOptions_SetUserCredentialsFromFiles(o, cfg.nats_creds, nullptr);
@@ -5584,7 +5637,6 @@ bool cluster_start(char* err, size_t errn) {
     st = natsOptions_SetSecure(o, true);
     if (st == NATS_OK) st = natsOptions_LoadCATrustedCertificates(o, cfg.nats_tls_ca);
   }
-  if (st == NATS_OK) st = natsOptions_SetEventLoop(o, g.loop, natsLibuv_Attach, natsLibuv_Read, natsLibuv_Write, natsLibuv_Detach);
   if (st != NATS_OK) { snprintf(err, errn, "nats: %s", nats_GetLastError(nullptr)); natsOptions_Destroy(o); return false; }
   cluster.opts = o;
   uv_mutex_init(&cluster.lock);
@@ -5595,6 +5647,7 @@ bool cluster_start(char* err, size_t errn) {
   st = natsConnection_Connect(&cluster.nc, o);
   if (st != NATS_OK && st != NATS_NOT_YET_CONNECTED) { snprintf(err, errn, "nats: cannot connect to %.300s: %s", cfg.nats_url, natsStatus_GetText(st)); return false; }
   if (st == NATS_NOT_YET_CONNECTED) LOG_WARN("cluster: NATS at %s not reachable yet: this node works alone until it is", cfg.nats_url);
+  else LOG_INFO("cluster: connected to NATS at %s as node '%s'", cfg.nats_url, node_id());
   cluster.on = true;
   char subj[96];
   snprintf(subj, sizeof subj, "linkd.n.%s", node_id());
@@ -5635,7 +5688,7 @@ void cluster_release() {
 
 #else   // built without cluster support: --nats-url is refused by config_parse
 
-struct ClusterState { bool on; uint64_t published, received, dropped; uint32_t subs, disconnects, reconnects; } cluster;
+struct ClusterState { bool on; uint64_t published, received, dropped, shed; uint32_t subs, disconnects, reconnects; } cluster;
 bool cluster_ask_node(Backend*, const char*, AskKind, uint64_t, linkd_ClusterRequest*) { return false; }
 bool cluster_ask_count(Backend*, const char*, uint64_t, uint64_t, uint32_t) { return false; }
 void cluster_room_interest(uint32_t, bool) {}
@@ -6290,7 +6343,7 @@ void metrics_write(Buf* b) {
     {"linkd_cluster_nodes", "gauge", "Other nodes heard from in the last few seconds (cluster mode).", (uint64_t)nodes_alive()},
     {"linkd_cluster_published_total", "counter", "Messages published to NATS (pushes, requests, answers, hellos).", cluster.published},
     {"linkd_cluster_received_total", "counter", "Messages received from NATS.", cluster.received},
-    {"linkd_cluster_dropped_total", "counter", "Cluster messages lost: not published while NATS was unreachable, or shed.", cluster.dropped},
+    {"linkd_cluster_dropped_total", "counter", "Cluster messages lost: not published while NATS was unreachable, or shed.", cluster.dropped + cluster.shed},
     {"linkd_cluster_reconnects_total", "counter", "Reconnections to NATS.", (uint64_t)cluster.reconnects},
     {"linkd_cluster_disconnects_total", "counter", "Losses of the NATS connection.", (uint64_t)cluster.disconnects},
     {"linkd_cluster_subscriptions", "gauge", "NATS subscriptions held (rooms with members here, paths, inbox).", cluster.subs},
@@ -6950,7 +7003,10 @@ int main(int argc, char** argv) {
   http_settings_init();
   admin.started = admin.second = now_ms();
   // Recovery tokens die with the process: a fresh epoch and signing key.
-  if (uv_random(nullptr, nullptr, &g.epoch, sizeof g.epoch, 0, nullptr) || uv_random(nullptr, nullptr, g.token_key, sizeof g.token_key, 0, nullptr)) {
+  // Connection ids start from a random generation, so that an id a service
+  // (or another node) kept from before a restart names nobody now.
+  if (uv_random(nullptr, nullptr, &g.epoch, sizeof g.epoch, 0, nullptr) || uv_random(nullptr, nullptr, g.token_key, sizeof g.token_key, 0, nullptr) ||
+      uv_random(nullptr, nullptr, &g.conn_gen, sizeof g.conn_gen, 0, nullptr)) {
     LOG_ERROR("no random bytes from the kernel");
     return 1;
   }

@@ -12,7 +12,7 @@
 #          node c killed (SIGKILL)
 #   solo   a cluster node that is alone on its NATS: room counts at once
 #   alone  a node without --nats-url behaves as before
-# T_CLUSTER_LATE=1 adds a node started before NATS (fails today: see below).
+#   late   a node started before NATS answers at once and joins when NATS is up
 # A linkd built without cluster support (a static cross build made with
 # CLUSTER=0) refuses --nats-url with exit 2: then only "alone" runs and one
 # PASS line says why the cluster checks are skipped.
@@ -74,10 +74,8 @@ _cluster_cleanup() {
 }
 trap _cluster_cleanup EXIT
 # A node started while NATS is down should answer at once and join once NATS
-# is up. Opt-in (T_CLUSTER_LATE=1) until linkd does: today it blocks in its
-# start-up while no NATS server answers (libnats' background retry of a failed
-# first connect cannot attach to the loop through the libuv adapter).
-if [ "${T_CLUSTER_LATE:-0}" = 1 ]; then
+# is up (T_CLUSTER_LATE=0 leaves it out).
+if [ "${T_CLUSTER_LATE:-1}" = 1 ]; then
   LINKD_PORT=$(free_port); LINKD_SOCK=$T_TMP/late.sock
   if linkd_start --nats-url "nats://127.0.0.1:$NATS_PORT" --node-id node-late; then
     LATE_URL=$LINKD_URL LATE_PID=$LINKD_PID
