@@ -1,6 +1,5 @@
-// Connection recovery through a real linkd (issue 10 item 2). NOT run by
-// tests/t_client.sh until linkd and linkd-sdk support `websocket.recovery`:
-// run it with `CLIENT_RECOVERY=1 TESTS=client tests/run.sh`, or
+// Connection recovery through a real linkd (issue 10 item 2). Run by
+// tests/t_client.sh (TESTS=client tests/run.sh), or alone:
 //   cd tests/client && node --test recovery.test.mjs
 //
 // The client is cut without a close frame (what a lost network looks like to
