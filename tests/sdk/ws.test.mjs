@@ -80,6 +80,7 @@ function buildService(name = "wstest") {
     await ctx.join(ctx.message.room);
     return (await ctx.rooms()).sort();
   });
+  ws.on("room.count", (ctx) => s.ws.roomCount(ctx.message.room));
   ws.on("room.leave", async (ctx) => {
     await ctx.leave(ctx.message.room);
     return (await ctx.rooms()).sort();
@@ -205,6 +206,16 @@ test("ws: join/leave and ctx.rooms() follow linkd's state", async () => {
   assert.deepEqual((await c.request("room.join", { room: "r1" })).data, ["r1"]);
   assert.deepEqual((await c.request("room.join", { room: "r2" })).data, ["r1", "r2"]);
   assert.deepEqual((await c.request("room.leave", { room: "r1" })).data, ["r2"]);
+});
+
+test("ws: service.ws.roomCount(room) counts the members (one node: nodes 1 of 1)", async () => {
+  const [a, b] = [await client(), await client()];
+  assert.deepEqual((await a.request("room.count", { room: "counted" })).data, { members: 0, nodes: 1, nodesKnown: 1 });
+  await a.request("room.join", { room: "counted" });
+  await b.request("room.join", { room: "counted" });
+  assert.deepEqual((await a.request("room.count", { room: "counted" })).data, { members: 2, nodes: 1, nodesKnown: 1 });
+  await b.request("room.leave", { room: "counted" });
+  assert.equal((await b.request("room.count", { room: "counted" })).data.members, 1);
 });
 
 test("ws: ctx.to(room).emit reaches members only; except() excludes connections", async () => {

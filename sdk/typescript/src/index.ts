@@ -2,7 +2,7 @@
 export { createService, Service, HttpReply, reply, consoleLogger, silentLogger, defaultSocketPath, DEFAULT_MAX_FRAME_BYTES } from "./service";
 export type { HttpContext, ActionHandler } from "./service";
 export { WebSocketApi, WsContext, WsGroup, Target } from "./ws";
-export type { SocketInfo, MessageHandler, LifecycleHandler, Middleware, Next } from "./ws";
+export type { SocketInfo, RoomCount, MessageHandler, LifecycleHandler, Middleware, Next } from "./ws";
 export {
   LinkdError,
   BadRequestError,

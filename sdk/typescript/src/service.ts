@@ -15,7 +15,7 @@ import {
 } from "./errors";
 import { FrameReader, FrameWriter, decodeMessage, encodeFrame } from "./proto";
 import type { ActionOptions, AuthContext, Logger, ServiceOptions } from "./types";
-import { Link, WebSocketApi, authFromProto, describe } from "./ws";
+import { Link, RoomCount, WebSocketApi, authFromProto, describe } from "./ws";
 
 /** Default of ServiceOptions.maxFrameBytes: the largest frame read from linkd, declared at registration. */
 export const DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024;
@@ -383,6 +383,10 @@ export class Service extends EventEmitter implements Link {
         const r = f.roomsResult;
         return this.settle(`q:${r.queryId}`, !r.error, r.error, r.rooms ?? []);
       }
+      case "roomCountResult": {
+        const r = f.roomCountResult;
+        return this.settle(`c:${r.queryId}`, true, undefined, { members: r.members ?? 0, nodes: r.nodes ?? 1, nodesKnown: r.nodesKnown ?? 1 });
+      }
       case "error":
         this.logger.warn("linkd refused a frame", { type: f.error.type, message: f.error.message });
         return;
@@ -508,6 +512,16 @@ export class Service extends EventEmitter implements Link {
       return Promise.reject(err);
     }
     return this.wait<string[]>(`q:${queryId}`, "roomsQuery");
+  }
+
+  queryRoomCount(room: string, timeoutMs: number): Promise<RoomCount> {
+    const queryId = ++this.seq;
+    try {
+      this.send({ roomCountQuery: { queryId, room, timeoutMs } });
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.wait<RoomCount>(`c:${queryId}`, "roomCountQuery");
   }
 
   // --- HTTP requests -----------------------------------------------------------

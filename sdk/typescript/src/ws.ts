@@ -20,7 +20,18 @@ export interface Link {
   command(kind: string, body: Record<string, unknown>): Promise<void>;
   /** Sends a RoomsQuery and resolves with the rooms. */
   queryRooms(connectionId: string): Promise<string[]>;
+  /** Sends a RoomCountQuery and resolves with the members on every node. */
+  queryRoomCount(room: string, timeoutMs: number): Promise<RoomCount>;
   readonly logger: Logger;
+}
+
+/** Members of a room: on this linkd, or in cluster mode on every node that answered. */
+export interface RoomCount {
+  members: number;
+  /** Nodes that answered, this one included (1 without a cluster). */
+  nodes: number;
+  /** Nodes linkd believes alive, itself included: fewer answers than this means a partial count. */
+  nodesKnown: number;
 }
 
 /** A live client connection, as the service knows it. */
@@ -368,6 +379,15 @@ export class WebSocketApi implements WsRegistrar {
   async leave(connectionId: string, room: string): Promise<void> {
     await this.link.command("wsRoomOperation", { connectionId, room, operation: 1 });
     this.sockets.get(connectionId)?.rooms.delete(room);
+  }
+
+  /**
+   * How many members a room has. In cluster mode every node is asked and the
+   * answer comes when all have answered or after timeoutMs (default 500, at
+   * most 5000); compare nodes with nodesKnown to see if it is complete.
+   */
+  roomCount(room: string, opts: { timeoutMs?: number } = {}): Promise<RoomCount> {
+    return this.link.queryRoomCount(room, opts.timeoutMs ?? 0);
   }
 
   async rooms(connectionId: string): Promise<string[]> {
