@@ -6160,6 +6160,7 @@ void housekeeping(uint64_t now) {
 void shutdown_tell_services();
 uint32_t backends_open();
 void shutdown_finish();
+void bound_name(const uv_tcp_t* handle, char* out, size_t n);
 
 void tick_cb(uv_timer_t*) noexcept {
   uint64_t now = now_ms();
@@ -6312,7 +6313,9 @@ void reload() {
   }
   g.reloads++;
   LOG_INFO("reloaded the settings (%s%s)", *cfg.config ? "config " : "environment", cfg.config);
-  snprintf(msg, sizeof msg, "READY=1\nSTATUS=listening on %s, services on %s (reloaded)", cfg.listen, cfg.socket_path);
+  char plain[80];
+  bound_name(&g.listener, plain, sizeof plain);
+  snprintf(msg, sizeof msg, "READY=1\nSTATUS=listening on %s, services on %s (reloaded)", plain, cfg.socket_path);
   notify(msg);
 }
 
@@ -6559,6 +6562,17 @@ int listen_tcp(const char* addr, uv_tcp_t* handle, bool* listening) {
   if (!r) r = uv_listen((uv_stream_t*)handle, 1024, tcp_connection_cb);
   if (r) LOG_ERROR("listen on %s: %s", addr, uv_strerror(r));
   return r;
+}
+
+// The address a listener is bound to, as "host:port" ("[v6]:port").
+void bound_name(const uv_tcp_t* handle, char* out, size_t n) {
+  sockaddr_storage ss;
+  int len = sizeof ss;
+  char ip[INET6_ADDRSTRLEN] = "?";
+  if (uv_tcp_getsockname(handle, (sockaddr*)&ss, &len)) { snprintf(out, n, "?"); return; }
+  uv_ip_name((sockaddr*)&ss, ip, sizeof ip);
+  int port = ntohs(ss.ss_family == AF_INET6 ? ((sockaddr_in6*)&ss)->sin6_port : ((sockaddr_in*)&ss)->sin_port);
+  snprintf(out, n, ss.ss_family == AF_INET6 ? "[%s]:%d" : "%s:%d", ip, port);
 }
 
 // The service socket: a stale file left by a dead linkd is replaced; a
@@ -7032,10 +7046,13 @@ int main(int argc, char** argv) {
     uint64_t usec = strtoull(wd, nullptr, 10);
     if (usec >= 2000) uv_timer_start(&g.watchdog, watchdog_cb, usec / 2000, usec / 2000);
   }
-  LOG_INFO("linkd %s listening on %s%s%s, services on %s", LINKD_VERSION, cfg.listen, *cfg.tls_listen ? " and TLS on " : "", cfg.tls_listen,
+  char plain[80], secure[80] = "";   // the bound addresses: a port given as 0 is named as the kernel chose it
+  bound_name(&g.listener, plain, sizeof plain);
+  if (*cfg.tls_listen) bound_name(&g.tls_listener, secure, sizeof secure);
+  LOG_INFO("linkd %s listening on %s%s%s, services on %s", LINKD_VERSION, plain, *cfg.tls_listen ? " and TLS on " : "", secure,
            cfg.socket_path);
   char status[512];
-  snprintf(status, sizeof status, "READY=1\nSTATUS=listening on %s, services on %s", cfg.listen, cfg.socket_path);
+  snprintf(status, sizeof status, "READY=1\nSTATUS=listening on %s, services on %s", plain, cfg.socket_path);
   notify(status);
   uv_run(g.loop, UV_RUN_DEFAULT);
   // Every table must be empty now: anything left is a leak in linkd's
