@@ -16,10 +16,11 @@ PROTOC_NANOPB := protoc --plugin=protoc-gen-nanopb=/usr/bin/protoc-gen-nanopb
 LLHTTP_SRC := /usr/share/llhttp
 LLHTTP_INC := /usr/share/include/llhttp
 INCLUDES := -I$(BUILD) -I$(LLHTTP_INC)
-# CLUSTER=0 builds without cluster support (no libnats): --nats-url is then refused.
+# CLUSTER=0 builds without cluster support (no libnats headers): --nats-url is then refused.
+# CLUSTER=1 needs libnats-dev to build; libnats itself is loaded at run time, only with --nats-url.
 CLUSTER  ?= 1
 DEFS     := -DLINKD_VERSION='"$(VERSION)"' $(if $(filter 1,$(CLUSTER)),-DLINKD_CLUSTER)
-LIBS     := -luv -lwslay -lmbedtls -lmbedx509 -lmbedcrypto -l:libprotobuf-nanopb.a -lz $(if $(filter 1,$(CLUSTER)),-lnats)
+LIBS     := -luv -lwslay -lmbedtls -lmbedx509 -lmbedcrypto -l:libprotobuf-nanopb.a -lz
 
 # Debian packages the build and the tests need (make deps installs them).
 DEBS := g++ make libuv1-dev libwslay-dev nanopb libnanopb-dev protobuf-compiler \

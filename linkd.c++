@@ -31,7 +31,8 @@
 
 #include <uv.h>
 #ifdef LINKD_CLUSTER
-#include <nats/nats.h>
+#include <dlfcn.h>
+#include <nats/nats.h>   // declarations only: libnats is loaded with --nats-url (cluster_load)
 #endif
 #include <llhttp.h>
 #include <wslay/wslay.h>
@@ -5124,6 +5125,42 @@ constexpr int MAX_ASKS = 1024;
 
 #ifdef LINKD_CLUSTER
 
+// libnats (and the OpenSSL it pulls in, ~2 MiB of RSS) is loaded only when
+// --nats-url asks for a cluster: a node alone never maps it. Every libnats
+// call goes through nats_api, filled from the library by cluster_load.
+#define NATS_API(X) X(natsConnection_Close) X(natsConnection_Connect) X(natsConnection_Destroy) \
+  X(natsConnection_Publish) X(natsConnection_Status) X(natsConnection_Subscribe) X(natsMsg_Destroy) X(natsMsg_GetData) \
+  X(natsMsg_GetDataLength) X(natsMsg_GetSubject) X(natsOptions_Create) X(natsOptions_Destroy) \
+  X(natsOptions_LoadCATrustedCertificates) X(natsOptions_SetDisconnectedCB) X(natsOptions_SetMaxReconnect) \
+  X(natsOptions_SetName) X(natsOptions_SetNoEcho) X(natsOptions_SetReconnectBufSize) X(natsOptions_SetReconnectWait) \
+  X(natsOptions_SetReconnectedCB) X(natsOptions_SetRetryOnFailedConnect) X(natsOptions_SetSecure) \
+  X(natsOptions_SetServers) X(natsOptions_SetUserCredentialsFromFiles) X(natsOptions_UseGlobalMessageDelivery) \
+  X(natsStatus_GetText) X(natsSubscription_Destroy) X(natsSubscription_SetOnCompleteCB) \
+  X(natsSubscription_SetPendingLimits) X(natsSubscription_Unsubscribe) X(nats_CloseAndWait) X(nats_GetLastError) \
+  X(nats_SetMessageDeliveryPoolSize)
+struct NatsApi {
+#define NATS_FN(f) decltype(&::f) f;
+  NATS_API(NATS_FN)
+#undef NATS_FN
+} nats_api;
+
+bool cluster_load(char* err, size_t errn) {
+  static void* lib;
+  if (lib) return true;
+  void* h = dlopen("libnats.so.3.4", RTLD_NOW | RTLD_LOCAL);
+  if (!h) h = dlopen("libnats.so", RTLD_NOW | RTLD_LOCAL);
+  if (!h) {
+    snprintf(err, errn, "nats-url: cluster support needs libnats 3.4 (Debian: apt install libnats3.4): %s", dlerror());
+    return false;
+  }
+#define NATS_FN(f) \
+  if (!(nats_api.f = (decltype(nats_api.f))dlsym(h, #f))) { snprintf(err, errn, "nats-url: libnats has no %s: %s", #f, dlerror()); dlclose(h); return false; }
+  NATS_API(NATS_FN)
+#undef NATS_FN
+  lib = h;
+  return true;
+}
+
 // A question to other nodes that a local service waits on.
 struct Ask {
   AskKind kind;
@@ -5179,7 +5216,7 @@ void cluster_on_msg(natsConnection*, natsSubscription*, natsMsg* msg, void*) noe
     if (!p) {   // the loop is far behind: shed (counted)
       cluster.shed++;
       uv_mutex_unlock(&cluster.lock);
-      natsMsg_Destroy(msg);
+      nats_api.natsMsg_Destroy(msg);
       return;
     }
     cluster.inbox = p;
@@ -5199,12 +5236,12 @@ void cluster_on_sub_done(void*) noexcept { cluster.subs_done++; }
 
 natsSubscription* cluster_sub(const char* subject) {
   natsSubscription* sub = nullptr;
-  if (natsConnection_Subscribe(&sub, cluster.nc, subject, cluster_on_msg, nullptr) != NATS_OK) {
-    LOG_WARN("cluster: cannot subscribe to %s: %s", subject, nats_GetLastError(nullptr));
+  if (nats_api.natsConnection_Subscribe(&sub, cluster.nc, subject, cluster_on_msg, nullptr) != NATS_OK) {
+    LOG_WARN("cluster: cannot subscribe to %s: %s", subject, nats_api.nats_GetLastError(nullptr));
     return nullptr;
   }
-  natsSubscription_SetPendingLimits(sub, 1 << 16, 64 << 20);   // what one subject may hold in the client
-  natsSubscription_SetOnCompleteCB(sub, cluster_on_sub_done, nullptr);
+  nats_api.natsSubscription_SetPendingLimits(sub, 1 << 16, 64 << 20);   // what one subject may hold in the client
+  nats_api.natsSubscription_SetOnCompleteCB(sub, cluster_on_sub_done, nullptr);
   cluster.subs_made++;
   cluster.subs++;
   return sub;
@@ -5212,8 +5249,8 @@ natsSubscription* cluster_sub(const char* subject) {
 
 void cluster_unsub(natsSubscription** sub) {
   if (!*sub) return;
-  natsSubscription_Unsubscribe(*sub);
-  natsSubscription_Destroy(*sub);
+  nats_api.natsSubscription_Unsubscribe(*sub);
+  nats_api.natsSubscription_Destroy(*sub);
   *sub = nullptr;
   cluster.subs--;
 }
@@ -5229,7 +5266,7 @@ void cluster_publish(const char* subject, linkd_ClusterMessage* m) {
   buf_reserve(&out, n);
   pb_ostream_t os = pb_ostream_from_buffer((pb_byte_t*)out.p, n);
   if (!pb_encode(&os, linkd_ClusterMessage_fields, m)) { LOG_ERROR("cluster: cannot encode: %s", PB_GET_ERROR(&os)); return; }
-  if (natsConnection_Publish(cluster.nc, subject, out.p, (int)os.bytes_written) == NATS_OK) cluster.published++;
+  if (nats_api.natsConnection_Publish(cluster.nc, subject, out.p, (int)os.bytes_written) == NATS_OK) cluster.published++;
   else cluster.dropped++;
   if (out.cap > 1 << 20) buf_free(&out);
 }
@@ -5521,8 +5558,8 @@ void cluster_hello_from(const char* id) {
 }
 
 void cluster_handle(natsMsg* msg) {
-  const char* subj = natsMsg_GetSubject(msg);
-  frame_in = Slice{natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg)};   // slices point into the message (alive until it is destroyed)
+  const char* subj = nats_api.natsMsg_GetSubject(msg);
+  frame_in = Slice{nats_api.natsMsg_GetData(msg), (size_t)nats_api.natsMsg_GetDataLength(msg)};   // slices point into the message (alive until it is destroyed)
   pb_istream_t is = pb_istream_from_buffer((const pb_byte_t*)frame_in.p, frame_in.n);
   static linkd_ClusterMessage cm;
   cm = linkd_ClusterMessage{};
@@ -5576,7 +5613,7 @@ void cluster_wake_cb(uv_async_t*) noexcept {
     if (!n) { free(batch); return; }
     for (uint32_t i = 0; i < n; i++) {
       cluster_handle(batch[i]);
-      natsMsg_Destroy(batch[i]);
+      nats_api.natsMsg_Destroy(batch[i]);
     }
     free(batch);
   }
@@ -5615,37 +5652,37 @@ bool cluster_start(char* err, size_t errn) {
   int n = 0;
   for (char* tok = strtok(urls, ","); tok && n < 16; tok = strtok(nullptr, ",")) list[n++] = tok;
   natsOptions* o = nullptr;
-  natsStatus st = natsOptions_Create(&o);
-  if (st == NATS_OK) st = natsOptions_SetServers(o, list, n);
-  if (st == NATS_OK) st = natsOptions_SetName(o, node_id());
-  if (st == NATS_OK) st = natsOptions_SetNoEcho(o, true);
+  natsStatus st = nats_api.natsOptions_Create(&o);
+  if (st == NATS_OK) st = nats_api.natsOptions_SetServers(o, list, n);
+  if (st == NATS_OK) st = nats_api.natsOptions_SetName(o, node_id());
+  if (st == NATS_OK) st = nats_api.natsOptions_SetNoEcho(o, true);
   // One delivery thread for every subscription (libnats' default is a thread
   // per subscription: one per room with members here), which also keeps one
   // order across a publisher's room and path subjects.
-  if (st == NATS_OK) st = nats_SetMessageDeliveryPoolSize(1);
-  if (st == NATS_OK) st = natsOptions_UseGlobalMessageDelivery(o, true);
-  if (st == NATS_OK) st = natsOptions_SetMaxReconnect(o, -1);
-  if (st == NATS_OK) st = natsOptions_SetReconnectWait(o, 500);
-  if (st == NATS_OK) st = natsOptions_SetReconnectBufSize(o, 1 << 20);
+  if (st == NATS_OK) st = nats_api.nats_SetMessageDeliveryPoolSize(1);
+  if (st == NATS_OK) st = nats_api.natsOptions_UseGlobalMessageDelivery(o, true);
+  if (st == NATS_OK) st = nats_api.natsOptions_SetMaxReconnect(o, -1);
+  if (st == NATS_OK) st = nats_api.natsOptions_SetReconnectWait(o, 500);
+  if (st == NATS_OK) st = nats_api.natsOptions_SetReconnectBufSize(o, 1 << 20);
   // with a callback, a first connect that fails is retried in the background
   // (without one, Connect would retry inside the call, for ever)
-  if (st == NATS_OK) st = natsOptions_SetRetryOnFailedConnect(o, true, cluster_on_connected, nullptr);
-  if (st == NATS_OK) st = natsOptions_SetDisconnectedCB(o, cluster_on_disconnected, nullptr);
-  if (st == NATS_OK) st = natsOptions_SetReconnectedCB(o, cluster_on_reconnected, nullptr);
-  if (st == NATS_OK && *cfg.nats_creds) st = natsOptions_SetUserCredentialsFromFiles(o, cfg.nats_creds, nullptr);
+  if (st == NATS_OK) st = nats_api.natsOptions_SetRetryOnFailedConnect(o, true, cluster_on_connected, nullptr);
+  if (st == NATS_OK) st = nats_api.natsOptions_SetDisconnectedCB(o, cluster_on_disconnected, nullptr);
+  if (st == NATS_OK) st = nats_api.natsOptions_SetReconnectedCB(o, cluster_on_reconnected, nullptr);
+  if (st == NATS_OK && *cfg.nats_creds) st = nats_api.natsOptions_SetUserCredentialsFromFiles(o, cfg.nats_creds, nullptr);
   if (st == NATS_OK && *cfg.nats_tls_ca) {
-    st = natsOptions_SetSecure(o, true);
-    if (st == NATS_OK) st = natsOptions_LoadCATrustedCertificates(o, cfg.nats_tls_ca);
+    st = nats_api.natsOptions_SetSecure(o, true);
+    if (st == NATS_OK) st = nats_api.natsOptions_LoadCATrustedCertificates(o, cfg.nats_tls_ca);
   }
-  if (st != NATS_OK) { snprintf(err, errn, "nats: %s", nats_GetLastError(nullptr)); natsOptions_Destroy(o); return false; }
+  if (st != NATS_OK) { snprintf(err, errn, "nats: %s", nats_api.nats_GetLastError(nullptr)); nats_api.natsOptions_Destroy(o); return false; }
   cluster.opts = o;
   uv_mutex_init(&cluster.lock);
   uv_async_init(g.loop, &cluster.wake, cluster_wake_cb);
   uv_timer_init(g.loop, &cluster.timer);
   uv_timer_start(&cluster.timer, cluster_timer_cb, 100, 100);
   cluster.sub_path = (natsSubscription**)calloc(g.ngroups * 2, sizeof(natsSubscription*));
-  st = natsConnection_Connect(&cluster.nc, o);
-  if (st != NATS_OK && st != NATS_NOT_YET_CONNECTED) { snprintf(err, errn, "nats: cannot connect to %.300s: %s", cfg.nats_url, natsStatus_GetText(st)); return false; }
+  st = nats_api.natsConnection_Connect(&cluster.nc, o);
+  if (st != NATS_OK && st != NATS_NOT_YET_CONNECTED) { snprintf(err, errn, "nats: cannot connect to %.300s: %s", cfg.nats_url, nats_api.natsStatus_GetText(st)); return false; }
   if (st == NATS_NOT_YET_CONNECTED) LOG_WARN("cluster: NATS at %s not reachable yet: this node works alone until it is", cfg.nats_url);
   else LOG_INFO("cluster: connected to NATS at %s as node '%s'", cfg.nats_url, node_id());
   cluster.on = true;
@@ -5657,32 +5694,32 @@ bool cluster_start(char* err, size_t errn) {
 }
 
 // At the stop: subscriptions go with the connection; the loop's handles are closed.
-bool cluster_connected() { return cluster.on && natsConnection_Status(cluster.nc) == NATS_CONN_STATUS_CONNECTED; }
+bool cluster_connected() { return cluster.on && nats_api.natsConnection_Status(cluster.nc) == NATS_CONN_STATUS_CONNECTED; }
 
 void cluster_stop() {
   if (!cluster.on) return;
   cluster.on = false;
-  natsConnection_Close(cluster.nc);
+  nats_api.natsConnection_Close(cluster.nc);
   uv_close((uv_handle_t*)&cluster.wake, nullptr);
   uv_close((uv_handle_t*)&cluster.timer, nullptr);
 }
 
 void cluster_release() {
   if (!cluster.opts) return;
-  for (uint32_t r = 0; r < g.room_hw; r++) if (g.rooms[r].sub) { natsSubscription_Destroy((natsSubscription*)g.rooms[r].sub); g.rooms[r].sub = nullptr; }
-  for (uint32_t i = 0; i < g.ngroups * 2; i++) if (cluster.sub_path[i]) natsSubscription_Destroy(cluster.sub_path[i]);
-  if (cluster.sub_node) natsSubscription_Destroy(cluster.sub_node);
-  if (cluster.sub_hello) natsSubscription_Destroy(cluster.sub_hello);
-  natsConnection_Destroy(cluster.nc);
+  for (uint32_t r = 0; r < g.room_hw; r++) if (g.rooms[r].sub) { nats_api.natsSubscription_Destroy((natsSubscription*)g.rooms[r].sub); g.rooms[r].sub = nullptr; }
+  for (uint32_t i = 0; i < g.ngroups * 2; i++) if (cluster.sub_path[i]) nats_api.natsSubscription_Destroy(cluster.sub_path[i]);
+  if (cluster.sub_node) nats_api.natsSubscription_Destroy(cluster.sub_node);
+  if (cluster.sub_hello) nats_api.natsSubscription_Destroy(cluster.sub_hello);
+  nats_api.natsConnection_Destroy(cluster.nc);
   // Until the delivery thread has let go of every subscription (it may still
   // be in cluster_on_msg, and holds their close messages until then).
   for (int i = 0; i < 2000 && cluster.subs_done < cluster.subs_made; i++) uv_sleep(1);
-  natsOptions_Destroy(cluster.opts);
+  nats_api.natsOptions_Destroy(cluster.opts);
   free(cluster.sub_path);
-  for (uint32_t i = 0; i < cluster.nin; i++) natsMsg_Destroy(cluster.inbox[i]);
+  for (uint32_t i = 0; i < cluster.nin; i++) nats_api.natsMsg_Destroy(cluster.inbox[i]);
   free(cluster.inbox);
   uv_mutex_destroy(&cluster.lock);
-  nats_CloseAndWait(2000);
+  nats_api.nats_CloseAndWait(2000);
   cluster.opts = nullptr;
 }
 
@@ -5696,6 +5733,7 @@ void cluster_group_interest(uint16_t, bool) {}
 void cluster_push_out(uint16_t, const linkd_WebSocketOutbound*, Slice, const Slice*) {}
 int nodes_alive() { return 0; }
 bool cluster_connected() { return false; }
+bool cluster_load(char*, size_t) { return true; }
 bool cluster_start(char*, size_t) { return true; }
 void cluster_stop() {}
 void cluster_release() {}
@@ -7006,6 +7044,7 @@ int main(int argc, char** argv) {
   char kerr[1024];
   if (!keys_load(&keys, kerr, sizeof kerr)) config_die(kerr);
   if (*cfg.tls_listen && !(tls.current = tls_conf_load(kerr, sizeof kerr))) config_die(kerr);
+  if (*cfg.nats_url && !cluster_load(kerr, sizeof kerr)) config_die(kerr);
   if (mode.check) {
     if (*cfg.config) printf("linkd: configuration ok (%s)\n", cfg.config);
     else printf("linkd: configuration ok\n");

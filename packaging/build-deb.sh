@@ -50,11 +50,14 @@ echo /etc/linkd/linkd.conf >"$P/DEBIAN/conffiles"
 
 # Depends: a static binary needs nothing; a dynamic one what it links.
 DEPENDS=
+SUGGESTS=
 if readelf -l "$P/usr/bin/linkd" | grep -q INTERP; then
   mkdir -p "$STAGE/src/debian"
   printf 'Source: linkd\n\nPackage: linkd\nArchitecture: any\n' >"$STAGE/src/debian/control"
   DEPENDS=$(cd "$STAGE/src" && dpkg-shlibdeps -O -e"$P/usr/bin/linkd" 2>"$STAGE/shlibdeps.err" | sed -n 's/^shlibs:Depends=//p') || true
   [ -n "$DEPENDS" ] || { echo "build-deb.sh: dpkg-shlibdeps failed: $(cat "$STAGE/shlibdeps.err")" >&2; exit 1; }
+  # libnats is loaded (dlopen) only with --nats-url: suggested, not depended on
+  grep -q 'libnats.so.3.4' "$P/usr/bin/linkd" && SUGGESTS="libnats3.4"
 fi
 
 (cd "$P" && find . -path ./DEBIAN -prune -o -type f -print | sed 's|^\./||' | LC_ALL=C sort | xargs md5sum) >"$P/DEBIAN/md5sums"
@@ -66,6 +69,7 @@ SIZE=$(du -sk --exclude=DEBIAN "$P" | cut -f1)
   echo "Maintainer: Linkd maintainers <linkd@localhost>"
   echo "Installed-Size: $SIZE"
   [ -z "$DEPENDS" ] || echo "Depends: $DEPENDS"
+  [ -z "$SUGGESTS" ] || echo "Suggests: $SUGGESTS"
   echo "Section: net"
   echo "Priority: optional"
   echo "Description: small HTTP/WebSocket gateway for edge Linux devices"

@@ -27,6 +27,8 @@ alone() {
   LINKD_PORT=$(free_port); LINKD_SOCK=$T_TMP/s.sock
   linkd_start || return
   NODE_URL[s]=$LINKD_URL
+  # libnats (and its OpenSSL) is loaded only with --nats-url
+  expect_eq "a node alone has not loaded libnats or OpenSSL" "$(grep -cE 'libnats|libssl|libcrypto\.so' /proc/"$LINKD_PID"/maps)" 0
   svc_start s --name chat --instance chat-s --ws /ws/chat || { fail "chat service registers on the lone node" "$(tail -n 3 "$SVC_OUT")"; return; }
   printf '{"nodes":{"s":{"id":"","url":"%s","pid":%s,"svc_out":"%s"}}}\n' "$LINKD_URL" "$LINKD_PID" "$SVC_OUT" >"$T_TMP/alone.json"
   timeout $((60 * T_SLOW)) $PY "$TESTS/cluster_check.py" alone "$T_TMP/alone.json" || fail "cluster_check.py alone" "exit status $?"
@@ -44,6 +46,15 @@ if [ "$rc" -ne 0 ]; then
   fi
   fail "--nats-url accepted by --check-config" "exit $rc: $(echo "$probe" | tail -n 2 | tr '\n' ' ')"
   exit 0
+fi
+# Without libnats on the machine, --nats-url is refused with the package to install
+# (hidden in a private mount namespace, where the machine allows one).
+LIBNATS=$(ldconfig -p | awk '/libnats\.so\.3\.4 /{print $NF; exit}')
+if [ -n "$LIBNATS" ] && [ "${LINKD[0]}" != valgrind ] && unshare -rm true 2>/dev/null; then
+  out=$(unshare -rm sh -c 'for f in "$1" "$(readlink -f "$1")"; do mount --bind /dev/null "$f" || exit 9; done; shift; exec "$@"' \
+    sh "$LIBNATS" "${LINKD[@]}" --nats-url nats://127.0.0.1:4222 --check-config 2>&1)
+  expect_eq "without libnats, --nats-url is refused (exit 2) naming the package" \
+    "$? $(grep -c 'cluster support needs libnats 3.4 (Debian: apt install libnats3.4)' <<<"$out")" "2 1"
 fi
 if ! command -v nats-server >/dev/null; then
   fail "nats-server installed (make deps)" "not found"
@@ -98,6 +109,7 @@ node() {
   LINKD_PORT=$(free_port); LINKD_SOCK=$T_TMP/$n.sock
   linkd_start --nats-url "nats://127.0.0.1:$NATS_PORT" --node-id "node-$n" || return 1
   NODE_URL[$n]=$LINKD_URL; NODE_PID[$n]=$LINKD_PID; NODE_SOCK[$n]=$LINKD_SOCK
+  [ "$n" = a ] && expect_eq "node a (--nats-url) has loaded libnats" "$(grep -c 'libnats\.so' /proc/"$LINKD_PID"/maps | sed 's/^[1-9][0-9]*$/yes/')" yes
   svc_start "$n" --name chat --instance "chat-$n" --ws /ws/chat || { fail "chat service registers on node $n" "$(tail -n 3 "$SVC_OUT")"; return 1; }
 }
 write_state() {

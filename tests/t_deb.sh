@@ -75,6 +75,9 @@ for a in amd64 arm64 armhf; do
     expect_eq "amd64: Depends (dpkg-shlibdeps) covers every library the binary links" "${missing:-none}" none
     expect_match "amd64: Depends names libc6, libuv1, libwslay1, libmbedcrypto7, zlib1g with versions" "$dep" \
       'libc6 \(>= [0-9.]+\).*libmbedcrypto7 \(>= .*libuv1 \(>= .*libwslay1 \(>= .*zlib1g \(>= '
+    # libnats is loaded only with --nats-url (dlopen): suggested, not a dependency
+    expect_eq "amd64: Suggests libnats3.4 (loaded only for a cluster), Depends does not name it" \
+      "$(f Suggests) $([[ $dep == *libnats* ]] && echo in-depends || echo ok)" "libnats3.4 ok"
   else
     expect_eq "$a: static binary, no Depends" "$(readelf -l "$X/usr/bin/linkd" | grep -c INTERP) '$(f Depends)'" "0 ''"
   fi
