@@ -4964,7 +4964,11 @@ void ws_accept(Conn* c, uint16_t gi) {
   c->connected_ms = wall_ms();
   c->tokens = (double)cfg.rate_burst;
   c->tokens_at = now_ms();
-  c->next_ping = now_ms() + group_heartbeat(gr);
+  // The first ping comes after 1/2 to 1 interval, spread over connections
+  // (golden-ratio steps): clients that connected together (a restart, a
+  // bench) are not all pinged, and their pongs read, in the same tick.
+  uint64_t hb = group_heartbeat(gr);
+  c->next_ping = now_ms() + hb - hb * (((uint32_t)g.ws_accepted * 0x9E3779B9u) >> 24) / 512;
   conn_send_bytes(c, resp, (size_t)rn);
   if (c->state != CState::Ws) { buf_free(&rest); return; }
   uint16_t bi = group_pick(gi);
