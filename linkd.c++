@@ -1016,7 +1016,7 @@ struct HistEntry {
 };
 
 struct Room {
-  uint32_t head;          // first membership (room list), NIL if empty
+  uint32_t head, tail;    // first (oldest) and last membership of the room list, NIL if empty
   uint32_t count;
   uint32_t seq;           // recovery: the last push's sequence number in this room
   HistEntry* hist;        // recovery: ring of the last pushes (owner: this), or null
@@ -1362,7 +1362,7 @@ uint32_t room_get(uint16_t group, const char* name, size_t n) {
   room->name_len = (uint8_t)n;
   memcpy(room->name, name, n);
   room->name[n] = 0;
-  room->head = NIL;
+  room->head = room->tail = NIL;
   room->count = 0;
   room->seq = 0;
   room->hist = nullptr;
@@ -1415,10 +1415,12 @@ JoinResult room_join(Conn* c, const char* name, size_t n) {
   mb->conn = conn_index(c);
   mb->join_seq = room->seq;
   index_insert(&g.member_index, member_hash(mb->conn, r), m);
-  mb->rprev = NIL;
-  mb->rnext = room->head;
-  if (room->head != NIL) g.members[room->head].rprev = m;
-  room->head = m;
+  // appended: a push reaches members in the order they joined (which is
+  // also the order a client that opened them reads them in)
+  mb->rnext = NIL;
+  mb->rprev = room->tail;
+  if (room->tail != NIL) g.members[room->tail].rnext = m; else room->head = m;
+  room->tail = m;
   room->count++;
   mb->cprev = NIL;
   mb->cnext = c->rooms;
@@ -1436,7 +1438,7 @@ void member_remove(uint32_t m) {
   Room* room = &g.rooms[mb->room];
   Conn* c = &g.conns[mb->conn];
   if (mb->rprev != NIL) g.members[mb->rprev].rnext = mb->rnext; else room->head = mb->rnext;
-  if (mb->rnext != NIL) g.members[mb->rnext].rprev = mb->rprev;
+  if (mb->rnext != NIL) g.members[mb->rnext].rprev = mb->rprev; else room->tail = mb->rprev;
   if (mb->cprev != NIL) g.members[mb->cprev].cnext = mb->cnext; else c->rooms = mb->cnext;
   if (mb->cnext != NIL) g.members[mb->cnext].cprev = mb->cprev;
   c->nrooms--;
