@@ -20,61 +20,19 @@
 # Knobs: BENCH_N=10000 BENCH_ROUNDS=7 BENCH_RATE_M=10 BENCH_RATE_K=20000,
 # LINKD_CMD (another linkd binary). Stops everything it started; never fails on
 # a time (exit 1 only when something could not run at all).
-set -u
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-HERE=$ROOT/tests/bench
-B=$ROOT/build/bench
-read -r -a LINKD <<< "${LINKD_CMD:-$ROOT/linkd}"
+BENCH_NAME=bench-cluster
+. "$(dirname "$0")/lib.sh"
 N=${BENCH_N:-10000}
 ROUNDS=${BENCH_ROUNDS:-7}
 RATE_M=${BENCH_RATE_M:-10}
 RATE_K=${BENCH_RATE_K:-20000}
-WSPATH=/ws/bench
-PY=/usr/bin/python3
 
-TMP=$(mktemp -d /tmp/linkd-bench-cluster.XXXXXX)
-PIDS=()
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
-  for p in "${PIDS[@]}"; do
-    for _ in $(seq 40); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
-    kill -KILL "$p" 2>/dev/null
-  done
-  wait 2>/dev/null
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-say() { echo "bench-cluster: $*" >&2; }
-now() { date +%s.%N; }
-T_START=$(now)
-
-# ---------- tools (the same recipe as run.sh for benchsvc)
-mkdir -p "$B"
-newer() { [ ! -e "$1" ] || [ -n "$(find "${@:2}" -newer "$1" 2>/dev/null)" ]; }
-if newer "$B/linkd.pb.c" "$ROOT/proto/linkd.proto" "$ROOT/proto/linkd.options"; then
-  protoc --plugin=protoc-gen-nanopb=/usr/bin/protoc-gen-nanopb -I"$ROOT/proto" \
-    --nanopb_opt=-f"$ROOT/proto/linkd.options" --nanopb_out="$B" "$ROOT/proto/linkd.proto" || exit 1
-  gcc -O2 -I"$B" -c "$B/linkd.pb.c" -o "$B/linkd.pb.o" || exit 1
-fi
-if newer "$B/benchsvc" "$HERE/benchsvc.c++" "$B/linkd.pb.o"; then
-  g++ -O2 -std=c++20 -Wall -Wextra -I"$B" "$HERE/benchsvc.c++" "$B/linkd.pb.o" -l:libprotobuf-nanopb.a -o "$B/benchsvc" || exit 1
-fi
-if newer "$B/clusterfan" "$HERE/clusterfan.c++"; then
-  g++ -O2 -std=c++20 -Wall -Wextra "$HERE/clusterfan.c++" -o "$B/clusterfan" || exit 1
-fi
+# ---------- tools (helpers: tests/bench/lib.sh)
+bench_build benchsvc clusterfan
 command -v nats-server >/dev/null || { say "nats-server not found (make deps)"; exit 1; }
-ulimit -n "$(ulimit -Hn)" 2>/dev/null
 
-free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-wait_for() {  # wait_for SECONDS CMD...: polls every 50 ms
-  local end=$(( $(date +%s) + $1 )); shift
-  until "$@" >/dev/null 2>&1; do [ "$(date +%s)" -ge "$end" ] && return 1; sleep 0.05; done
-}
 metric() { curl -s -m 5 "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 == n { print $2; exit }'; }
 metric_is() { [ "$(metric "$1" "$2")" = "$3" ]; }
-field() { grep -h '^RESULT' "$2" 2>/dev/null | tr ' ' '\n' | awk -F= -v k="$1" '$1==k {print $2}' | tail -n 1; }
 declare -A R PORT PID
 
 # ---------- servers

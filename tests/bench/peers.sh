@@ -32,11 +32,8 @@
 #   PEERS="linkd linkd-ts socketio pushpin ws bare" (a subset, in this order; linkd-ts-ref
 #     with BENCH_TS_REF_SDK=DIR: tssvc.mjs on another build of the SDK, e.g. an older one)
 #   LINKD_CMD (another linkd binary)
-set -u
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-HERE=$ROOT/tests/bench
-B=$ROOT/build/bench
-read -r -a LINKD <<< "${LINKD_CMD:-$ROOT/linkd}"
+BENCH_NAME=peers
+. "$(dirname "$0")/lib.sh"
 N=${BENCH_N:-10000}
 ECHO_C=${BENCH_ECHO_C:-50}
 ECHO_D=${BENCH_ECHO_D:-8}
@@ -50,29 +47,8 @@ BUDGET=${BENCH_BUDGET:-600}
 WANT=${PEERS:-linkd linkd-ts socketio pushpin ws bare}
 STEPS=${BENCH_STEPS:-fanout echo http}
 PP_LOG=${BENCH_PUSHPIN_LOG:-1}
-WSPATH=/ws/bench
-PY=/usr/bin/python3
 # Debian packages this run needs beyond the Makefile's (installed on first use)
 PEER_DEBS="pushpin condure zurl wrk curl"
-
-TMP=$(mktemp -d /tmp/linkd-peers.XXXXXX)
-ALLPIDS=()
-cleanup() {
-  local p
-  for p in "${ALLPIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
-  for p in "${ALLPIDS[@]}"; do
-    for _ in $(seq 40); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
-    kill -KILL "$p" 2>/dev/null
-  done
-  wait 2>/dev/null
-  [ -n "${BENCH_KEEP:-}" ] && { mkdir -p "$BENCH_KEEP" && cp -r "$TMP"/. "$BENCH_KEEP"/ 2>/dev/null; }
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-say() { echo "peers: $*" >&2; }
-now() { date +%s.%N; }
-T_START=$(now)
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------- what the run needs: Debian packages, npm packages, the tools, the SDK
@@ -85,22 +61,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } >"$TMP/apt.log" 2>&1 ||
     say "apt-get install failed: $(tail -n 2 "$TMP/apt.log" | tr '\n' ' ')"
 fi
-mkdir -p "$B"
-newer() { [ ! -e "$1" ] || [ -n "$(find "${@:2}" -newer "$1" 2>/dev/null)" ]; }
-if newer "$B/linkd.pb.c" "$ROOT/proto/linkd.proto" "$ROOT/proto/linkd.options"; then
-  protoc --plugin=protoc-gen-nanopb=/usr/bin/protoc-gen-nanopb -I"$ROOT/proto" \
-    --nanopb_opt=-f"$ROOT/proto/linkd.options" --nanopb_out="$B" "$ROOT/proto/linkd.proto" || exit 1
-  gcc -O2 -I"$B" -c "$B/linkd.pb.c" -o "$B/linkd.pb.o" || exit 1
-fi
-if newer "$B/loadws" "$HERE/loadws.c++"; then
-  g++ -O2 -std=c++20 -Wall -Wextra "$HERE/loadws.c++" -o "$B/loadws" -luv -lwslay -lmbedtls -lmbedx509 -lmbedcrypto || exit 1
-fi
-if newer "$B/benchsvc" "$HERE/benchsvc.c++" "$B/linkd.pb.o"; then
-  g++ -O2 -std=c++20 -Wall -Wextra -I"$B" "$HERE/benchsvc.c++" "$B/linkd.pb.o" -l:libprotobuf-nanopb.a -o "$B/benchsvc" || exit 1
-fi
-if newer "$B/baresrv" "$HERE/baresrv.c++"; then
-  g++ -O2 -std=c++20 -Wall -Wextra "$HERE/baresrv.c++" -o "$B/baresrv" -luv -lwslay -lmbedtls -lmbedx509 -lmbedcrypto || exit 1
-fi
+bench_build loadws benchsvc baresrv
 npm_ci() {  # npm_ci DIR: npm ci when node_modules is missing or older than the lock
   local d=$1
   if [ ! -f "$d/node_modules/.package-lock.json" ] || [ "$d/package-lock.json" -nt "$d/node_modules/.package-lock.json" ]; then
@@ -121,19 +82,8 @@ if [ "$SDK_OK" = 1 ] && { [ ! -f "$ROOT/sdk/typescript/dist/index.js" ] ||
 fi
 command -v wrk >/dev/null || say "wrk not found: no HTTP figures"
 command -v node >/dev/null && command -v npm >/dev/null || { say "node/npm not found (make deps installs Debian's nodejs): Node peers skipped"; NODE_OK=0; SDK_OK=0; }
-ulimit -n "$(ulimit -Hn)" 2>/dev/null
 
-# ---------- helpers
-free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-cpu_ticks() { local p s=0; for p in "$@"; do s=$((s + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$s"; }
-rss_kib() { local p s=0; for p in "$@"; do s=$((s + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo "$s"; }
-wait_for() {  # wait_for SECONDS CMD...: polls every 50 ms
-  local end=$(( $(date +%s) + $1 )); shift
-  until "$@" >/dev/null 2>&1; do [ "$(date +%s)" -ge "$end" ] && return 1; sleep 0.05; done
-}
-established() { ss -Htn state established "( sport = :$1 )" 2>/dev/null | wc -l; }
-fewer_than() { [ "$(established "$1")" -lt "$2" ]; }
-field() { grep -h '^RESULT' "$2" 2>/dev/null | tr ' ' '\n' | awk -F= -v k="$1" '$1==k {print $2}' | tail -n 1; }
+# ---------- state (helpers: tests/bench/lib.sh)
 HZ=$(getconf CLK_TCK)
 declare -A R       # R[target.figure]=value
 declare -A PORT URL LWARGS PROCS MAIN
@@ -149,13 +99,13 @@ start_linkd() {
     --max-connections-per-user 0 --max-connections-per-ip 0 --rate-limit 0 \
     --log-level warn >"$TMP/$t.log" 2>&1 &
   local lp=$!
-  ALLPIDS+=("$lp")
+  PIDS+=("$lp")
   if ! { wait_for 10 curl -sf -m 1 -o /dev/null "http://127.0.0.1:${PORT[$t]}/health" && wait_for 5 test -S "$sock"; }; then
     say "$t: linkd did not start: $(tail -n 3 "$TMP/$t.log" | tr '\n' ' ')"; return 1
   fi
   "$@" "$sock" "$WSPATH" >"$TMP/$t.svc.out" 2>"$TMP/$t.svc.err" &
   local sp=$!
-  ALLPIDS+=("$sp")
+  PIDS+=("$sp")
   if ! wait_for 15 grep -q registered "$TMP/$t.svc.out"; then
     say "$t: service did not register: $(tail -n 3 "$TMP/$t.svc.err" | tr '\n' ' ')"; return 1
   fi
@@ -171,7 +121,7 @@ start_single() {
   PORT[$t]=$(free_port)
   "$@" "${PORT[$t]}" >"$TMP/$t.out" 2>&1 &
   local p=$!
-  ALLPIDS+=("$p")
+  PIDS+=("$p")
   wait_for 15 grep -q "$word" "$TMP/$t.out" || { say "$t did not start: $(tail -n 3 "$TMP/$t.out" | tr '\n' ' ')"; return 1; }
   MAIN[$t]=$p
   PROCS[$t]=$p
@@ -204,13 +154,13 @@ start_pushpin() {
       /usr/lib/pushpin/runner/zurl.conf.template >"$d/zurl.conf"
   node "$HERE/pushback.js" "$bport" "http://127.0.0.1:$pubport/publish/" >"$d/back.out" 2>&1 &
   local bp=$!
-  ALLPIDS+=("$bp")
+  PIDS+=("$bp")
   zurl --config="$d/zurl.conf" --logfile="$d/log/zurl.log" --loglevel="$PP_LOG" >/dev/null 2>&1 &
   local zp=$!
-  ALLPIDS+=("$zp")
+  PIDS+=("$zp")
   pushpin --config "$d/pushpin.conf" --loglevel "$PP_LOG" >"$d/pushpin.out" 2>&1 &
   local pp=$!
-  ALLPIDS+=("$pp")
+  PIDS+=("$pp")
   if ! { wait_for 10 grep -q listening "$d/back.out" && wait_for 15 curl -sf -m 1 -o /dev/null "http://127.0.0.1:${PORT[$t]}/bench/hello"; }; then
     say "pushpin did not start: $(tail -n 3 "$d/pushpin.out" "$d/back.out" | tr '\n' ' ')"; return 1
   fi
@@ -317,7 +267,7 @@ open_target() {
     --round-at "$(schedule "$t")" \
     --timeout $((240 + ROUNDS * PERIOD / 1000)) -q fanout >"$out" 2>"$out.err" &
   local lw=$!
-  ALLPIDS+=("$lw")
+  PIDS+=("$lw")
   if ! wait_for 90 test -s "$out.ready"; then
     say "$t: $N connections did not open within 90 s"; kill -TERM "$lw" 2>/dev/null; return 1
   fi

@@ -19,11 +19,8 @@
 #   BENCH_WRK_T=5 BENCH_WRK_C=50 BENCH_SRC_IPS=1 BENCH_PEER=1 BENCH_LINKD=1
 #   BENCH_TLS=1 BENCH_TLS_HS_T=3 (seconds per handshake run)
 #   LINKD_CMD (another linkd binary or an emulator line)
-set -u
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-HERE=$ROOT/tests/bench
-B=$ROOT/build/bench
-read -r -a LINKD <<< "${LINKD_CMD:-$ROOT/linkd}"
+BENCH_NAME=bench
+. "$(dirname "$0")/lib.sh"
 N=${BENCH_N:-10000}
 ECHO_C=${BENCH_ECHO_C:-50}
 ECHO_D=${BENCH_ECHO_D:-8}
@@ -33,45 +30,9 @@ ROUNDS=${BENCH_ROUNDS:-7}
 WRK_T=${BENCH_WRK_T:-5}
 WRK_C=${BENCH_WRK_C:-50}
 SRC_IPS=${BENCH_SRC_IPS:-1}
-WSPATH=/ws/bench
-PY=/usr/bin/python3
 
-TMP=$(mktemp -d /tmp/linkd-bench.XXXXXX)
-PIDS=()
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
-  for p in "${PIDS[@]}"; do
-    for _ in $(seq 40); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
-    kill -KILL "$p" 2>/dev/null
-  done
-  wait 2>/dev/null
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-say() { echo "bench: $*" >&2; }
-now() { date +%s.%N; }
-T_START=$(now)
-
-# ---------- build the tools
-mkdir -p "$B"
-newer() { [ ! -e "$1" ] || [ -n "$(find "${@:2}" -newer "$1" 2>/dev/null)" ]; }
-if newer "$B/linkd.pb.c" "$ROOT/proto/linkd.proto" "$ROOT/proto/linkd.options"; then
-  protoc --plugin=protoc-gen-nanopb=/usr/bin/protoc-gen-nanopb -I"$ROOT/proto" \
-    --nanopb_opt=-f"$ROOT/proto/linkd.options" --nanopb_out="$B" "$ROOT/proto/linkd.proto" || exit 1
-  gcc -O2 -I"$B" -c "$B/linkd.pb.c" -o "$B/linkd.pb.o" || exit 1
-fi
-if newer "$B/loadws" "$HERE/loadws.c++"; then
-  g++ -O2 -std=c++20 -Wall -Wextra "$HERE/loadws.c++" -o "$B/loadws" -luv -lwslay -lmbedtls -lmbedx509 -lmbedcrypto || exit 1
-fi
-if newer "$B/tlsmem" "$HERE/tlsmem.c++"; then
-  g++ -O2 -std=c++20 -Wall -Wextra "$HERE/tlsmem.c++" -o "$B/tlsmem" -lmbedtls -lmbedx509 -lmbedcrypto || exit 1
-fi
-if newer "$B/benchsvc" "$HERE/benchsvc.c++" "$B/linkd.pb.o"; then
-  g++ -O2 -std=c++20 -Wall -Wextra -I"$B" "$HERE/benchsvc.c++" "$B/linkd.pb.o" -l:libprotobuf-nanopb.a \
-    -o "$B/benchsvc" || exit 1
-fi
+# ---------- build the tools (helpers: tests/bench/lib.sh)
+bench_build loadws tlsmem benchsvc
 PEER=${BENCH_PEER:-1}
 if [ "$PEER" = 1 ] && [ ! -d "$HERE/node_modules/ws" ]; then
   (cd "$HERE" && timeout 120 npm ci --no-audit --no-fund --silent >/dev/null 2>&1) || {
@@ -79,22 +40,6 @@ if [ "$PEER" = 1 ] && [ ! -d "$HERE/node_modules/ws" ]; then
 fi
 command -v wrk >/dev/null || say "wrk not found (apt-get install wrk): no HTTP figures"
 
-ulimit -n "$(ulimit -Hn)" 2>/dev/null
-
-# ---------- helpers
-free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
-wait_for() {  # wait_for SECONDS CMD...: polls every 50 ms
-  local end=$(( $(date +%s) + $1 )); shift
-  until "$@" >/dev/null 2>&1; do [ "$(date +%s)" -ge "$end" ] && return 1; sleep 0.05; done
-}
-established() {  # established connections to a local port
-  ss -Htn state established "( sport = :$1 )" 2>/dev/null | wc -l
-}
-fewer_than() { [ "$(established "$1")" -lt "$2" ]; }
-# field KEY FILE: value of KEY=... in loadws's RESULT lines
-field() { grep -h '^RESULT' "$2" 2>/dev/null | tr ' ' '\n' | awk -F= -v k="$1" '$1==k {print $2}' | tail -n 1; }
 declare -A R   # R[target.figure]=value
 
 # ---------- the servers: both run for the whole bench and the tests
