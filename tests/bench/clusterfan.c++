@@ -232,7 +232,7 @@ int fanout() {
         got++;
         if (--left[c.port_ix] == 0) last[c.port_ix] = t1 - t0;
       });
-    total.push_back(now_ms() - t0);
+    total.push_back(got < conns.size() ? -1 : now_ms() - t0);   // a round not complete has no time
     first.push_back(tf ? tf - t0 : -1);
     for (size_t p = 0; p < ports.size(); p++) {
       per[p].push_back(left[p] ? -1 : last[p]);

@@ -20,7 +20,7 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const require = createRequire(import.meta.url);
 const sdk = require(path.join(here, ".."));
 
-const SECONDS = Number(process.argv[3] === undefined || process.argv[2] === "fake" ? process.env.MICRO_T || 5 : process.argv[2]);
+const SECONDS = process.argv[2] === "fake" ? 0 : Number(process.argv[2] || process.env.MICRO_T || 5);
 
 if (process.argv[2] === "fake") {
   // ---- the fake linkd -------------------------------------------------------

@@ -18,11 +18,6 @@ const $protobuf: any = require("protobufjs/minimal");
 
 const ServiceMessage: any = pb.linkd.ServiceMessage;
 
-/** The generated ServiceMessage class (static code). */
-export function serviceMessageType(): any {
-  return ServiceMessage;
-}
-
 /** A decoded frame as a plain object: camelCase fields, 64-bit ints as strings, bytes as Buffers. */
 export type Frame = { [key: string]: any; message?: string };
 

@@ -29,6 +29,8 @@ const PRE_REGISTER_MAX_FRAME = 1024 * 1024;
 
 /** linkd's smallest --max-frame-size; a service reading less could not take a registration answer. */
 const MIN_MAX_FRAME_BYTES = 1024;
+/** Frames queued in one event-loop turn are written at once past this many bytes. */
+const MAX_BATCH = 1024 * 1024;
 
 export function defaultSocketPath(): string {
   if (process.env.LINKD_SOCKET) return process.env.LINKD_SOCKET;
@@ -381,20 +383,17 @@ export class Service extends EventEmitter implements Link {
         return this.settle(`op:${f.commandResult.opId}`, f.commandResult.ok, f.commandResult.error, undefined);
       case "roomsResult": {
         const r = f.roomsResult;
-        return this.settle(`q:${r.queryId}`, !r.error, r.error, r.rooms ?? []);
+        return this.settle(`q:${r.queryId}`, !r.error, r.error, r.rooms);
       }
       case "roomCountResult": {
         const r = f.roomCountResult;
-        return this.settle(`c:${r.queryId}`, true, undefined, { members: r.members ?? 0, nodes: r.nodes ?? 1, nodesKnown: r.nodesKnown ?? 1 });
+        return this.settle(`c:${r.queryId}`, true, undefined, { members: r.members, nodes: r.nodes, nodesKnown: r.nodesKnown });
       }
       case "error":
         this.logger.warn("linkd refused a frame", { type: f.error.type, message: f.error.message });
         return;
       case "wsConnectionEvent":
         this.ws.handleConnectionEvent(f.wsConnectionEvent).catch((err) => this.logger.error("connection event failed", { error: describe(err) }));
-        return;
-      case "wsInbound":
-        this.ws.handleInbound(f.wsInbound).catch((err) => this.logger.error("inbound message failed", { error: describe(err) }));
         return;
       default:
         this.logger.debug("frame ignored", { kind: f.message ?? "(empty)" });
@@ -461,7 +460,8 @@ export class Service extends EventEmitter implements Link {
     if (this.out.append(frame, this.maxSendFrame) < 0) {
       throw new LinkdError(413, "PAYLOAD_TOO_LARGE", `frame exceeds linkd's limit of ${this.maxSendFrame} bytes`);
     }
-    if (!this.flushScheduled) {
+    if (this.out.length >= MAX_BATCH) this.flush();   // a handler pushing in a loop: write as it goes
+    else if (!this.flushScheduled) {
       this.flushScheduled = true;
       setImmediate(this.flushBound);
     }
@@ -483,9 +483,9 @@ export class Service extends EventEmitter implements Link {
     }
   }
 
-  private wait<T>(key: string, what: string): Promise<T> {
+  private wait<T>(key: string, what: string, minMs = 0): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      const ms = this.opts.commandTimeoutMs ?? 10000;
+      const ms = Math.max(this.opts.commandTimeoutMs ?? 10000, minMs);
       const timer = setTimeout(() => {
         this.pending.delete(key);
         reject(new TimeoutError(`no answer from linkd to ${what} within ${ms} ms`));
@@ -521,7 +521,7 @@ export class Service extends EventEmitter implements Link {
     } catch (err) {
       return Promise.reject(err);
     }
-    return this.wait<RoomCount>(`c:${queryId}`, "roomCountQuery");
+    return this.wait<RoomCount>(`c:${queryId}`, "roomCountQuery", timeoutMs + 1000);   // linkd answers within timeoutMs
   }
 
   // --- HTTP requests -----------------------------------------------------------

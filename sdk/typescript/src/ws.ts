@@ -493,20 +493,11 @@ export class WebSocketApi implements WsRegistrar {
     return info;
   }
 
-  /** A client message; resolves once its reply (if any) is queued. */
-  async handleInbound(msg: any): Promise<void> {
-    const info = this.inboundSocket(msg);
-    if (!info) return;
-    const opening = this.connecting.get(info.id);
-    if (opening) await opening; // a message never overtakes its connection's onConnect
-    const p = this.runInbound(info, msg);
-    if (p) await p;
-  }
-
   /**
-   * The hot path (used by the service for every WebSocketInbound): the same as
-   * handleInbound, but a handler that returns a value (not a promise) is
-   * answered synchronously, with no promise made on the way.
+   * A client message (the hot path: the service calls it for every
+   * WebSocketInbound). A handler that returns a value (not a promise) is
+   * answered synchronously, with no promise made on the way; a message never
+   * overtakes its connection's onConnect.
    */
   handleInboundFast(msg: any): void {
     const info = this.inboundSocket(msg);
