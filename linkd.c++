@@ -472,6 +472,15 @@ void config_check_listen(const char* field, const char* name) {
   if (*end || port < 0 || port > 65535) config_dief("%s: %s has a bad port (0-65535)", name, where);
 }
 
+// A node id names NATS subjects (linkd.n.<id>) and ends connection ids:
+// 1-48 letters, digits, '_' and '-' (also checked on what other nodes send).
+bool node_id_ok(const char* id) {
+  size_t n = 0;
+  for (; id[n]; n++)
+    if (!isalnum((unsigned char)id[n]) && id[n] != '_' && id[n] != '-') return false;
+  return n >= 1 && n <= 48;
+}
+
 CliMode config_parse(int argc, char** argv) {
   const char* flag_val[NSETTINGS] = {};
   CliMode mode;
@@ -541,9 +550,8 @@ CliMode config_parse(int argc, char** argv) {
     for (char* p = cfg.node_id; *p; p++)
       if (!isalnum((unsigned char)*p) && *p != '-') *p = '_';   // a host name's dots would split NATS subjects
   }
-  for (const char* p = cfg.node_id; *p; p++)
-    if (!isalnum((unsigned char)*p) && *p != '_' && *p != '-') config_dief("node-id: %s may hold only letters, digits, '_' and '-'", setting_origin(cfg.node_id, w1, sizeof w1));
-  if (strlen(cfg.node_id) > 48) config_dief("node-id: %s is longer than 48 bytes", setting_origin(cfg.node_id, w1, sizeof w1));
+  if (*cfg.node_id && !node_id_ok(cfg.node_id))
+    config_dief("node-id: %s must be 1-48 letters, digits, '_' and '-'", setting_origin(cfg.node_id, w1, sizeof w1));
   if (*cfg.admin_listen) {
     config_check_listen(cfg.admin_listen, "admin-listen");
     // Without a JWT to check, the console must not be reachable from the
@@ -1123,7 +1131,7 @@ struct Global {
   Buf wsout;              // control frames wslay writes during one ws_flush (owner: g)
   const char* rd; size_t rdlen;  // bytes wslay may read now
   uint32_t except_serial;
-  Slice except_remote[65]; uint32_t nexcept_remote;   // cluster: the except ids of other nodes in the push being handled (null-ended)
+  Slice except_remote[MAX_EXCEPT_REMOTE + 1]; uint32_t nexcept_remote;   // cluster: the except ids of other nodes in the push being handled (null-ended)
   uint32_t req_seq;       // HTTP request ids: slot | seq << 32
   uint64_t epoch;         // recovery: random per process (a restart makes every token stale)
   unsigned char token_key[32];   // recovery: signs the session tokens
@@ -3205,17 +3213,28 @@ bool dec_resp_header(pb_istream_t* s, const pb_field_t*, void** arg) noexcept {
   return true;
 }
 
+// A push's except list starts empty: a fresh serial for the marks, and no
+// ids of other nodes' connections (before decoding the push, or for a push
+// that has no list).
+void except_begin() {
+  g.except_serial++;
+  g.nexcept_remote = 0;
+  g.except_remote[0] = Slice{nullptr, 0};
+}
+
 // except_connections: every id named is marked with the current serial;
 // the ids of other nodes' connections are kept for them (g.except_remote).
-bool dec_except(pb_istream_t* s, const pb_field_t*, void**) noexcept {
+bool dec_except(pb_istream_t* s, const pb_field_t* f, void**) noexcept {
   char id[96];
   size_t n = s->bytes_left;
   if (n >= sizeof id) return pb_read(s, nullptr, n);   // cannot be one of ours
-  const char* at = (const char*)s->state;               // buffer stream: the id's bytes, alive while the frame is handled
-  if (!pb_read(s, (pb_byte_t*)id, n)) return false;
+  Slice at;                                             // the id's bytes in the frame, alive while it is handled
+  void* arg = &at;
+  if (!dec_slice(s, f, &arg)) return false;             // (refuses bytes outside the frame)
+  memcpy(id, at.p, n);
   id[n] = 0;
   if (conn_id_remote(id)) {
-    if (g.nexcept_remote < MAX_EXCEPT_REMOTE) g.except_remote[g.nexcept_remote++] = Slice{at, n};
+    if (g.nexcept_remote < MAX_EXCEPT_REMOTE) g.except_remote[g.nexcept_remote++] = at;
     g.except_remote[g.nexcept_remote] = Slice{nullptr, 0};
   } else if (Conn* c = conn_lookup(id)) {
     c->except_mark = g.except_serial;
@@ -3482,9 +3501,7 @@ void on_ws_outbound(Backend* b, pb_istream_t* s) {
   m.payload.funcs.decode = dec_slice;
   m.payload.arg = &payload;
   m.except_connections.funcs.decode = dec_except;
-  g.except_serial++;
-  g.nexcept_remote = 0;
-  g.except_remote[0] = Slice{nullptr, 0};
+  except_begin();
   if (!pb_decode(s, linkd_WebSocketOutbound_fields, &m)) { backend_close(b, "WebSocketOutbound does not decode"); return; }
   if (m.connection_id[0] && conn_id_remote(m.connection_id)) {
     linkd_ClusterRequest rq = {};
@@ -5204,6 +5221,7 @@ struct ClusterState {
   uint64_t published, received, dropped;        // loop only (dropped: not published)
   uint64_t twin_logged;                         // loop ms: a message with this node's own id was logged
   uint32_t subs;
+  bool closing;           // (under lock) the loop is stopping: what arrives is dropped
 } cluster;
 
 // Subjects: linkd.r.<service>.<hash of the room> (the room's name travels in
@@ -5216,6 +5234,11 @@ void subject_room(char* out, size_t n, uint16_t gi, const char* room, size_t rn)
 
 void cluster_on_msg(natsConnection*, natsSubscription*, natsMsg* msg, void*) noexcept {
   uv_mutex_lock(&cluster.lock);
+  if (cluster.closing) {
+    uv_mutex_unlock(&cluster.lock);
+    nats_api.natsMsg_Destroy(msg);
+    return;
+  }
   if (cluster.nin == cluster.cap) {
     uint32_t cap = cluster.cap ? cluster.cap * 2 : 256;
     natsMsg** p = cap <= 1u << 20 ? (natsMsg**)realloc(cluster.inbox, cap * sizeof *p) : nullptr;
@@ -5523,8 +5546,8 @@ void cluster_answer_request(const char* origin, const linkd_ClusterRequest* rq, 
     Conn* c = conn_lookup(id);
     if (!c || gi == NIL16 || c->group != gi) fail("NOT_FOUND", "no such connection", 404);
     else if (rq->has_push) {
-      g.except_serial++;
-      PushOutcome o = push_send(gi, &rq->push, payload);
+      except_begin();
+      PushOutcome o = push_send(gi, &rq->push, payload, false);
       if (o.type) fail(o.type, o.msg, o.code);
       else { ans->ok = true; ans->count = o.delivered; }
     } else if (rq->has_rooms) {
@@ -5577,9 +5600,10 @@ void cluster_handle(natsMsg* msg) {
   cm.request.push.payload.arg = &in.payload;
   cm.answer.rooms.funcs.decode = dec_rooms_raw;
   cm.answer.rooms.arg = &in;
-  g.except_serial++;   // marks made while decoding this push's except list
+  except_begin();   // marks made while decoding this push's except list
   if (!pb_decode(&is, linkd_ClusterMessage_fields, &cm)) { LOG_WARN("cluster: a message on %s does not decode: %s", subj, PB_GET_ERROR(&is)); return; }
   cluster.received++;
+  if (!node_id_ok(cm.origin)) { cluster.dropped++; return; }   // it would name a subject we publish on
   if (!strcmp(cm.origin, node_id())) {   // no-echo: another node runs with this node's id
     if (!cluster.twin_logged || now_ms() - cluster.twin_logged > 60000) {
       cluster.twin_logged = now_ms();
@@ -5705,6 +5729,9 @@ bool cluster_connected() { return cluster.on && nats_api.natsConnection_Status(c
 void cluster_stop() {
   if (!cluster.on) return;
   cluster.on = false;
+  uv_mutex_lock(&cluster.lock);
+  cluster.closing = true;   // libnats' threads no longer wake the loop (its handle is closing)
+  uv_mutex_unlock(&cluster.lock);
   nats_api.natsConnection_Close(cluster.nc);
   uv_close((uv_handle_t*)&cluster.wake, nullptr);
   uv_close((uv_handle_t*)&cluster.timer, nullptr);
@@ -6025,7 +6052,7 @@ void admin_push(Conn* c, const char* who) {
   if (ab.has[2]) snprintf(m.connection_id, sizeof m.connection_id, "%s", ab.connection);
   else if (ab.has[1]) snprintf(m.room, sizeof m.room, "%s", ab.room);
   else m.broadcast_all = ab.all;
-  g.except_serial++;   // no connection is excepted
+  except_begin();   // no connection is excepted
   PushOutcome o = push_send(gi, &m, ab.data.p ? ab.data : Slice{"null", 4});
   LOG_INFO("admin (%s): push '%s' to %s '%s' of service '%s': %s, delivered to %u", who, m.event, m.connection_id[0] ? "connection" : m.room[0] ? "room" : "everyone",
            m.connection_id[0] ? m.connection_id : m.room, g.groups[gi].name, o.type ? o.type : "ok", o.delivered);
@@ -6301,7 +6328,8 @@ uint64_t tick_ms() { return std::min<uint64_t>(1000, (uint64_t)cfg.heartbeat_int
 // cannot (addresses, table and size limits) is named in one log line and
 // keeps its value until a restart. A bad value changes nothing.
 const char* const restart_only[] = {"listen", "tls-listen", "admin-listen", "socket", "socket-mode", "max-connections", "max-http-connections", "max-rooms",
-                                    "max-memberships", "max-services", "max-message-size", "max-body-size", "max-frame-size"};
+                                    "max-memberships", "max-services", "max-message-size", "max-body-size", "max-frame-size",
+                                    "nats-url", "node-id", "nats-creds", "nats-tls-ca"};
 
 void reload() {
   if (g.shutting_down) { LOG_INFO("SIGHUP while stopping: ignored"); return; }
@@ -6390,7 +6418,7 @@ void metrics_write(Buf* b) {
     {"linkd_cluster_nodes", "gauge", "Other nodes heard from in the last few seconds (cluster mode).", (uint64_t)nodes_alive()},
     {"linkd_cluster_published_total", "counter", "Messages published to NATS (pushes, requests, answers, hellos).", cluster.published},
     {"linkd_cluster_received_total", "counter", "Messages received from NATS.", cluster.received},
-    {"linkd_cluster_dropped_total", "counter", "Cluster messages lost: not published while NATS was unreachable, or shed.", cluster.dropped + cluster.shed},
+    {"linkd_cluster_dropped_total", "counter", "Cluster messages lost: not published while NATS was unreachable, shed, or refused (a sender id that is not a node id).", cluster.dropped + cluster.shed},
     {"linkd_cluster_reconnects_total", "counter", "Reconnections to NATS.", (uint64_t)cluster.reconnects},
     {"linkd_cluster_disconnects_total", "counter", "Losses of the NATS connection.", (uint64_t)cluster.disconnects},
     {"linkd_cluster_subscriptions", "gauge", "NATS subscriptions held (rooms with members here, paths, inbox).", cluster.subs},
@@ -6691,7 +6719,7 @@ void st_route(const char* method, const char* path, uint16_t group) {
 void self_test_tables() {
   // connection slots: generation guards stale ids
   Conn* a = st_conn(0);
-  char id[32];
+  char id[96];
   conn_id(a, id, sizeof id);
   st_check(conn_lookup(id) == a, "conn lookup by id");
   conn_free_slot(a);

@@ -150,6 +150,26 @@ if wait_for 10 $PY -c "import socket; socket.create_connection(('127.0.0.1', $NA
     NODE_URL[solo]=$LINKD_URL; NODE_PID[solo]=$LINKD_PID
     printf '{"nodes":{"solo":{"id":"node-solo","url":"%s","pid":%s,"svc_out":"%s"}}}\n' "$LINKD_URL" "$LINKD_PID" "$SVC_OUT" >"$T_TMP/solo.json"
     timeout $((60 * T_SLOW)) $PY "$TESTS/cluster_check.py" solo "$T_TMP/solo.json" || fail "cluster_check.py solo" "exit status $?"
+    # A hostile peer on NATS: a hello whose sender id holds CR LF and a NATS
+    # command (it would name the subject of an answer) is refused and counted.
+    d0=$(metric linkd_cluster_dropped_total)
+    $PY - "$NATS2_PORT" <<'PYEOF' || fail "a raw NATS client publishes a forged hello" "exit status $?"
+import socket, sys
+origin = b'x\r\nSUB > 9'
+msg = b'\x0a' + bytes([len(origin)]) + origin + b'\x28\x01'   # ClusterMessage{origin, hello: true}
+s = socket.create_connection(('127.0.0.1', int(sys.argv[1])), 5)
+s.recv(4096)                                                      # INFO
+s.sendall(b'CONNECT {"verbose":false}\r\nPUB linkd.hb %d\r\n%s\r\nPING\r\n' % (len(msg), msg))
+buf = b''
+while b'PONG' not in buf:
+    d = s.recv(4096)
+    if not d: sys.exit(1)
+    buf += d
+PYEOF
+    dropped_more() { [ "$(metric linkd_cluster_dropped_total)" -gt "${d0:-0}" ]; }
+    if wait_for 5 dropped_more; then pass "a message from a sender id that is not a node id is refused and counted (linkd_cluster_dropped_total)"
+    else fail "a message from a sender id that is not a node id is refused and counted" "dropped ${d0:-?} -> $(metric linkd_cluster_dropped_total)"; fi
+    expect_match "... the node still answers /health" "$(curl -s -m 2 "$LINKD_URL/health")" '"status":"healthy"'
   fi
 else
   fail "a second nats-server starts" "$(tail -n 3 "$T_TMP/nats2.log")"
