@@ -5485,21 +5485,8 @@ void ask_finish(Ask* a, const linkd_ClusterAnswer* ans, Slice rooms_raw) {
 
 struct InPush {           // what the decode callbacks collect
   Slice payload;
-  Slice except[64];       // except ids of this node (others cannot be here)
-  int nexcept;
   Slice rooms_raw;        // ClusterAnswer.rooms: the repeated field's encoded bytes
 };
-
-bool dec_except_any(pb_istream_t* s, const pb_field_t*, void**) noexcept {
-  char id[96];
-  size_t n = s->bytes_left;
-  if (n >= sizeof id) return pb_read(s, nullptr, n);
-  if (!pb_read(s, (pb_byte_t*)id, n)) return false;
-  id[n] = 0;
-  if (conn_id_remote(id)) return true;   // another node applies it
-  if (Conn* c = conn_lookup(id)) c->except_mark = g.except_serial;
-  return true;
-}
 
 // The rooms list of an answer, kept as its encoded bytes to pass on as is.
 bool dec_rooms_raw(pb_istream_t* s, const pb_field_t* f, void** arg) noexcept {
@@ -5595,7 +5582,7 @@ void cluster_handle(natsMsg* msg) {
   InPush in{};
   cm.push.push.payload.funcs.decode = dec_slice;
   cm.push.push.payload.arg = &in.payload;
-  cm.push.push.except_connections.funcs.decode = dec_except_any;
+  cm.push.push.except_connections.funcs.decode = dec_except;
   cm.request.push.payload.funcs.decode = dec_slice;
   cm.request.push.payload.arg = &in.payload;
   cm.answer.rooms.funcs.decode = dec_rooms_raw;
