@@ -546,9 +546,13 @@ CliMode config_parse(int argc, char** argv) {
 #ifndef LINKD_CLUSTER
     config_dief("nats-url: %s, but this linkd was built without cluster support (see README: Cluster)", setting_origin(cfg.nats_url, w1, sizeof w1));
 #endif
-    if (!*cfg.node_id && gethostname(cfg.node_id, sizeof cfg.node_id - 1)) snprintf(cfg.node_id, sizeof cfg.node_id, "linkd");
-    for (char* p = cfg.node_id; *p; p++)
-      if (!isalnum((unsigned char)*p) && *p != '-') *p = '_';   // a host name's dots would split NATS subjects
+    if (!*cfg.node_id) {   // the host name, made a node id: its dots would split NATS subjects
+      if (gethostname(cfg.node_id, sizeof cfg.node_id - 1)) snprintf(cfg.node_id, sizeof cfg.node_id, "linkd");
+      cfg.node_id[48] = 0;
+      for (char* p = cfg.node_id; *p; p++)
+        if (!isalnum((unsigned char)*p) && *p != '-') *p = '_';
+      if (!*cfg.node_id) snprintf(cfg.node_id, sizeof cfg.node_id, "linkd");
+    }
   }
   if (*cfg.node_id && !node_id_ok(cfg.node_id))
     config_dief("node-id: %s must be 1-48 letters, digits, '_' and '-'", setting_origin(cfg.node_id, w1, sizeof w1));
@@ -1341,12 +1345,13 @@ int conn_id(const Conn* c, char* out, size_t n) {
 // --- rooms -----------------------------------------------------------------
 // Keyed by (service, name) in g.room_index.
 
-uint32_t room_hash(uint16_t group, const char* name, size_t n) {
-  return hash_str(name, n, 2166136261u ^ (group * 0x9e3779b9u));
-}
+// The name alone: the same on every node, so that a cluster node's room
+// subject (section 14) is this hash and rooms sharing a subject share a
+// probe chain.
+uint32_t room_hash(const char* name, size_t n) { return hash_str(name, n); }
 
 uint32_t room_find(uint16_t group, const char* name, size_t n) {
-  uint32_t h = room_hash(group, name, n);
+  uint32_t h = room_hash(name, n);
   return index_find(&g.room_index, h, [&](uint32_t r) {
     const Room* room = &g.rooms[r];
     return room->hash == h && room->group == group && room->name_len == n && !memcmp(room->name, name, n);
@@ -1366,7 +1371,7 @@ uint32_t room_get(uint16_t group, const char* name, size_t n) {
   Room* room = &g.rooms[r];
   room->used = true;
   room->group = group;
-  room->hash = room_hash(group, name, n);
+  room->hash = room_hash(name, n);
   room->name_len = (uint8_t)n;
   memcpy(room->name, name, n);
   room->name[n] = 0;
@@ -5041,6 +5046,13 @@ void cluster_push_out(uint16_t gi, const linkd_WebSocketOutbound* m, Slice paylo
 
 // publish: a push made here (not one another node passed on) to a room or
 // everyone also goes to the other nodes.
+// A room's connections are rarely in cache when a push comes (other work
+// ran since): the next member's lines are fetched while this member's write
+// runs in the kernel.
+void conn_prefetch(const Conn* c) {
+  for (size_t off = 0; off < sizeof *c; off += 64) __builtin_prefetch((const char*)c + off);
+}
+
 PushOutcome push_send(uint16_t gi, const linkd_WebSocketOutbound* m, Slice payload, bool publish = true) {
   const Group* gr = &g.groups[gi];
   Buf e;                  // the envelope; frames are built from it on first use
@@ -5097,6 +5109,7 @@ PushOutcome push_send(uint16_t gi, const linkd_WebSocketOutbound* m, Slice paylo
     // and the marks skip who already has the message.
     for (uint32_t i = r == NIL ? NIL : g.rooms[r].head; i != NIL;) {
       uint32_t next = g.members[i].rnext;
+      if (next != NIL) conn_prefetch(&g.conns[g.members[next].conn]);
       Conn* c = &g.conns[g.members[i].conn];
       if (c->except_mark != serial) { c->except_mark = serial; out.delivered += ws_send_msg(c, &msg); }
       if (next != NIL && g.members[next].room != r) {
@@ -5145,6 +5158,8 @@ constexpr uint64_t CLUSTER_DEAD_MS = 3500;    // a node silent this long is gone
 constexpr uint64_t CLUSTER_ASK_MS = 2000;     // another node answers a request within this
 constexpr int MAX_NODES = 64;
 constexpr int MAX_ASKS = 1024;
+constexpr uint32_t CLUSTER_INBOX_MSGS = 1u << 16;      // what may wait for the loop, in messages
+constexpr size_t CLUSTER_INBOX_BYTES = 64u << 20;      // and in payload bytes
 
 #ifdef LINKD_CLUSTER
 
@@ -5159,7 +5174,7 @@ constexpr int MAX_ASKS = 1024;
   X(natsOptions_SetReconnectedCB) X(natsOptions_SetRetryOnFailedConnect) X(natsOptions_SetSecure) \
   X(natsOptions_SetServers) X(natsOptions_SetUserCredentialsFromFiles) X(natsOptions_UseGlobalMessageDelivery) \
   X(natsStatus_GetText) X(natsSubscription_Destroy) X(natsSubscription_SetOnCompleteCB) \
-  X(natsSubscription_SetPendingLimits) X(natsSubscription_Unsubscribe) X(nats_CloseAndWait) X(nats_GetLastError) \
+  X(natsSubscription_Unsubscribe) X(nats_CloseAndWait) X(nats_GetLastError) \
   X(nats_SetMessageDeliveryPoolSize)
 struct NatsApi {
 #define NATS_FN(f) decltype(&::f) f;
@@ -5209,9 +5224,11 @@ struct ClusterState {
   uv_timer_t timer;       // hellos, node expiry, asks past their deadline
   uv_mutex_t lock;        // guards the inbox
   natsMsg** inbox; uint32_t nin, cap;   // arrived, waiting for the loop (owner: this)
+  size_t inbox_bytes;     // their payloads, capped at CLUSTER_INBOX_BYTES
   natsSubscription* sub_node;   // linkd.n.<node>
   natsSubscription* sub_hello;  // linkd.hb
-  natsSubscription** sub_path;  // [group * 2]: linkd.a.<svc>, [group * 2 + 1]: linkd.q.<svc>
+  natsSubscription* sub_query;  // linkd.q: room counts (every node answers, with or without the service)
+  natsSubscription** sub_path;  // [group]: linkd.a.<svc>
   Ask asks[MAX_ASKS];
   uint64_t ask_serial;
   Node nodes[MAX_NODES];
@@ -5224,12 +5241,14 @@ struct ClusterState {
   bool closing;           // (under lock) the loop is stopping: what arrives is dropped
 } cluster;
 
-// Subjects: linkd.r.<service>.<hash of the room> (the room's name travels in
-// the message: a collision only costs a node one it drops), linkd.a.<service>
-// (everyone on a path), linkd.q.<service> (room counts), linkd.n.<node>
+// Subjects: linkd.r.<service>.<room_hash> (the room's name travels in the
+// message: a node drops a push for a room it does not have; rooms whose
+// hashes collide share one subscription, held by one of them, so a push
+// never arrives twice), linkd.a.<service>
+// (everyone on a path), linkd.q (room counts), linkd.n.<node>
 // (one node), linkd.hb (hellos).
 void subject_room(char* out, size_t n, uint16_t gi, const char* room, size_t rn) {
-  snprintf(out, n, "linkd.r.%s.%08x", g.groups[gi].name, hash_str(room, rn));
+  snprintf(out, n, "linkd.r.%s.%08x", g.groups[gi].name, room_hash(room, rn));
 }
 
 void cluster_on_msg(natsConnection*, natsSubscription*, natsMsg* msg, void*) noexcept {
@@ -5239,19 +5258,22 @@ void cluster_on_msg(natsConnection*, natsSubscription*, natsMsg* msg, void*) noe
     nats_api.natsMsg_Destroy(msg);
     return;
   }
-  if (cluster.nin == cluster.cap) {
+  size_t bytes = (size_t)nats_api.natsMsg_GetDataLength(msg);
+  bool fits = cluster.nin < CLUSTER_INBOX_MSGS && cluster.inbox_bytes + bytes <= CLUSTER_INBOX_BYTES;
+  if (fits && cluster.nin == cluster.cap) {
     uint32_t cap = cluster.cap ? cluster.cap * 2 : 256;
-    natsMsg** p = cap <= 1u << 20 ? (natsMsg**)realloc(cluster.inbox, cap * sizeof *p) : nullptr;
-    if (!p) {   // the loop is far behind: shed (counted)
-      cluster.shed++;
-      uv_mutex_unlock(&cluster.lock);
-      nats_api.natsMsg_Destroy(msg);
-      return;
-    }
-    cluster.inbox = p;
-    cluster.cap = cap;
+    natsMsg** p = (natsMsg**)realloc(cluster.inbox, cap * sizeof *p);
+    if (p) { cluster.inbox = p; cluster.cap = cap; }
+    else fits = false;
+  }
+  if (!fits) {   // the loop is far behind: shed (counted)
+    cluster.shed++;
+    uv_mutex_unlock(&cluster.lock);
+    nats_api.natsMsg_Destroy(msg);
+    return;
   }
   cluster.inbox[cluster.nin++] = msg;
+  cluster.inbox_bytes += bytes;
   uv_mutex_unlock(&cluster.lock);
   uv_async_send(&cluster.wake);
 }
@@ -5269,7 +5291,6 @@ natsSubscription* cluster_sub(const char* subject) {
     LOG_WARN("cluster: cannot subscribe to %s: %s", subject, nats_api.nats_GetLastError(nullptr));
     return nullptr;
   }
-  nats_api.natsSubscription_SetPendingLimits(sub, 1 << 16, 64 << 20);   // what one subject may hold in the client
   nats_api.natsSubscription_SetOnCompleteCB(sub, cluster_on_sub_done, nullptr);
   cluster.subs_made++;
   cluster.subs++;
@@ -5315,31 +5336,42 @@ bool enc_strings(pb_ostream_t* s, const pb_field_t* f, void* const* arg) noexcep
 
 // --- interest -----------------------------------------------------------------
 
+// A room of the same service on the same subject as room r, other than r
+// (with the subscription if sub), or NIL.
+uint32_t room_subject_twin(uint32_t r, bool sub) {
+  const Room* room = &g.rooms[r];
+  return index_find(&g.room_index, room->hash, [&](uint32_t x) {
+    return x != r && g.rooms[x].hash == room->hash && g.rooms[x].group == room->group && (!sub || g.rooms[x].sub);
+  });
+}
+
+// Called as room r is made (on) and freed (off). One subscription per
+// subject: a room whose subject is already held shares it, and a room that
+// goes hands its subscription to a twin that stays.
 void cluster_room_interest(uint32_t r, bool on) {
   if (!cluster.on) return;
   Room* room = &g.rooms[r];
   if (on) {
+    if (room_subject_twin(r, true) != NIL) return;
     char subj[128];
     subject_room(subj, sizeof subj, room->group, room->name, room->name_len);
     room->sub = cluster_sub(subj);
-  } else {
-    cluster_unsub((natsSubscription**)&room->sub);
+  } else if (room->sub) {
+    uint32_t twin = room_subject_twin(r, false);
+    if (twin != NIL) { g.rooms[twin].sub = room->sub; room->sub = nullptr; }
+    else cluster_unsub((natsSubscription**)&room->sub);
   }
 }
 
 void cluster_group_interest(uint16_t gi, bool on) {
   if (!cluster.on) return;
-  natsSubscription** a = &cluster.sub_path[gi * 2];
-  natsSubscription** q = &cluster.sub_path[gi * 2 + 1];
+  natsSubscription** a = &cluster.sub_path[gi];
   if (on && !*a) {
     char subj[96];
     snprintf(subj, sizeof subj, "linkd.a.%s", g.groups[gi].name);
     *a = cluster_sub(subj);
-    snprintf(subj, sizeof subj, "linkd.q.%s", g.groups[gi].name);
-    *q = cluster_sub(subj);
   } else if (!on) {
     cluster_unsub(a);
-    cluster_unsub(q);
   }
 }
 
@@ -5422,21 +5454,28 @@ bool cluster_ask_node(Backend* b, const char* conn_id, AskKind kind, uint64_t re
   return true;
 }
 
-// Members of a room on every node: asked on linkd.q.<service>; this node's
-// own count is in from the start.
+// Members of a room on every node: asked on linkd.q, which every node
+// answers (0 without the service), so the answer is complete once every
+// live node has; this node's own count is in from the start.
 bool cluster_ask_count(Backend* b, const char* room, uint64_t query_id, uint64_t timeout_ms, uint32_t local) {
   if (!cluster.on || !nodes_alive()) return false;   // no other node to wait for: this node's count at once
   Ask* a = ask_new(AskKind::Count, b, query_id, timeout_ms);
-  if (!a) return false;
+  if (!a) {   // every ask slot taken: this node's count, saying how many nodes it leaves out
+    linkd_RoomCountResult r = {};
+    r.query_id = query_id;
+    r.members = local;
+    r.nodes = 1;
+    r.nodes_known = (uint32_t)nodes_alive() + 1;
+    backend_send_msg(b, TAG_ROOM_COUNT_RESULT, linkd_RoomCountResult_fields, &r);
+    return true;
+  }
   a->count = local;
   linkd_ClusterMessage cm = {};
   cm.has_request = true;
   cm.request.request_id = a->req;
   snprintf(cm.request.service, sizeof cm.request.service, "%s", g.groups[b->group].name);
   snprintf(cm.request.room_count, sizeof cm.request.room_count, "%s", room);
-  char subj[96];
-  snprintf(subj, sizeof subj, "linkd.q.%s", g.groups[b->group].name);
-  cluster_publish(subj, &cm);
+  cluster_publish("linkd.q", &cm);
   return true;
 }
 
@@ -5619,21 +5658,21 @@ void cluster_handle(natsMsg* msg) {
   }
 }
 
+// What has arrived, one batch per wake: messages that arrive meanwhile wake
+// the loop again after its other work (NATS' threads send the wake).
 void cluster_wake_cb(uv_async_t*) noexcept {
-  for (;;) {
-    uv_mutex_lock(&cluster.lock);
-    uint32_t n = cluster.nin;
-    natsMsg** batch = cluster.inbox;
-    cluster.inbox = nullptr;
-    cluster.nin = cluster.cap = 0;
-    uv_mutex_unlock(&cluster.lock);
-    if (!n) { free(batch); return; }
-    for (uint32_t i = 0; i < n; i++) {
-      cluster_handle(batch[i]);
-      nats_api.natsMsg_Destroy(batch[i]);
-    }
-    free(batch);
+  uv_mutex_lock(&cluster.lock);
+  uint32_t n = cluster.nin;
+  natsMsg** batch = cluster.inbox;
+  cluster.inbox = nullptr;
+  cluster.nin = cluster.cap = 0;
+  cluster.inbox_bytes = 0;
+  uv_mutex_unlock(&cluster.lock);
+  for (uint32_t i = 0; i < n; i++) {
+    cluster_handle(batch[i]);
+    nats_api.natsMsg_Destroy(batch[i]);
   }
+  free(batch);
 }
 
 void cluster_timer_cb(uv_timer_t*) noexcept {
@@ -5661,8 +5700,7 @@ void cluster_timer_cb(uv_timer_t*) noexcept {
 
 // --nats-url: connects (retrying in the background if NATS is not up yet:
 // the node works alone meanwhile) and subscribes to its inbox and hellos.
-bool cluster_start(char* err, size_t errn) {
-  if (!*cfg.nats_url) return true;
+bool cluster_open(char* err, size_t errn) {
   char urls[1024];
   snprintf(urls, sizeof urls, "%s", cfg.nats_url);
   const char* list[16];
@@ -5697,7 +5735,7 @@ bool cluster_start(char* err, size_t errn) {
   uv_async_init(g.loop, &cluster.wake, cluster_wake_cb);
   uv_timer_init(g.loop, &cluster.timer);
   uv_timer_start(&cluster.timer, cluster_timer_cb, 100, 100);
-  cluster.sub_path = (natsSubscription**)calloc(g.ngroups * 2, sizeof(natsSubscription*));
+  cluster.sub_path = (natsSubscription**)calloc(g.ngroups, sizeof(natsSubscription*));
   st = nats_api.natsConnection_Connect(&cluster.nc, o);
   if (st != NATS_OK && st != NATS_NOT_YET_CONNECTED) { snprintf(err, errn, "nats: cannot connect to %.300s: %s", cfg.nats_url, nats_api.natsStatus_GetText(st)); return false; }
   if (st == NATS_NOT_YET_CONNECTED) LOG_WARN("cluster: NATS at %s not reachable yet: this node works alone until it is", cfg.nats_url);
@@ -5707,7 +5745,22 @@ bool cluster_start(char* err, size_t errn) {
   snprintf(subj, sizeof subj, "linkd.n.%s", node_id());
   cluster.sub_node = cluster_sub(subj);
   cluster.sub_hello = cluster_sub("linkd.hb");
+  cluster.sub_query = cluster_sub("linkd.q");
   return true;
+}
+
+bool cluster_start(char* err, size_t errn) {
+  if (!*cfg.nats_url) return true;
+  // libnats makes its threads here, and they keep this mask: a SIGHUP never
+  // goes to one of them (where the default action would kill), only to the
+  // loop's thread, which holds it off while its handle closes at the stop.
+  sigset_t hup, old;
+  sigemptyset(&hup);
+  sigaddset(&hup, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &hup, &old);
+  bool ok = cluster_open(err, errn);
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  return ok;
 }
 
 // At the stop: subscriptions go with the connection; the loop's handles are closed.
@@ -5727,9 +5780,9 @@ void cluster_stop() {
 void cluster_release() {
   if (!cluster.opts) return;
   for (uint32_t r = 0; r < g.room_hw; r++) if (g.rooms[r].sub) { nats_api.natsSubscription_Destroy((natsSubscription*)g.rooms[r].sub); g.rooms[r].sub = nullptr; }
-  for (uint32_t i = 0; i < g.ngroups * 2; i++) if (cluster.sub_path[i]) nats_api.natsSubscription_Destroy(cluster.sub_path[i]);
-  if (cluster.sub_node) nats_api.natsSubscription_Destroy(cluster.sub_node);
-  if (cluster.sub_hello) nats_api.natsSubscription_Destroy(cluster.sub_hello);
+  for (uint32_t i = 0; i < g.ngroups; i++) if (cluster.sub_path[i]) nats_api.natsSubscription_Destroy(cluster.sub_path[i]);
+  for (natsSubscription* sub : {cluster.sub_node, cluster.sub_hello, cluster.sub_query})
+    if (sub) nats_api.natsSubscription_Destroy(sub);
   nats_api.natsConnection_Destroy(cluster.nc);
   // Until the delivery thread has let go of every subscription (it may still
   // be in cluster_on_msg, and holds their close messages until then).

@@ -21,6 +21,7 @@ Phases:
          and an except list naming connections of two other nodes; then NATS
          killed and restarted under traffic; then node c killed (SIGKILL).
   solo   node solo, alone on its own NATS: room counts answered at once.
+  quiet  node solo and node quiet (no service): a room count is whole at once.
   alone  node s started without --nats-url: ids without '@', /health without
          a node, cluster metrics at zero.
 Prints PASS:/FAIL: lines (ws_client.Checks).
@@ -174,6 +175,26 @@ def phase_two():
     b3.close()
     c.ok('interest: dropped when the last member disconnects',
          up and wait_metric('b', 'linkd_cluster_subscriptions', lambda v: v == s0, 3), M('b', 'linkd_cluster_subscriptions'))
+
+    # --- two rooms whose names hash alike share one subject: one subscription,
+    # handed over when its holder goes, and a push reaches its own room once
+    X, Y = 'room-112789', 'room-349192'   # FNV-1a 0x4a67660b both
+    call(b1, 'do.join', {'room': X})
+    call(b2, 'do.join', {'room': Y})
+    shared = wait_metric('b', 'linkd_cluster_subscriptions', lambda v: v == s0 + 1, 3)
+    c.ok('rooms %s and %s (one subject): one subscription on b' % (X, Y), shared, M('b', 'linkd_cluster_subscriptions'))
+    call(a1, 'do.emit', {'room': X, 'event': 'hx', 'data': 1})
+    got = deliveries(cl, is_ev('hx'), ['b1'])
+    c.eq('a push to %s from a: its member on b has it once, the other room nothing' % X, got, {'a1': 0, 'a2': 0, 'b1': 1, 'b2': 0})
+    call(b1, 'do.leave', {'room': X})
+    kept = wait_metric('b', 'linkd_cluster_subscriptions', lambda v: v == s0 + 1, 3)
+    call(a1, 'do.emit', {'room': Y, 'event': 'hy', 'data': 2})
+    got = deliveries(cl, is_ev('hy'), ['b2'])
+    c.ok('the subject stays subscribed for %s when %s empties, and its push arrives once' % (Y, X),
+         kept and got == {'a1': 0, 'a2': 0, 'b1': 0, 'b2': 1}, (M('b', 'linkd_cluster_subscriptions'), got))
+    call(b2, 'do.leave', {'room': Y})
+    c.ok('the shared subscription goes with the last of the two rooms',
+         wait_metric('b', 'linkd_cluster_subscriptions', lambda v: v == s0, 3), M('b', 'linkd_cluster_subscriptions'))
 
     for w in cl.values():
         r = call(w, 'do.join', {'room': 'r1'})
@@ -448,6 +469,23 @@ def phase_solo():
     s1.close()
 
 
+# ------------------------------------------------------------------ phase quiet
+def phase_quiet():
+    # node solo again, now with node quiet beside it: a node that has no
+    # service at all still answers a room count (0), so the count is whole
+    # at once instead of at its timeout
+    c.ok('node solo hears node quiet (linkd_cluster_nodes 1)', wait_metric('solo', 'linkd_cluster_nodes', lambda v: v == 1, 6),
+         M('solo', 'linkd_cluster_nodes'))
+    (s1, s1i), = connect('solo', 1)
+    call(s1, 'do.join', {'room': 'rq'})
+    t0 = time.monotonic()
+    r = call(s1, 'do.count', {'room': 'rq', 'timeout': 4000})
+    dt = time.monotonic() - t0
+    c.ok('a room count with a node that has no service: 2 nodes answer, well before the 4 s timeout (%.2f s)' % dt,
+         r == {'members': 1, 'nodes': 2, 'nodes_known': 2} and dt < 2.0 * SLOW, r)
+    s1.close()
+
+
 # ------------------------------------------------------------------ phase alone
 def phase_alone():
     h = health('s')
@@ -470,5 +508,5 @@ def phase_alone():
     s2.close()
 
 
-{'two': phase_two, 'three': phase_three, 'solo': phase_solo, 'alone': phase_alone}[PHASE]()
+{'two': phase_two, 'three': phase_three, 'solo': phase_solo, 'quiet': phase_quiet, 'alone': phase_alone}[PHASE]()
 sys.exit(0)

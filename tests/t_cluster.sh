@@ -47,6 +47,15 @@ if [ "$rc" -ne 0 ]; then
   fail "--nats-url accepted by --check-config" "exit $rc: $(echo "$probe" | tail -n 2 | tr '\n' ' ')"
   exit 0
 fi
+# The default node id is the host name made one (dots to '_', at most 48
+# characters); a --node-id given is taken as it is or refused.
+out=$("${LINKD[@]}" --nats-url nats://127.0.0.1:4222 --node-id a.b --check-config 2>&1)
+expect_eq "--node-id a.b is refused (exit 2), not changed" "$? $(grep -c "node-id: 'a.b'" <<<"$out")" "2 1"
+if unshare -ru true 2>/dev/null; then
+  out=$(unshare -ru sh -c 'hostname "$1"; shift; exec "$@"' sh this-is-a-very-long-host.name.example.internal.company.org \
+    "${LINKD[@]}" --nats-url nats://127.0.0.1:4222 --check-config 2>&1)
+  expect_eq "a host name of 58 characters with dots makes a node id (no --node-id)" "$?" 0
+fi
 # Without libnats on the machine, --nats-url is refused with the package to install
 # (hidden in a private mount namespace, where the machine allows one).
 LIBNATS=$(ldconfig -p | awk '/libnats\.so\.3\.4 /{print $NF; exit}')
@@ -170,6 +179,13 @@ PYEOF
     if wait_for 5 dropped_more; then pass "a message from a sender id that is not a node id is refused and counted (linkd_cluster_dropped_total)"
     else fail "a message from a sender id that is not a node id is refused and counted" "dropped ${d0:-?} -> $(metric linkd_cluster_dropped_total)"; fi
     expect_match "... the node still answers /health" "$(curl -s -m 2 "$LINKD_URL/health")" '"status":"healthy"'
+    # a second node without any service on that NATS: it still answers room counts
+    SOLO_URL=$LINKD_URL
+    LINKD_PORT=$(free_port); LINKD_SOCK=$T_TMP/quiet.sock
+    if linkd_start --nats-url "nats://127.0.0.1:$NATS2_PORT" --node-id node-quiet; then
+      timeout $((60 * T_SLOW)) $PY "$TESTS/cluster_check.py" quiet "$T_TMP/solo.json" || fail "cluster_check.py quiet" "exit status $?"
+    fi
+    LINKD_URL=$SOLO_URL
   fi
 else
   fail "a second nats-server starts" "$(tail -n 3 "$T_TMP/nats2.log")"
