@@ -5046,13 +5046,6 @@ void cluster_push_out(uint16_t gi, const linkd_WebSocketOutbound* m, Slice paylo
 
 // publish: a push made here (not one another node passed on) to a room or
 // everyone also goes to the other nodes.
-// A room's connections are rarely in cache when a push comes (other work
-// ran since): the next member's lines are fetched while this member's write
-// runs in the kernel.
-void conn_prefetch(const Conn* c) {
-  for (size_t off = 0; off < sizeof *c; off += 64) __builtin_prefetch((const char*)c + off);
-}
-
 PushOutcome push_send(uint16_t gi, const linkd_WebSocketOutbound* m, Slice payload, bool publish = true) {
   const Group* gr = &g.groups[gi];
   Buf e;                  // the envelope; frames are built from it on first use
@@ -5109,7 +5102,6 @@ PushOutcome push_send(uint16_t gi, const linkd_WebSocketOutbound* m, Slice paylo
     // and the marks skip who already has the message.
     for (uint32_t i = r == NIL ? NIL : g.rooms[r].head; i != NIL;) {
       uint32_t next = g.members[i].rnext;
-      if (next != NIL) conn_prefetch(&g.conns[g.members[next].conn]);
       Conn* c = &g.conns[g.members[i].conn];
       if (c->except_mark != serial) { c->except_mark = serial; out.delivered += ws_send_msg(c, &msg); }
       if (next != NIL && g.members[next].room != r) {

@@ -3,7 +3,7 @@
 // (default /ws/bench) and the HTTP route GET /bench/hello, then:
 //   ws "echo"   -> WebSocketResponse with the same data
 //   ws "join"   -> WebSocketRoomOperation JOIN {"room":R}, then a response {"joined":R}
-//   ws "fanout" -> one WebSocketOutbound to room R (event "fanout", the same data)
+//   ws "fanout" -> one WebSocketOutbound to room R except the sender (event "fanout", the same data)
 //   GET /bench/hello -> 200 "hello\n"
 //   Heartbeat   -> Heartbeat reply=true
 // Frames are varint-delimited ServiceMessage (proto/linkd.proto). Only the
@@ -75,6 +75,12 @@ bool emit(uint32_t field, const pb_msgdesc_t* fields, const void* msg) {
 bool enc_bytes(pb_ostream_t* s, const pb_field_t* f, void* const* arg) {
   auto* v = static_cast<const std::string_view*>(*arg);
   return pb_encode_tag_for_field(s, f) && pb_encode_string(s, reinterpret_cast<const pb_byte_t*>(v->data()), v->size());
+}
+
+// One string (arg: a NUL-terminated C string), e.g. the one except_connections entry.
+bool enc_cstr(pb_ostream_t* s, const pb_field_t* f, void* const* arg) {
+  const char* v = static_cast<const char*>(*arg);
+  return pb_encode_tag_for_field(s, f) && pb_encode_string(s, reinterpret_cast<const pb_byte_t*>(v), strlen(v));
 }
 
 bool enc_routes(pb_ostream_t* s, const pb_field_t* f, void* const*) {
@@ -164,6 +170,8 @@ void on_inbound(const uint8_t* p, size_t n) {
     strcpy(ob.event, "fanout");
     ob.payload.funcs.encode = enc_bytes;
     ob.payload.arg = &data;
+    ob.except_connections.funcs.encode = enc_cstr;   // the room but the sender, as the other targets do
+    ob.except_connections.arg = in.connection_id;
     emit(22, linkd_WebSocketOutbound_fields, &ob);
     respond(in.connection_id, in.correlation_id, "null");
   } else {

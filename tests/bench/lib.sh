@@ -66,10 +66,14 @@ free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0));
 # cpu_ticks PID...: user + system ticks of these processes, summed; rss_kib PID...: their RSS, summed
 cpu_ticks() { local p s=0; for p in "$@"; do s=$((s + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$s"; }
 rss_kib() { local p s=0; for p in "$@"; do s=$((s + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo "$s"; }
-wait_for() {  # wait_for SECONDS CMD...: polls every 50 ms
-  local end=$(( $(date +%s) + $1 )); shift
-  until "$@" >/dev/null 2>&1; do [ "$(date +%s)" -ge "$end" ] && return 1; sleep 0.05; done
+wait_for() {  # wait_for SECONDS CMD...: polls every WAIT_STEP s (0.05)
+  local end now; printf -v end '%(%s)T' -1; end=$((end + $1)); shift
+  until "$@" >/dev/null 2>&1; do
+    printf -v now '%(%s)T' -1; [ "$now" -ge "$end" ] && return 1; sleep "${WAIT_STEP:-0.05}"
+  done
 }
+# pin CPUS PID...: every thread of these processes on these CPUs (taskset)
+pin() { local c=$1 p; shift; for p in "$@"; do taskset -a -p -c "$c" "$p" >/dev/null 2>&1; done; }
 established() { ss -Htn state established "( sport = :$1 )" 2>/dev/null | wc -l; }   # connections to a local port
 fewer_than() { [ "$(established "$1")" -lt "$2" ]; }
 # field KEY FILE: value of KEY=... in loadws's (or clusterfan's) RESULT lines

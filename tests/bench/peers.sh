@@ -28,6 +28,7 @@
 #   BENCH_ECHO_RUNS=5 BENCH_ROUNDS=21 BENCH_WRK_T=5 BENCH_WRK_C=50
 #   BENCH_BUDGET=600 BENCH_JOIN_INFLIGHT=200 BENCH_FAN_SLOT_MS=700
 #   BENCH_STEPS="fanout echo http" (a subset)
+#   BENCH_FAN_PIN=1 (fan-out: load tools on CPU 0, targets on the others; 0: unpinned)
 #   BENCH_PUSHPIN_LOG=2 (Pushpin's log level; its logs are kept in BENCH_KEEP=DIR)
 #   PEERS="linkd linkd-ts socketio pushpin ws bare" (a subset, in this order; linkd-ts-ref
 #     with BENCH_TS_REF_SDK=DIR: tssvc.mjs on another build of the SDK, e.g. an older one)
@@ -236,6 +237,9 @@ in_budget() {
 # from one period to the next (the same shuffle every run), so that no
 # target always comes first, or always after the same other one.
 SLOT=${BENCH_FAN_SLOT_MS:-700}
+NCPU=$(nproc)
+FAN_PIN=${BENCH_FAN_PIN:-1}
+[ "$NCPU" -ge 2 ] && command -v taskset >/dev/null || FAN_PIN=0
 PP_SLOT=$((2 * SLOT + 200))
 declare -A LW
 ROT=()
@@ -288,8 +292,20 @@ fanout_all() {
   for t in "${TARGETS[@]}"; do [ -n "${LW[$t]:-}" ] && ts+=("$t"); done
   [ "${#ts[@]}" -gt 0 ] || return
   say "fan-out: ${#ts[@]} targets taking turns, $ROUNDS rounds each (about $((ROUNDS * PERIOD / 1000)) s)"
+  # The load tools stand for clients on other machines: pinned to CPU 0 and
+  # every target to the other CPUs, none shares its core with the tool that
+  # times it (unpinned, the scheduler put linkd's load tool on linkd's core
+  # for much of a round while the other core idled: tests/bench/README.md)
+  local rest=1; [ "$NCPU" -gt 2 ] && rest="1-$((NCPU - 1))"
+  if [ "$FAN_PIN" = 1 ]; then
+    # shellcheck disable=SC2086
+    for t in "${ts[@]}"; do pin 0 "${LW[$t]}"; pin "$rest" ${PROCS[$t]}; done
+    say "fan-out: the load tools on CPU 0, the targets on CPU $rest (BENCH_FAN_PIN=0: unpinned)"
+  fi
   for t in "${ts[@]}"; do kill -USR1 "${LW[$t]}" 2>/dev/null; done
-  for t in "${ts[@]}"; do wait_for $((60 + ROUNDS * PERIOD / 1000)) test -s "$TMP/$t.fan.done"; done
+  for t in "${ts[@]}"; do WAIT_STEP=0.5 wait_for $((60 + ROUNDS * PERIOD / 1000)) test -s "$TMP/$t.fan.done"; done
+  # shellcheck disable=SC2086
+  [ "$FAN_PIN" = 1 ] && for t in "${ts[@]}"; do pin "0-$((NCPU - 1))" ${PROCS[$t]}; done   # echo and HTTP: unpinned
   for t in "${ts[@]}"; do
     local out=$TMP/$t.fan
     R[$t.fan]=$(field median_ms "$out")
