@@ -755,6 +755,12 @@ T* table_alloc(size_t n) {
 template <class T>
 void table_release(T* t, size_t n) { if (t) munmap(t, sizeof(T) * n + 1); }
 
+// A close code an endpoint may send (RFC 6455 7.4: 1004-1006 and 1015 are
+// never on the wire; 1000-4999 otherwise).
+bool close_code_ok(int64_t code) {
+  return code >= 1000 && code <= 4999 && code != 1004 && code != 1005 && code != 1006 && code != 1015;
+}
+
 uint32_t hash_str(const char* s, size_t n, uint32_t seed = 2166136261u) {
   uint32_t h = seed;
   for (size_t i = 0; i < n; i++) { h ^= (unsigned char)s[i]; h *= 16777619u; }
@@ -3595,7 +3601,7 @@ void on_close_command(Backend* b, pb_istream_t* s) {
   Conn* c = conn_lookup(m.connection_id);
   if (!c || c->group != b->group) { command_result(b, m.op_id, "NOT_FOUND", "no such connection", 404); return; }
   uint32_t code = m.code ? m.code : 1000;
-  if (code < 1000 || code > 4999 || code == 1004 || code == 1005 || code == 1006 || code == 1015) {
+  if (!close_code_ok(code)) {
     command_result(b, m.op_id, "BAD_CODE", "close code not allowed on the wire", 400);
     return;
   }
@@ -5573,7 +5579,7 @@ void cluster_answer_request(const char* origin, const linkd_ClusterRequest* rq, 
       ans->ok = true;
     } else {
       uint32_t code = rq->close.code ? rq->close.code : 1000;
-      if (code < 1000 || code > 4999 || code == 1004 || code == 1005 || code == 1006 || code == 1015) fail("BAD_CODE", "close code not allowed on the wire", 400);
+      if (!close_code_ok(code)) fail("BAD_CODE", "close code not allowed on the wire", 400);
       else { ws_close(c, (uint16_t)code, rq->close.reason); ans->ok = true; }
     }
   }
@@ -6102,7 +6108,7 @@ void admin_disconnect(Conn* c, const char* who) {
   Conn* target = conn_lookup(id);
   if (!target) { LOG_INFO("admin (%s): disconnect %s: no such connection", who, id); http_error(c, 404, "no such connection"); return; }
   int64_t code = ab.code ? ab.code : 4000;
-  if (code < 1000 || code > 4999 || code == 1004 || code == 1005 || code == 1006 || code == 1015) { http_error(c, 400, "close code not allowed on the wire"); return; }
+  if (!close_code_ok(code)) { http_error(c, 400, "close code not allowed on the wire"); return; }
   const char* reason = ab.has[4] ? ab.reason : "closed by the administrator";
   LOG_INFO("admin (%s): disconnect %s with %" PRId64 " (%s)", who, id, code, reason);
   ws_close(target, (uint16_t)code, reason);
