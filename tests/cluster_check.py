@@ -451,14 +451,20 @@ def _in_order(w, n_sent):
 
 
 # ------------------------------------------------------------------ phase solo
+def member_counts(node, room, timeout_ms):
+    """A new connection on node joins room, then its service counts the
+    room's members: (the connection, the count's result, seconds taken)."""
+    (w, _), = connect(node, 1)
+    call(w, 'do.join', {'room': room})
+    t0 = time.monotonic()
+    r = call(w, 'do.count', {'room': room, 'timeout': timeout_ms})
+    return w, r, time.monotonic() - t0
+
+
 def phase_solo():
     h = wait_until(lambda: health('solo').get('cluster') == 'connected' and health('solo'), 10 * SLOW, 0.1)
     c.ok('a node alone on its NATS: connected', h, health('solo'))
-    (s1, s1i), = connect('solo', 1)
-    call(s1, 'do.join', {'room': 'rs'})
-    t0 = time.monotonic()
-    r = call(s1, 'do.count', {'room': 'rs', 'timeout': 2000})
-    dt = time.monotonic() - t0
+    s1, r, dt = member_counts('solo', 'rs', 2000)
     c.ok('... a room count is answered at once, no other node to wait for (%.2f s)' % dt,
          r == {'members': 1, 'nodes': 1, 'nodes_known': 1} and dt < 1.0 * SLOW, r)
     p0 = M('solo', 'linkd_cluster_published_total')
@@ -476,11 +482,7 @@ def phase_quiet():
     # at once instead of at its timeout
     c.ok('node solo hears node quiet (linkd_cluster_nodes 1)', wait_metric('solo', 'linkd_cluster_nodes', lambda v: v == 1, 6),
          M('solo', 'linkd_cluster_nodes'))
-    (s1, s1i), = connect('solo', 1)
-    call(s1, 'do.join', {'room': 'rq'})
-    t0 = time.monotonic()
-    r = call(s1, 'do.count', {'room': 'rq', 'timeout': 4000})
-    dt = time.monotonic() - t0
+    s1, r, dt = member_counts('solo', 'rq', 4000)
     c.ok('a room count with a node that has no service: 2 nodes answer, well before the 4 s timeout (%.2f s)' % dt,
          r == {'members': 1, 'nodes': 2, 'nodes_known': 2} and dt < 2.0 * SLOW, r)
     s1.close()
