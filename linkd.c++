@@ -3259,7 +3259,6 @@ void http_error(Conn* c, unsigned status, const char* msg, const char* headers =
 void ws_service_reply(Conn* c, const char* corr, const linkd_WebSocketResponse* m, Slice data);
 void ws_outbound(Backend* b, const linkd_WebSocketOutbound* m, Slice payload);
 void pend_expire(uint32_t p, bool timeout);
-bool ws_close(Conn* c, uint16_t code, const char* reason);
 
 // Service names are also NATS subject parts (section 14): dots separate
 // parts, and no part is empty.
@@ -4566,8 +4565,6 @@ ssize_t on_ws_send(wslay_event_context_ptr ctx, const uint8_t* data, size_t len,
   return (ssize_t)len;
 }
 
-bool ws_close(Conn* c, uint16_t code, const char* reason);
-
 // Fragments one message may have: wslay keeps a chunk per fragment, so a
 // message of many tiny fragments costs far more than its bytes. At least
 // 512 bytes per fragment on average, or 64 fragments, whichever is more.
@@ -4592,8 +4589,6 @@ void on_ws_frame_start(wslay_event_context_ptr ctx, const wslay_event_on_frame_r
 void on_ws_frame_end(wslay_event_context_ptr, void*) noexcept { g.cur->frame_open = false; }
 
 void ws_message(Conn* c, int opcode, const char* msg, size_t len);
-
-bool ws_close(Conn* c, uint16_t code, const char* reason);
 
 void on_ws_msg(wslay_event_context_ptr, const wslay_event_on_msg_recv_arg* a, void*) noexcept {
   Conn* c = g.cur;
