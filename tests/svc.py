@@ -19,7 +19,8 @@ per event on stdout (flushed), for tests to grep:
   DECODE_ERROR <why>                              a frame from linkd did not parse (exit 4)
 
 HTTP behaviour (every registered route): echo JSON of the request. Query
-parameters steer it: sleep=MS answers after MS ms; noreply=1 never answers;
+parameters steer it: sleep=MS answers after MS ms (HTTP-HELD id, then
+HTTP-ANSWERED id, on stdout); noreply=1 never answers;
 status=N answers with that status; size=N pads the body with N bytes; exit=1
 makes the process exit at once without answering; hname=X&hvalue=Y (repeatable,
 in pairs, percent-decoded, so CR/LF/NUL can be expressed: %0D%0A, %00) adds the
@@ -266,7 +267,8 @@ class Svc:
             h = r.headers.add(); h.name = hn; h.value = hv
         r.body = json.dumps(body, separators=(',', ':')).encode()
         if 'sleep' in qs:
-            self.later(int(qs['sleep']), lambda: self.send_msg(resp))
+            out('HTTP-HELD', q.request_id)
+            self.later(int(qs['sleep']), lambda: (self.send_msg(resp), out('HTTP-ANSWERED', q.request_id)))
         else:
             self.send_msg(resp)
 
