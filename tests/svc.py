@@ -43,7 +43,8 @@ type says what to do:
   do.fail         reply with error {"type":"FORBIDDEN","code":403}
   do.noreply      no reply at all
   do.exit         the service exits at once (os._exit)
-  do.later        {"ms":N,"data":d} reply with d after N ms
+  do.later        {"ms":N,"data":d} reply with d after N ms (LATER-HELD, then
+                  LATER-ANSWERED, with the correlation id, on stdout)
   anything else   reply with {"unknown":type}
 Ops with op_id reply {"ok":true} or {"ok":false,"error":{..}} once linkd's
 CommandResult arrives (only when the client message had an id).
@@ -359,7 +360,8 @@ class Svc:
             out('EXITING')
             os._exit(0)
         elif t == 'do.later':
-            self.later(int(d.get('ms', 100)), lambda: self.ws_reply(conn, corr, d.get('data')))
+            out('LATER-HELD', corr)
+            self.later(int(d.get('ms', 100)), lambda: (self.ws_reply(conn, corr, d.get('data')), out('LATER-ANSWERED', corr)))
         else:
             self.ws_reply(conn, corr, {'unknown': t})
 
