@@ -605,7 +605,8 @@ export class WebSocketApi implements WsRegistrar {
     if (!correlationId) return; // no id: the client expects no reply
     const wsResponse: Record<string, unknown> = { connectionId, correlationId };
     if (error) wsResponse.error = errorResponse(error);
-    else if (this.raw && (typeof result === "string" || Buffer.isBuffer(result))) wsResponse.data = Buffer.from(result as any);
+    else if (this.raw && Buffer.isBuffer(result)) wsResponse.data = result;   // encoded at once by send(): no copy
+    else if (this.raw && typeof result === "string") wsResponse.data = Buffer.from(result, "utf8");
     else wsResponse.data = jsonPayload(result);
     try {
       this.link.send({ wsResponse });
