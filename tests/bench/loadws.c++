@@ -51,8 +51,7 @@
 // (idle, echo and fanout modes only.)
 // --join-inflight K (fanout): at most K joins awaiting their reply.
 // --joined FILE (fanout): once joined, write FILE and wait for SIGUSR1;
-// then --round-offset MS / --round-every MS put the rounds on a fixed
-// schedule (or --round-at MS,MS,...: round k at the k-th offset), so that
+// then --round-at MS,MS,... puts round k at the k-th offset, so that
 // several loadws against several servers, signalled at
 // once, take turns round by round and share the same background load. The
 // RESULT lines add first_median_ms / first_each: until the first member
@@ -135,8 +134,6 @@ struct Options {
   bool except_sender = false;  // fanout: the trigger is not a member
   int join_inflight = 0;    // fanout: at most this many joins awaiting their reply (0: all at once)
   std::string joined_file;  // fanout: once joined, write it and wait for SIGUSR1 before the rounds
-  double round_offset_ms = 0;  // fanout: first round this long after the start (SIGUSR1 with --joined)
-  double round_every_ms = 0;   // fanout: rounds on a fixed schedule instead of 300 ms apart
   std::vector<double> round_at_ms;  // fanout: round k starts this long after the start (overrides the two above)
 } opt;
 
@@ -202,9 +199,9 @@ Conn* fan_trig = nullptr;
 uint64_t fan_t0 = 0;
 std::vector<double> fan_ms;
 std::vector<int> fan_recv;
-std::vector<double> fan_first_ms;   // per round: until the first member had it (the hop), the rest is the write loop
+std::vector<double> fan_first_ms;   // per round: until the first member had it (the hop), the rest is the write loop; -1: none
 uint64_t fan_t_first = 0;
-uint64_t fan_sched_t0 = 0;          // --round-every: when round 1 started (rounds k at t0 + (k-1) * every)
+uint64_t fan_sched_t0 = 0;          // --round-at: when the schedule started (round k at t0 + its offset)
 
 void start_phase_run();
 void finish();
@@ -1032,15 +1029,12 @@ void fan_done_round() {
   double d = ms(t - fan_t0);
   fan_ms.push_back(d);
   fan_recv.push_back(fan_got);
-  fan_first_ms.push_back(fan_got ? ms(fan_t_first - fan_t0) : d);
+  fan_first_ms.push_back(fan_got ? ms(fan_t_first - fan_t0) : -1);   // -1: nobody had it
   if (!opt.quiet) fprintf(stderr, "loadws: fanout round %d: %d/%d members in %.1f ms\n", fan_round, fan_got, fan_members, d);
   if (fan_round >= opt.rounds) { finish(); return; }
   uint64_t pause = 300;   // a short pause between rounds lets the previous one settle
   if (!opt.round_at_ms.empty() && (size_t)fan_round < opt.round_at_ms.size()) {
     uint64_t next = fan_sched_t0 + (uint64_t)(opt.round_at_ms[fan_round] * 1e6);
-    pause = next > t ? (next - t) / 1000000 : 0;
-  } else if (opt.round_every_ms > 0) {   // on a fixed schedule (rounds of other loadws run in between)
-    uint64_t next = fan_sched_t0 + (uint64_t)(fan_round * opt.round_every_ms * 1e6);
     pause = next > t ? (next - t) / 1000000 : 0;
   }
   uv_timer_start(&run_timer, [](uv_timer_t*) { fan_start_round(); }, pause, 0);
@@ -1099,9 +1093,7 @@ void start_phase_run() {
       uv_timer_start(&run_timer, [](uv_timer_t*) { fan_start_round(); }, (uint64_t)opt.round_at_ms[0], 0);
       return;
     }
-    fan_sched_t0 = now_ns() + (uint64_t)(opt.round_offset_ms * 1e6);
-    if (opt.round_offset_ms > 0) uv_timer_start(&run_timer, [](uv_timer_t*) { fan_start_round(); }, (uint64_t)opt.round_offset_ms, 0);
-    else fan_start_round();
+    fan_start_round();
   }
 }
 
@@ -1140,7 +1132,8 @@ void finish() {
            fan_members, fan_ms.size(), s.empty() ? 0.0 : s[s.size() / 2], s.empty() ? 0.0 : s.front(),
            s.empty() ? 0.0 : s.back(), all.c_str());
     // until the first member had it, per round, and its median (the trigger's way to the first write)
-    std::vector<double> f = fan_first_ms;
+    std::vector<double> f;   // rounds in which somebody had it
+    for (double x : fan_first_ms) if (x >= 0) f.push_back(x);
     std::sort(f.begin(), f.end());
     std::string fl;
     for (size_t i = 0; i < fan_first_ms.size(); ++i) {
@@ -1194,7 +1187,6 @@ void usage() {
           "  --except-sender  fanout: the trigger connection is not a member (server pushes to the room except the sender)\n"
           "  --join-inflight K fanout: at most K joins awaiting their reply (default: all at once)\n"
           "  --joined FILE    fanout: once joined, write FILE and wait for SIGUSR1 before the rounds\n"
-          "  --round-offset MS, --round-every MS  fanout: first round MS after the start, then one every MS\n"
           "                   (several loadws signalled at once take turns: their rounds do not overlap)\n"
           "  --round-at MS,MS,... fanout: round k starts at the k-th offset (a schedule of its own per loadws)\n"
           "wss:// (TLS 1.2, mbedTLS):\n"
@@ -1251,8 +1243,6 @@ int main(int argc, char** argv) {
     else if (a == "--except-sender") opt.except_sender = true;
     else if (a == "--join-inflight") opt.join_inflight = atoi(next());
     else if (a == "--joined") opt.joined_file = next();
-    else if (a == "--round-offset") opt.round_offset_ms = atof(next());
-    else if (a == "--round-every") opt.round_every_ms = atof(next());
     else if (a == "--round-at") {
       std::string l = next();
       for (size_t p = 0; p < l.size();) {
