@@ -474,11 +474,12 @@ void config_check_listen(const char* field, const char* name) {
 
 // A node id names NATS subjects (linkd.n.<id>) and ends connection ids:
 // 1-48 letters, digits, '_' and '-' (also checked on what other nodes send).
+constexpr size_t NODE_ID_MAX = 48;
 bool node_id_ok(const char* id) {
   size_t n = 0;
   for (; id[n]; n++)
     if (!isalnum((unsigned char)id[n]) && id[n] != '_' && id[n] != '-') return false;
-  return n >= 1 && n <= 48;
+  return n >= 1 && n <= NODE_ID_MAX;
 }
 
 CliMode config_parse(int argc, char** argv) {
@@ -548,7 +549,7 @@ CliMode config_parse(int argc, char** argv) {
 #endif
     if (!*cfg.node_id) {   // the host name, made a node id: its dots would split NATS subjects
       if (gethostname(cfg.node_id, sizeof cfg.node_id - 1)) snprintf(cfg.node_id, sizeof cfg.node_id, "linkd");
-      cfg.node_id[48] = 0;
+      cfg.node_id[NODE_ID_MAX] = 0;
       for (char* p = cfg.node_id; *p; p++)
         if (!isalnum((unsigned char)*p) && *p != '-') *p = '_';
       if (!*cfg.node_id) snprintf(cfg.node_id, sizeof cfg.node_id, "linkd");
@@ -3500,6 +3501,18 @@ void on_ws_response(Backend* b, pb_istream_t* s) {
 // to that node; false when it is not alive (the command gets NOT_FOUND).
 bool cluster_ask_node(Backend* b, const char* conn_id, AskKind kind, uint64_t reply_id, linkd_ClusterRequest* rq);
 bool cluster_ask_count(Backend* b, const char* room, uint64_t query_id, uint64_t timeout_ms, uint32_t local);
+int nodes_alive();   // section 14: other nodes heard from lately (0 alone)
+
+// A RoomCountResult: members on the nodes that answered (this one among
+// them), and how many nodes this one believes alive.
+void room_count_result(Backend* b, uint64_t query_id, uint32_t members, uint32_t nodes) {
+  linkd_RoomCountResult r = {};
+  r.query_id = query_id;
+  r.members = members;
+  r.nodes = nodes;
+  r.nodes_known = (uint32_t)nodes_alive() + 1;
+  backend_send_msg(b, TAG_ROOM_COUNT_RESULT, linkd_RoomCountResult_fields, &r);
+}
 
 void remote_not_found(Backend* b, uint64_t op_id) {
   command_result(b, op_id, "NOT_FOUND", "no such connection (its node is not in the cluster now)", 404);
@@ -3616,12 +3629,7 @@ void on_room_count(Backend* b, pb_istream_t* s) {
   uint32_t r = room_find(b->group, m.room, strlen(m.room));
   uint32_t local = r == NIL ? 0 : g.rooms[r].count;
   uint64_t timeout = m.timeout_ms ? std::min<uint32_t>(m.timeout_ms, 5000) : 500;
-  if (cluster_ask_count(b, m.room, m.query_id, timeout, local)) return;
-  linkd_RoomCountResult res = {};
-  res.query_id = m.query_id;
-  res.members = local;
-  res.nodes = res.nodes_known = 1;
-  backend_send_msg(b, TAG_ROOM_COUNT_RESULT, linkd_RoomCountResult_fields, &res);
+  if (!cluster_ask_count(b, m.room, m.query_id, timeout, local)) room_count_result(b, m.query_id, local, 1);
 }
 
 void on_heartbeat(Backend* b, pb_istream_t* s) {
@@ -5453,15 +5461,7 @@ bool cluster_ask_node(Backend* b, const char* conn_id, AskKind kind, uint64_t re
 bool cluster_ask_count(Backend* b, const char* room, uint64_t query_id, uint64_t timeout_ms, uint32_t local) {
   if (!cluster.on || !nodes_alive()) return false;   // no other node to wait for: this node's count at once
   Ask* a = ask_new(AskKind::Count, b, query_id, timeout_ms);
-  if (!a) {   // every ask slot taken: this node's count, saying how many nodes it leaves out
-    linkd_RoomCountResult r = {};
-    r.query_id = query_id;
-    r.members = local;
-    r.nodes = 1;
-    r.nodes_known = (uint32_t)nodes_alive() + 1;
-    backend_send_msg(b, TAG_ROOM_COUNT_RESULT, linkd_RoomCountResult_fields, &r);
-    return true;
-  }
+  if (!a) return false;   // every ask slot taken: this node's count alone (nodes_known says what it leaves out)
   a->count = local;
   linkd_ClusterMessage cm = {};
   cm.has_request = true;
@@ -5472,14 +5472,6 @@ bool cluster_ask_count(Backend* b, const char* room, uint64_t query_id, uint64_t
   return true;
 }
 
-void count_answer(Backend* b, const Ask* a) {
-  linkd_RoomCountResult r = {};
-  r.query_id = a->reply_id;
-  r.members = a->count;
-  r.nodes = a->nodes;
-  r.nodes_known = (uint32_t)nodes_alive() + 1;
-  backend_send_msg(b, TAG_ROOM_COUNT_RESULT, linkd_RoomCountResult_fields, &r);
-}
 
 // An ask ends: answered, or out of time.
 void ask_finish(Ask* a, const linkd_ClusterAnswer* ans, Slice rooms_raw) {
@@ -5507,7 +5499,7 @@ void ask_finish(Ask* a, const linkd_ClusterAnswer* ans, Slice rooms_raw) {
       backend_send_msg(b, TAG_ROOMS_RESULT, linkd_RoomsResult_fields, &r);
       break;
     }
-    case AskKind::Count: count_answer(b, a); break;
+    case AskKind::Count: room_count_result(b, a->reply_id, a->count, a->nodes); break;
     case AskKind::Free: break;
   }
   a->kind = AskKind::Free;
@@ -6454,7 +6446,7 @@ void metrics_write(Buf* b) {
     {"linkd_cluster_dropped_total", "counter", "Cluster messages lost: not published while NATS was unreachable, shed, or refused (a sender id that is not a node id).", cluster.dropped + cluster.shed},
     {"linkd_cluster_reconnects_total", "counter", "Reconnections to NATS.", (uint64_t)cluster.reconnects},
     {"linkd_cluster_disconnects_total", "counter", "Losses of the NATS connection.", (uint64_t)cluster.disconnects},
-    {"linkd_cluster_subscriptions", "gauge", "NATS subscriptions held (rooms with members here, paths, inbox).", cluster.subs},
+    {"linkd_cluster_subscriptions", "gauge", "NATS subscriptions held (rooms with members here, one per subject; paths; inbox, hellos, room counts).", cluster.subs},
     {"linkd_ws_ghosts", "gauge", "Dropped connections kept for their clients to resume (recovery).", g.ghost_count},
     {"linkd_history_bytes", "gauge", "Bytes of room pushes kept for recovery (--history-memory).", g.history_bytes},
     {"linkd_ws_resumed_total", "counter", "Clients that came back and recovered their rooms and missed pushes.", g.resumed},
