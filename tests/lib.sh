@@ -164,6 +164,12 @@ svc_start() {
 # svc_grep TAG REGEX : does the service's output hold a matching line?
 svc_grep() { grep -Eq -- "$2" "${SVC_OUTS[$1]}"; }
 svc_count() { grep -Ec -- "$2" "${SVC_OUTS[$1]}"; }
+# svc_holds_slow NAME: svc.py NAME holds, unanswered, a slow HTTP request
+# (?sleep=) and a slow WebSocket one (do.later): a kill now finds both in flight
+svc_holds_slow() {
+  local k
+  for k in HTTP LATER; do [ "$(svc_count "$1" "^$k-HELD ")" -gt "$(svc_count "$1" "^$k-ANSWERED ")" ] || return 1; done
+}
 svc_kill() { kill -"${2:-KILL}" "${SVC_PIDS[$1]}" 2>/dev/null; wait "${SVC_PIDS[$1]}" 2>/dev/null; return 0; }
 
 # ---------- HTTP

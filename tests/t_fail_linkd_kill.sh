@@ -47,8 +47,6 @@ if ! grep -q '^CONNECTED' "$LOAD"; then
   exit 0
 fi
 count_ge() { [ "$(grep -c -- "$2" "$1")" -ge "$3" ]; }
-held() { [ "$(svc_count py "^$1-HELD ")" -gt "$(svc_count py "^$1-ANSWERED ")" ]; }
-slow_held() { held LATER && held HTTP; }
 inode() { stat -c '%i/%z' "$LINKD_SOCK" 2>/dev/null; }   # inode numbers get reused: with the ctime
 KILLS=2
 for k in $(seq "$KILLS"); do
@@ -63,7 +61,7 @@ for k in $(seq "$KILLS"); do
   wait_for 5 count_ge "$LOAD" '^DOWN' "$k"
   # the kill comes while the service holds a slow WebSocket and a slow HTTP
   # request (under qemu the moment above can pass before the kill)
-  wait_for 10 slow_held
+  wait_for 10 svc_holds_slow py
   kill -KILL "$OLD_PID"
   wait_exit "$OLD_PID" 5
   check "kill $k: requests in flight fail at once with their connection" wait_for 5 count_ge "$LOAD" '^SEEN lost' "$k"
