@@ -134,7 +134,7 @@ struct Options {
   bool except_sender = false;  // fanout: the trigger is not a member
   int join_inflight = 0;    // fanout: at most this many joins awaiting their reply (0: all at once)
   std::string joined_file;  // fanout: once joined, write it and wait for SIGUSR1 before the rounds
-  std::vector<double> round_at_ms;  // fanout: round k starts this long after the start (overrides the two above)
+  std::vector<double> round_at_ms;  // fanout: round k starts this long after the start (else 300 ms after the last)
 } opt;
 
 uv_loop_t* loop;
@@ -1187,8 +1187,8 @@ void usage() {
           "  --except-sender  fanout: the trigger connection is not a member (server pushes to the room except the sender)\n"
           "  --join-inflight K fanout: at most K joins awaiting their reply (default: all at once)\n"
           "  --joined FILE    fanout: once joined, write FILE and wait for SIGUSR1 before the rounds\n"
-          "                   (several loadws signalled at once take turns: their rounds do not overlap)\n"
-          "  --round-at MS,MS,... fanout: round k starts at the k-th offset (a schedule of its own per loadws)\n"
+          "  --round-at MS,MS,... fanout: round k starts at the k-th offset (a schedule of its own per loadws:\n"
+          "                   several loadws signalled at once take turns, their rounds do not overlap)\n"
           "wss:// (TLS 1.2, mbedTLS):\n"
           "  handshake        TLS handshakes per second, -c at a time, for -t SEC (after --warmup)\n"
           "  --resume         handshake: resume the first connection's session (ticket)\n"

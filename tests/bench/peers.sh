@@ -278,11 +278,11 @@ start_conns() {
   LW[$t]=$!
   PIDS+=("${LW[$t]}")
 }
-# Once its N are open: the RSS, then the joins.
+# Once its N are open: the RSS, then the joins (false: the caller lets the load tool go).
 open_target() {
   local t=$1 out=$TMP/$1.fan lw=${LW[$1]}
   if ! wait_for 90 test -s "$out.ready"; then
-    say "$t: $N connections did not open within 90 s"; kill -TERM "$lw" 2>/dev/null; unset "LW[$t]"; return 1
+    say "$t: $N connections did not open within 90 s"; return 1
   fi
   sleep 1   # let the server finish what each connection set off
   # shellcheck disable=SC2086
@@ -291,7 +291,7 @@ open_target() {
   R[$t.connect_s]=$(field connect_s "$out")
   kill -USR1 "$lw" 2>/dev/null
   if ! wait_for 90 test -s "$out.joined"; then
-    say "$t: the joins were not answered within 90 s"; kill -TERM "$lw" 2>/dev/null; unset "LW[$t]"; return 1
+    say "$t: the joins were not answered within 90 s"; return 1
   fi
   settle "$t"
 }
@@ -372,7 +372,11 @@ test_wrk() {
 step() { [[ " $STEPS " == *" $1 "* ]]; }
 if step fanout; then
   for t in "${TARGETS[@]}"; do alive "$t" && start_conns "$t"; done
-  for t in "${TARGETS[@]}"; do [ -n "${LW[$t]:-}" ] && { in_budget "$t connections" && open_target "$t" || { kill -TERM "${LW[$t]}" 2>/dev/null; unset "LW[$t]"; }; }; done
+  for t in "${TARGETS[@]}"; do
+    [ -n "${LW[$t]:-}" ] || continue
+    in_budget "$t connections" && open_target "$t" && continue
+    kill -TERM "${LW[$t]}" 2>/dev/null; unset "LW[$t]"   # no fan-out for this one
+  done
   fanout_all
 fi
 if step echo; then
